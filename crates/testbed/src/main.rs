@@ -1,1 +1,89 @@
-fn main() {}
+//! The `testbed` command line: the only part of testbed that prints.
+//!
+//! Each verb lives in [`cmd`]; this file holds the argument definitions, the
+//! dispatch and the exit-code policy: 0 success, 1 a runtime failure, 2 a
+//! usage or input error (bad flags, an invalid composition).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod cmd;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use testbed_model::ScaleArg;
+
+/// Declarative, reproducible clusters of VMs and containers for testing
+/// distributed systems.
+#[derive(Debug, Parser)]
+#[command(name = "testbed", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the composition is: a `testbed.toml`, or the folder holding one.
+#[derive(Debug, clap::Args)]
+struct CompositionArg {
+    /// A testbed.toml or its folder [default: ./testbed.toml]
+    #[arg(value_name = "PATH")]
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ScaleArgs {
+    /// Override a role's node count, e.g. `--scale compute=8` (repeatable)
+    #[arg(long = "scale", value_name = "ROLE=N")]
+    scale: Vec<ScaleArg>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a working starter composition
+    Init(cmd::init::Args),
+    /// Validate a composition and render its templates for every node
+    Check {
+        #[command(flatten)]
+        comp: CompositionArg,
+        #[command(flatten)]
+        scale: ScaleArgs,
+        /// Print the result as JSON (diagnostics included)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the nodes, addresses and networks a composition expands to
+    Plan {
+        #[command(flatten)]
+        comp: CompositionArg,
+        #[command(flatten)]
+        scale: ScaleArgs,
+        /// Print the plan as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of testbed.toml, for editors
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init(args) => cmd::init::run(&args),
+        Command::Check { comp, scale, json } => {
+            cmd::check::run(comp.path.as_deref(), &scale.scale, json)
+        }
+        Command::Plan { comp, scale, json } => {
+            cmd::plan::run(comp.path.as_deref(), &scale.scale, json)
+        }
+        Command::Schema => {
+            println!("{}", testbed_model::schema::json_schema());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => failure.report(),
+    }
+}

@@ -1,0 +1,171 @@
+//! Stage one of parsing: the file as written, with spans.
+//!
+//! These structs mirror `testbed.toml` key for key. They accept anything of the
+//! right TOML type and keep the byte span of every value, so that stage two
+//! ([`crate::validate`]) can point at the offending text. Unknown keys are
+//! rejected here by serde (`deny_unknown_fields`). The JSON Schema published by
+//! `testbed schema` is derived from these structs, so editors and the parser
+//! can never disagree about which keys exist.
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A map whose keys keep their spans (duplicate keys are a TOML error already).
+pub type SpannedMap<V> = IndexMap<Spanned<String>, Spanned<V>>;
+
+/// The whole file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "testbed composition",
+    description = "A testbed.toml file: a cluster of nodes described by roles"
+)]
+pub struct RawComposition {
+    /// The cluster's identity and distribution.
+    #[schemars(with = "Option<RawCluster>")]
+    pub cluster: Option<Spanned<RawCluster>>,
+    /// Role keys inherited by every role.
+    #[schemars(with = "Option<RawRole>")]
+    pub defaults: Option<Spanned<RawRole>>,
+    /// The roles; each role expands to `count` nodes.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, RawRole>")]
+    pub roles: SpannedMap<RawRole>,
+    /// Secrets generated once per cluster at `up`, never part of an image.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, RawSecret>")]
+    pub secrets: SpannedMap<RawSecret>,
+    /// The L2 networks between nodes; without this table there is one network `lan`.
+    #[schemars(with = "Option<IndexMap<String, RawNetwork>>")]
+    // Not wrapped in `Spanned`: toml cannot give spanned keys inside a
+    // spanned table, and the keys' spans matter more.
+    pub networks: Option<SpannedMap<RawNetwork>>,
+    /// The test run by `testbed test`.
+    #[schemars(with = "Option<RawTest>")]
+    pub test: Option<Spanned<RawTest>>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// `[a-z][a-z0-9-]{0,30}`; default: the composition's folder name.
+    #[schemars(with = "Option<String>", regex(pattern = r"^[a-z][a-z0-9-]{0,30}$"))]
+    pub name: Option<Spanned<String>>,
+    /// The distribution of every node, as `vendor/suite`.
+    #[schemars(with = "Option<SupportedDistro>")]
+    pub distro: Option<Spanned<String>>,
+    /// The kernel package installed in every image (default `linux-image-cloud-amd64`).
+    #[schemars(with = "Option<String>")]
+    pub kernel: Option<Spanned<String>>,
+    /// An apt mirror URL for image builds (default: the host's apt sources).
+    #[schemars(with = "Option<String>")]
+    pub mirror: Option<Spanned<String>>,
+}
+
+/// `[roles.NAME]` and `[defaults]`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawRole {
+    /// How many nodes (default 1). One node is named like the role; several
+    /// are named `ROLE1`..`ROLEn`.
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub count: Option<Spanned<i64>>,
+    /// Guest memory with a binary unit, e.g. `"512MiB"` or `"1GiB"` (default `"512MiB"`).
+    #[schemars(
+        with = "Option<String>",
+        regex(pattern = r"^[0-9]+\s*(KiB|MiB|GiB|TiB)$")
+    )]
+    pub memory: Option<Spanned<String>>,
+    /// Virtual CPUs (default 1).
+    #[schemars(with = "Option<u32>", range(min = 1, max = 256))]
+    pub cpus: Option<Spanned<i64>>,
+    /// Debian packages installed in the role's image; merged with `[defaults]`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub packages: Option<Spanned<Vec<Spanned<String>>>>,
+    /// systemd units started after activation; readiness waits on them.
+    /// Merged with `[defaults]`.
+    #[schemars(with = "Option<Vec<String>>")]
+    pub services: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The networks this role's nodes are attached to (default: all).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub networks: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Files placed in the guest, keyed by absolute path; merged with `[defaults]`.
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, RawFile>")]
+    pub files: SpannedMap<RawFile>,
+}
+
+/// `files."/abs/path"`: exactly one of `content`, `source` or `template`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    /// The file's text, inline. Baked into the image.
+    #[schemars(with = "Option<String>")]
+    pub content: Option<Spanned<String>>,
+    /// A file to copy, relative to the composition. Baked into the image.
+    #[schemars(with = "Option<String>")]
+    pub source: Option<Spanned<String>>,
+    /// A Jinja template, relative to the composition, rendered per node at
+    /// activation (it may mention the topology).
+    #[schemars(with = "Option<String>")]
+    pub template: Option<Spanned<String>>,
+    /// Octal permission bits as a string (default `"0644"`).
+    #[schemars(with = "Option<String>", regex(pattern = r"^0?[0-7]{3,4}$"))]
+    pub mode: Option<Spanned<String>>,
+    /// `user` or `user:group` (default `root:root`).
+    #[schemars(with = "Option<String>")]
+    pub owner: Option<Spanned<String>>,
+}
+
+/// `[secrets.NAME]`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    /// Absolute path of the secret in the guests.
+    #[schemars(with = "String")]
+    pub file: Option<Spanned<String>>,
+    /// How many random bytes (default 32).
+    #[schemars(with = "Option<u32>", range(min = 1, max = 65536))]
+    pub bytes: Option<Spanned<i64>>,
+    /// `user` or `user:group` (default `root:root`).
+    #[schemars(with = "Option<String>")]
+    pub owner: Option<Spanned<String>>,
+    /// Octal permission bits as a string (default `"0400"`).
+    #[schemars(with = "Option<String>", regex(pattern = r"^0?[0-7]{3,4}$"))]
+    pub mode: Option<Spanned<String>>,
+    /// The roles that receive the secret (default: all).
+    #[schemars(with = "Option<Vec<String>>")]
+    pub roles: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+/// `[networks.NAME]`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// IPv4 CIDR, e.g. `"10.44.0.0/24"` (default: a distinct /24 per network).
+    #[schemars(with = "Option<String>")]
+    pub subnet: Option<Spanned<String>>,
+}
+
+/// `[test]`
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    /// The test script, relative to the composition.
+    #[schemars(with = "Option<String>")]
+    pub script: Option<Spanned<String>>,
+    /// Time limit for the whole test, e.g. `"30m"`, `"90s"` (default `"30m"`).
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Spanned<String>>,
+}
+
+/// The distributions the image builder knows; used for the schema only.
+#[derive(Debug, JsonSchema)]
+pub enum SupportedDistro {
+    /// Debian 12.
+    #[serde(rename = "debian/bookworm")]
+    DebianBookworm,
+}

@@ -1,0 +1,306 @@
+//! Small value syntaxes of the format: sizes, durations, modes, owners, names.
+//! Each parser returns a message and a help text that the validator attaches
+//! to the span of the offending value.
+
+use std::time::Duration;
+
+/// A parse failure: what is wrong and what would be valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// What is wrong.
+    pub message: String,
+    /// What would be valid.
+    pub help: String,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.help)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn invalid(message: impl Into<String>, help: impl Into<String>) -> Invalid {
+    Invalid {
+        message: message.into(),
+        help: help.into(),
+    }
+}
+
+/// Parses `"512MiB"`, `"1GiB"`, `"1536 MiB"` into MiB. Decimal units (MB, GB)
+/// are refused rather than guessed, because guests see binary sizes.
+pub(crate) fn parse_memory(text: &str) -> Result<u64, Invalid> {
+    const HELP: &str = "use a whole number with KiB, MiB, GiB or TiB, e.g. \"512MiB\" or \"2GiB\"";
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit = unit.trim();
+    if digits.is_empty() {
+        return Err(invalid(format!("bad memory size \"{text}\""), HELP));
+    }
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| invalid(format!("memory size \"{text}\" is too large"), HELP))?;
+    let kib = match unit {
+        "KiB" => Some(n),
+        "MiB" => n.checked_mul(1024),
+        "GiB" => n.checked_mul(1024 * 1024),
+        "TiB" => n.checked_mul(1024 * 1024 * 1024),
+        "" => return Err(invalid(format!("memory size \"{text}\" has no unit"), HELP)),
+        other => {
+            let hint = match other.to_ascii_lowercase().as_str() {
+                "k" | "kb" => " (did you mean KiB?)",
+                "m" | "mb" => " (did you mean MiB?)",
+                "g" | "gb" => " (did you mean GiB?)",
+                "t" | "tb" => " (did you mean TiB?)",
+                _ => "",
+            };
+            return Err(invalid(
+                format!("bad memory unit \"{other}\" in \"{text}\"{hint}"),
+                HELP,
+            ));
+        }
+    };
+    let kib = kib.ok_or_else(|| invalid(format!("memory size \"{text}\" is too large"), HELP))?;
+    if kib % 1024 != 0 {
+        return Err(invalid(
+            format!("memory size \"{text}\" is not a whole number of MiB"),
+            HELP,
+        ));
+    }
+    let mib = kib / 1024;
+    if mib < 128 {
+        return Err(invalid(
+            format!("memory size \"{text}\" is too small to boot a node"),
+            "use at least \"128MiB\"",
+        ));
+    }
+    if mib > 1024 * 1024 {
+        return Err(invalid(
+            format!("memory size \"{text}\" is too large"),
+            "use at most \"1TiB\"",
+        ));
+    }
+    Ok(mib)
+}
+
+/// Parses `"90s"`, `"30m"`, `"2h"`, `"1h30m"` or a plain number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, Invalid> {
+    const HELP: &str = "use a number with s, m or h, e.g. \"90s\", \"30m\" or \"1h30m\"";
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(invalid("empty duration", HELP));
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (digits, tail) = rest.split_at(split);
+        let unit_len = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| invalid(format!("bad duration \"{text}\""), HELP))?;
+        let factor = match unit {
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            _ => return Err(invalid(format!("bad duration \"{text}\""), HELP)),
+        };
+        total = n
+            .checked_mul(factor)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| invalid(format!("duration \"{text}\" is too long"), HELP))?;
+        rest = tail;
+    }
+    if total == 0 {
+        return Err(invalid("a zero duration allows nothing to run", HELP));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// Parses an octal mode string such as `"0644"` or `"600"`.
+pub(crate) fn parse_mode(text: &str) -> Result<u32, Invalid> {
+    const HELP: &str = "use octal digits as a string, e.g. \"0644\" or \"0400\"";
+    let t = text.trim();
+    if !(3..=4).contains(&t.len()) || !t.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(invalid(format!("bad file mode \"{text}\""), HELP));
+    }
+    u32::from_str_radix(t, 8).map_err(|_| invalid(format!("bad file mode \"{text}\""), HELP))
+}
+
+fn is_account_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        && s.len() <= 32
+}
+
+/// Checks `user` or `user:group`.
+pub(crate) fn check_owner(text: &str) -> Result<(), Invalid> {
+    let ok = match text.split_once(':') {
+        Some((u, g)) => is_account_name(u) && is_account_name(g),
+        None => is_account_name(text),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("bad owner \"{text}\""),
+            "use \"user\" or \"user:group\" with lowercase account names, e.g. \"munge:munge\"",
+        ))
+    }
+}
+
+/// Names that become host names or interface names: `[a-z][a-z0-9-]*`, at
+/// most `max` characters, not ending with `-`.
+pub(crate) fn check_name(text: &str, what: &str, max: usize) -> Result<(), Invalid> {
+    let mut chars = text.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !text.ends_with('-')
+        && text.len() <= max;
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("bad {what} name \"{text}\""),
+            format!(
+                "a {what} name starts with a lowercase letter, then lowercase letters, digits or '-', at most {max} characters"
+            ),
+        ))
+    }
+}
+
+/// Debian package names (Debian Policy 5.6.1), without version constraints:
+/// versions come from the lock file.
+pub(crate) fn check_package(text: &str) -> Result<(), Invalid> {
+    let mut chars = text.chars();
+    let ok = text.len() >= 2
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'));
+    if ok {
+        return Ok(());
+    }
+    let help = if text.contains('=') || text.contains(' ') {
+        "give the package name only; exact versions are pinned in testbed.lock"
+    } else {
+        "a Debian package name has lowercase letters, digits, '+', '-' and '.'"
+    };
+    Err(invalid(format!("bad package name \"{text}\""), help))
+}
+
+/// systemd unit names; a name without a suffix means `.service`.
+pub(crate) fn check_unit(text: &str) -> Result<(), Invalid> {
+    let ok = !text.is_empty()
+        && text.len() <= 255
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '@' | '-' | '\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("bad systemd unit name \"{text}\""),
+            "use a unit name such as \"slurmd\" or \"slurmd.service\"",
+        ))
+    }
+}
+
+/// Absolute guest paths: no `.`/`..` components, not `/` itself.
+pub(crate) fn check_guest_path(text: &str) -> Result<(), Invalid> {
+    let ok = text.starts_with('/')
+        && text.len() > 1
+        && !text.ends_with('/')
+        && !text.contains('\0')
+        && text
+            .split('/')
+            .skip(1)
+            .all(|c| !c.is_empty() && c != "." && c != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            format!("bad guest path \"{text}\""),
+            "use an absolute file path without '.' or '..', e.g. \"/etc/slurm/slurm.conf\"",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512MiB"), Ok(512));
+        assert_eq!(parse_memory("1GiB"), Ok(1024));
+        assert_eq!(parse_memory("1536 MiB"), Ok(1536));
+        assert_eq!(parse_memory("262144KiB"), Ok(256));
+        let e = parse_memory("512MB").unwrap_err();
+        assert_eq!(
+            e.message,
+            "bad memory unit \"MB\" in \"512MB\" (did you mean MiB?)"
+        );
+        assert!(parse_memory("512")
+            .unwrap_err()
+            .message
+            .contains("has no unit"));
+        assert!(parse_memory("MiB").is_err());
+        assert!(parse_memory("64MiB")
+            .unwrap_err()
+            .message
+            .contains("too small"));
+        assert!(parse_memory("99999999999999999999GiB").is_err());
+        assert!(parse_memory("18446744073709551615TiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn modes_owners_names() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("0o644").is_err());
+        assert!(parse_mode("0999").is_err());
+        assert!(check_owner("munge:munge").is_ok());
+        assert!(check_owner("root").is_ok());
+        assert!(check_owner("Root").is_err());
+        assert!(check_owner("a:b:c").is_err());
+        assert!(check_name("compute", "role", 40).is_ok());
+        assert!(check_name("Compute", "role", 40).is_err());
+        assert!(check_name("c-", "role", 40).is_err());
+        assert!(check_name("1c", "role", 40).is_err());
+        assert!(check_package("slurm-client").is_ok());
+        assert!(check_package("libstdc++6").is_ok());
+        assert!(check_package("slurmd=22.05")
+            .unwrap_err()
+            .help
+            .contains("testbed.lock"));
+        assert!(check_unit("serial-getty@ttyS0.service").is_ok());
+        assert!(check_unit("a b").is_err());
+        assert!(check_guest_path("/etc/x.conf").is_ok());
+        assert!(check_guest_path("etc/x").is_err());
+        assert!(check_guest_path("/etc/../x").is_err());
+        assert!(check_guest_path("/").is_err());
+    }
+}

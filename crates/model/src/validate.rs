@@ -1,0 +1,757 @@
+//! Stage two of parsing: from [`RawComposition`] to [`Composition`].
+//!
+//! Every check reports into a [`Sink`] instead of returning at the first
+//! problem, so that one `testbed check` shows every mistake in the file.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use toml::Spanned;
+
+use crate::composition::*;
+use crate::diag::{Diagnostic, Diagnostics, Sink, SourceFile};
+use crate::net::Subnet;
+use crate::raw::*;
+use crate::template;
+use crate::units::{self, Invalid};
+
+/// The longest role name: node names add up to four digits and must stay
+/// valid host name labels (63).
+const MAX_ROLE_NAME: usize = 40;
+/// Network names become interface-ish identifiers; keep them short.
+const MAX_NETWORK_NAME: usize = 15;
+/// The most networks a composition may declare (MACs carry the index in a byte).
+const MAX_NETWORKS: usize = 64;
+/// The most nodes one role may have.
+pub(crate) const MAX_COUNT: i64 = 4096;
+
+struct Ctx<'a> {
+    src: &'a SourceFile,
+    dir: &'a Path,
+    sink: Sink,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, span: Range<usize>, message: impl Into<String>, help: Option<String>) {
+        let mut d = Diagnostic::at(self.src, span, message);
+        d.help = help;
+        self.sink.push(d);
+    }
+
+    fn invalid(&mut self, span: Range<usize>, e: Invalid) {
+        self.err(span, e.message, Some(e.help));
+    }
+
+    /// Runs a check on a spanned string, reporting its failure at the value.
+    fn check(&mut self, v: &Spanned<String>, f: impl FnOnce(&str) -> Result<(), Invalid>) -> bool {
+        match f(v.get_ref()) {
+            Ok(()) => true,
+            Err(e) => {
+                self.invalid(v.span(), e);
+                false
+            }
+        }
+    }
+}
+
+/// Parses and validates a composition's text. `dir` is the folder relative
+/// paths are resolved against; `default_name` is the cluster name used when
+/// `[cluster] name` is absent (normally the folder name).
+pub fn parse(
+    src: Arc<SourceFile>,
+    dir: &Path,
+    default_name: Option<&str>,
+) -> Result<Composition, Diagnostics> {
+    let raw: RawComposition = match toml::from_str(&src.text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().trim_end_matches('\n').to_string();
+            let help = if message.starts_with("unknown field") {
+                Some("see docs/composition.md or `testbed schema` for the valid keys".to_string())
+            } else {
+                None
+            };
+            let mut d = Diagnostic::at(&src, span, message);
+            d.help = help;
+            return Err(d.into());
+        }
+    };
+    let mut cx = Ctx {
+        src: &src,
+        dir,
+        sink: Sink::default(),
+    };
+    let cluster = cluster(&mut cx, raw.cluster.as_ref(), default_name);
+    let networks = networks(&mut cx, raw.networks.as_ref());
+    let network_names: Vec<String> = networks.iter().map(|n| n.name.clone()).collect();
+
+    let defaults = raw.defaults.as_ref().map(|d| d.get_ref());
+    if let Some(d) = defaults {
+        for diag in check_defaults(cx.src, cx.dir, d) {
+            cx.sink.push(diag);
+        }
+    }
+    if raw.roles.is_empty() {
+        let span = raw.defaults.as_ref().map_or(0..0, |d| d.span());
+        cx.err(
+            span,
+            "the composition has no roles",
+            Some("add at least one role, e.g. [roles.node] with count = 2".to_string()),
+        );
+    }
+    let mut roles = Vec::new();
+    for (name, role) in &raw.roles {
+        if let Some(r) = self::role(&mut cx, name, role.get_ref(), defaults, &network_names) {
+            roles.push(r);
+        }
+    }
+    let role_names: Vec<String> = raw.roles.keys().map(|k| k.get_ref().clone()).collect();
+    let secrets = secrets(&mut cx, &raw.secrets, &role_names);
+    let test = raw.test.as_ref().map(|t| test(&mut cx, t.get_ref()));
+    let sink = cx.sink;
+    sink.finish(Composition {
+        source: src.clone(),
+        dir: dir.to_path_buf(),
+        cluster,
+        roles,
+        secrets,
+        networks,
+        test,
+    })
+}
+
+fn cluster(
+    cx: &mut Ctx<'_>,
+    raw: Option<&Spanned<RawCluster>>,
+    default_name: Option<&str>,
+) -> Cluster {
+    let raw = raw.map(|c| c.get_ref());
+    let name = match raw.and_then(|c| c.name.as_ref()) {
+        Some(n) => {
+            cx.check(n, |s| units::check_name(s, "cluster", 31));
+            n.get_ref().clone()
+        }
+        None => match default_name {
+            Some(d) if units::check_name(d, "cluster", 31).is_ok() => d.to_string(),
+            other => {
+                let shown = other.unwrap_or("");
+                cx.sink.push(
+                    Diagnostic::new(format!(
+                        "the cluster name defaults to the folder name \"{shown}\", which is not a valid cluster name"
+                    ))
+                    .help("set name = \"...\" under [cluster]: a lowercase letter, then lowercase letters, digits or '-', at most 31 characters"),
+                );
+                String::from("invalid")
+            }
+        },
+    };
+    let distro = match raw.and_then(|c| c.distro.as_ref()) {
+        Some(d) if SUPPORTED_DISTROS.contains(&d.get_ref().as_str()) => d.get_ref().clone(),
+        Some(d) => {
+            cx.err(
+                d.span(),
+                format!("unsupported distro \"{}\"", d.get_ref()),
+                Some(format!("supported: {}", SUPPORTED_DISTROS.join(", "))),
+            );
+            SUPPORTED_DISTROS[0].to_string()
+        }
+        None => SUPPORTED_DISTROS[0].to_string(),
+    };
+    let (vendor, suite) = distro.split_once('/').unwrap_or(("debian", "bookworm"));
+    let kernel = match raw.and_then(|c| c.kernel.as_ref()) {
+        Some(k) => {
+            cx.check(k, units::check_package);
+            k.get_ref().clone()
+        }
+        None => DEFAULT_KERNEL.to_string(),
+    };
+    let mirror = raw.and_then(|c| c.mirror.as_ref()).map(|m| {
+        let ok = ["http://", "https://", "file://"]
+            .iter()
+            .any(|p| m.get_ref().starts_with(p));
+        if !ok {
+            cx.err(
+                m.span(),
+                format!("bad mirror \"{}\"", m.get_ref()),
+                Some("use an http://, https:// or file:// URL of a Debian archive".to_string()),
+            );
+        }
+        m.get_ref().clone()
+    });
+    Cluster {
+        name,
+        distro: Distro {
+            vendor: vendor.to_string(),
+            suite: suite.to_string(),
+        },
+        kernel,
+        mirror,
+    }
+}
+
+/// The span of a top-level table header or key, for problems with a whole
+/// table (toml gives no span for a table that is not wrapped in `Spanned`).
+fn table_span(text: &str, key: &str) -> Range<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let lead = line.len() - t.len();
+        let header = format!("[{key}]");
+        if t.starts_with(&header)
+            || (t.starts_with(key) && t[key.len()..].trim_start().starts_with('='))
+        {
+            let start = offset + lead;
+            let len = if t.starts_with(&header) {
+                header.len()
+            } else {
+                key.len()
+            };
+            return start..start + len;
+        }
+        offset += line.len();
+    }
+    0..0
+}
+
+fn networks(cx: &mut Ctx<'_>, raw: Option<&SpannedMap<RawNetwork>>) -> Vec<Network> {
+    let Some(raw) = raw else {
+        return vec![Network {
+            name: "lan".to_string(),
+            subnet: None,
+            name_span: None,
+            subnet_span: None,
+        }];
+    };
+    if raw.is_empty() {
+        cx.err(
+            table_span(&cx.src.text, "networks"),
+            "the [networks] table is empty",
+            Some("declare a network, e.g. [networks.lan], or remove the table to get one network \"lan\"".to_string()),
+        );
+    }
+    if raw.len() > MAX_NETWORKS {
+        cx.err(
+            table_span(&cx.src.text, "networks"),
+            format!("too many networks ({})", raw.len()),
+            Some(format!("use at most {MAX_NETWORKS}")),
+        );
+    }
+    let mut out: Vec<Network> = Vec::new();
+    for (name, net) in raw {
+        cx.check(name, |s| units::check_name(s, "network", MAX_NETWORK_NAME));
+        let subnet_raw = net.get_ref().subnet.as_ref();
+        let subnet = subnet_raw.and_then(|s| match s.get_ref().parse::<Subnet>() {
+            Ok(subnet) => Some(subnet),
+            Err(e) => {
+                cx.invalid(s.span(), e);
+                None
+            }
+        });
+        if let (Some(subnet), Some(s)) = (subnet, subnet_raw) {
+            if let Some(other) = out
+                .iter()
+                .find(|o| o.subnet.is_some_and(|os| os.overlaps(&subnet)))
+            {
+                let (other_name, other_subnet) =
+                    (other.name.clone(), other.subnet.map(|s| s.to_string()));
+                cx.err(
+                    s.span(),
+                    format!(
+                        "subnet {subnet} of network \"{}\" overlaps subnet {} of network \"{other_name}\"",
+                        name.get_ref(),
+                        other_subnet.unwrap_or_default()
+                    ),
+                    Some("give every network its own, non-overlapping subnet".to_string()),
+                );
+            }
+        }
+        out.push(Network {
+            name: name.get_ref().clone(),
+            subnet,
+            name_span: Some(name.span()),
+            subnet_span: subnet_raw.map(|s| s.span()),
+        });
+    }
+    out
+}
+
+/// A list of strings, each checked, duplicates reported.
+fn string_list(
+    cx: &mut Ctx<'_>,
+    list: &Spanned<Vec<Spanned<String>>>,
+    what: &str,
+    check: impl Fn(&str) -> Result<(), Invalid>,
+) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for item in list.get_ref() {
+        if !cx.check(item, &check) {
+            continue;
+        }
+        if !seen.insert(item.get_ref().clone()) {
+            cx.err(
+                item.span(),
+                format!("{what} \"{}\" is listed twice", item.get_ref()),
+                Some("remove the duplicate".to_string()),
+            );
+            continue;
+        }
+        out.push(item.get_ref().clone());
+    }
+    out
+}
+
+fn merge_unique(defaults: Vec<String>, role: Vec<String>) -> Vec<String> {
+    let mut out = defaults;
+    for item in role {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+fn positive(
+    cx: &mut Ctx<'_>,
+    v: &Spanned<i64>,
+    what: &str,
+    min: i64,
+    max: i64,
+    help: &str,
+) -> Option<u32> {
+    let n = *v.get_ref();
+    if n < min || n > max {
+        cx.err(
+            v.span(),
+            format!("{what} = {n} is out of range"),
+            Some(help.to_string()),
+        );
+        return None;
+    }
+    u32::try_from(n).ok()
+}
+
+fn role(
+    cx: &mut Ctx<'_>,
+    name: &Spanned<String>,
+    raw: &RawRole,
+    defaults: Option<&RawRole>,
+    network_names: &[String],
+) -> Option<Role> {
+    let role_name = name.get_ref().clone();
+    let name_ok = cx.check(name, |s| units::check_name(s, "role", MAX_ROLE_NAME));
+
+    // A key set in the role wins over the same key in [defaults].
+    let count_raw = raw
+        .count
+        .as_ref()
+        .or(defaults.and_then(|d| d.count.as_ref()));
+    let count = match count_raw {
+        Some(c) if *c.get_ref() == 0 => {
+            cx.err(
+                c.span(),
+                format!("role \"{role_name}\" has count = 0"),
+                Some("a role has at least one node; remove the role to have none".to_string()),
+            );
+            None
+        }
+        Some(c) => positive(
+            cx,
+            c,
+            "count",
+            1,
+            MAX_COUNT,
+            &format!("a role has between 1 and {MAX_COUNT} nodes"),
+        ),
+        None => Some(1),
+    };
+    let memory = match raw
+        .memory
+        .as_ref()
+        .or(defaults.and_then(|d| d.memory.as_ref()))
+    {
+        Some(m) => match units::parse_memory(m.get_ref()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                cx.invalid(m.span(), e);
+                None
+            }
+        },
+        None => Some(DEFAULT_MEMORY_MIB),
+    };
+    let cpus = match raw.cpus.as_ref().or(defaults.and_then(|d| d.cpus.as_ref())) {
+        Some(c) => positive(cx, c, "cpus", 1, 256, "use between 1 and 256 virtual CPUs"),
+        None => Some(1),
+    };
+
+    // Lists from [defaults] are checked once, by `check_defaults`; checking
+    // them again for every role would repeat the same message.
+    let packages = merge_unique(
+        defaults
+            .and_then(|d| d.packages.as_ref())
+            .map(quiet_list)
+            .unwrap_or_default(),
+        raw.packages
+            .as_ref()
+            .map(|l| string_list(cx, l, "package", units::check_package))
+            .unwrap_or_default(),
+    );
+    let services = merge_unique(
+        defaults
+            .and_then(|d| d.services.as_ref())
+            .map(quiet_list)
+            .unwrap_or_default(),
+        raw.services
+            .as_ref()
+            .map(|l| string_list(cx, l, "service", units::check_unit))
+            .unwrap_or_default(),
+    );
+
+    let networks = match raw
+        .networks
+        .as_ref()
+        .or(defaults.and_then(|d| d.networks.as_ref()))
+    {
+        None => network_names.to_vec(),
+        Some(list) => {
+            let mut chosen = BTreeSet::new();
+            for n in list.get_ref() {
+                if network_names.contains(n.get_ref()) {
+                    if !chosen.insert(n.get_ref().clone()) {
+                        cx.err(
+                            n.span(),
+                            format!(
+                                "network \"{}\" is listed twice for role \"{role_name}\"",
+                                n.get_ref()
+                            ),
+                            Some("remove the duplicate".to_string()),
+                        );
+                    }
+                } else {
+                    cx.err(
+                        n.span(),
+                        format!(
+                            "unknown network \"{}\" in role \"{role_name}\"",
+                            n.get_ref()
+                        ),
+                        Some(format!("defined networks: {}", network_names.join(", "))),
+                    );
+                }
+            }
+            if list.get_ref().is_empty() {
+                cx.err(
+                    list.span(),
+                    format!("role \"{role_name}\" is attached to no network"),
+                    Some(format!(
+                        "list at least one of: {}",
+                        network_names.join(", ")
+                    )),
+                );
+            }
+            // Keep the composition's network order, whatever order the role lists them in.
+            network_names
+                .iter()
+                .filter(|n| chosen.contains(*n))
+                .cloned()
+                .collect()
+        }
+    };
+
+    let mut files: IndexMap<String, FileSpec> = IndexMap::new();
+    if let Some(d) = defaults {
+        for (path, f) in &d.files {
+            if let Some(spec) = file(cx, path, f.get_ref(), false) {
+                files.insert(spec.path.clone(), spec);
+            }
+        }
+    }
+    for (path, f) in &raw.files {
+        if let Some(spec) = file(cx, path, f.get_ref(), true) {
+            files.insert(spec.path.clone(), spec);
+        }
+    }
+
+    Some(Role {
+        name: role_name,
+        count: count?,
+        memory_mib: memory?,
+        cpus: cpus?,
+        packages,
+        services,
+        networks,
+        files: files.into_values().collect(),
+        name_span: name.span(),
+        count_span: count_raw.map(|c| c.span()),
+    })
+    .filter(|_| name_ok)
+}
+
+/// The values of a list without reporting problems (used for `[defaults]`,
+/// which `check_defaults` reports once).
+fn quiet_list(list: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in list.get_ref() {
+        if !out.contains(item.get_ref()) {
+            out.push(item.get_ref().clone());
+        }
+    }
+    out
+}
+
+fn file(cx: &mut Ctx<'_>, path: &Spanned<String>, raw: &RawFile, report: bool) -> Option<FileSpec> {
+    // Files from [defaults] are validated once, in `check_defaults`; here they
+    // are only converted, quietly, for each role.
+    let mut quiet = Ctx {
+        src: cx.src,
+        dir: cx.dir,
+        sink: Sink::default(),
+    };
+    let cx: &mut Ctx<'_> = if report { cx } else { &mut quiet };
+    let path_ok = cx.check(path, units::check_guest_path);
+    let given: Vec<(&str, &Spanned<String>)> = [
+        ("content", &raw.content),
+        ("source", &raw.source),
+        ("template", &raw.template),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+    .collect();
+    let kind = match given.as_slice() {
+        [] => {
+            cx.err(
+                path.span(),
+                format!("file \"{}\" has none of content, source or template", path.get_ref()),
+                Some("give exactly one of content = \"...\", source = \"path\" or template = \"path.j2\"".to_string()),
+            );
+            None
+        }
+        [(k, v)] => file_kind(cx, k, v),
+        [(first, _), (second, v), ..] => {
+            cx.err(
+                v.span(),
+                format!("file \"{}\" has both {first} and {second}", path.get_ref()),
+                Some("give exactly one of content, source or template".to_string()),
+            );
+            None
+        }
+    };
+    let mode = match &raw.mode {
+        Some(m) => match units::parse_mode(m.get_ref()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                cx.invalid(m.span(), e);
+                None
+            }
+        },
+        None => Some(0o644),
+    };
+    let owner = match &raw.owner {
+        Some(o) => cx.check(o, units::check_owner).then(|| o.get_ref().clone()),
+        None => Some("root:root".to_string()),
+    };
+    if !path_ok {
+        return None;
+    }
+    Some(FileSpec {
+        path: path.get_ref().clone(),
+        kind: kind?,
+        mode: mode?,
+        owner: owner?,
+    })
+}
+
+fn file_kind(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> Option<FileKind> {
+    if key == "content" {
+        return Some(FileKind::Content(v.get_ref().clone()));
+    }
+    let rel = Path::new(v.get_ref());
+    if rel.as_os_str().is_empty() {
+        cx.err(v.span(), format!("empty {key} path"), None);
+        return None;
+    }
+    let resolved: PathBuf = cx.dir.join(rel);
+    let meta = std::fs::metadata(&resolved);
+    match meta {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            cx.err(
+                v.span(),
+                format!("{key} \"{}\" is not a regular file", v.get_ref()),
+                Some(format!("looked at {}", resolved.display())),
+            );
+            return None;
+        }
+        Err(e) => {
+            cx.err(
+                v.span(),
+                format!("{key} file \"{}\" not found", v.get_ref()),
+                Some(format!(
+                    "paths are relative to the composition's folder; looked at {} ({})",
+                    resolved.display(),
+                    io_reason(&e)
+                )),
+            );
+            return None;
+        }
+    }
+    if key == "template" {
+        match template::check_syntax(&resolved) {
+            Ok(()) => {}
+            Err(d) => {
+                cx.sink.push(d);
+                return None;
+            }
+        }
+        return Some(FileKind::Template(resolved));
+    }
+    Some(FileKind::Source(resolved))
+}
+
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn secrets(cx: &mut Ctx<'_>, raw: &SpannedMap<RawSecret>, role_names: &[String]) -> Vec<Secret> {
+    let mut out = Vec::new();
+    let mut paths: HashMap<String, String> = HashMap::new();
+    for (name, s) in raw {
+        let secret_name = name.get_ref().clone();
+        let name_ok = cx.check(name, |n| units::check_name(n, "secret", 63));
+        let s = s.get_ref();
+        let file = match &s.file {
+            None => {
+                cx.err(
+                    name.span(),
+                    format!("secret \"{secret_name}\" has no file"),
+                    Some(
+                        "set file = \"/abs/path\" where the secret is written in the guests"
+                            .to_string(),
+                    ),
+                );
+                None
+            }
+            Some(f) => {
+                if cx.check(f, units::check_guest_path) {
+                    if let Some(other) = paths.insert(f.get_ref().clone(), secret_name.clone()) {
+                        cx.err(
+                            f.span(),
+                            format!("secret \"{secret_name}\" writes the same file as secret \"{other}\""),
+                            Some("give every secret its own file".to_string()),
+                        );
+                    }
+                    Some(f.get_ref().clone())
+                } else {
+                    None
+                }
+            }
+        };
+        let bytes = match &s.bytes {
+            Some(b) => positive(cx, b, "bytes", 1, 65536, "use between 1 and 65536 bytes"),
+            None => Some(32),
+        };
+        let owner = match &s.owner {
+            Some(o) => cx.check(o, units::check_owner).then(|| o.get_ref().clone()),
+            None => Some("root:root".to_string()),
+        };
+        let mode = match &s.mode {
+            Some(m) => match units::parse_mode(m.get_ref()) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    cx.invalid(m.span(), e);
+                    None
+                }
+            },
+            None => Some(0o400),
+        };
+        let roles = match &s.roles {
+            None => Some(role_names.to_vec()),
+            Some(list) => {
+                let mut ok = true;
+                for r in list.get_ref() {
+                    if !role_names.contains(r.get_ref()) {
+                        ok = false;
+                        cx.err(
+                            r.span(),
+                            format!(
+                                "unknown role \"{}\" in secret \"{secret_name}\"",
+                                r.get_ref()
+                            ),
+                            Some(format!("defined roles: {}", role_names.join(", "))),
+                        );
+                    }
+                }
+                ok.then(|| quiet_list(list))
+            }
+        };
+        if let (true, Some(file), Some(bytes), Some(owner), Some(mode), Some(roles)) =
+            (name_ok, file, bytes, owner, mode, roles)
+        {
+            out.push(Secret {
+                name: secret_name,
+                file,
+                bytes,
+                owner,
+                mode,
+                roles,
+            });
+        }
+    }
+    out
+}
+
+fn test(cx: &mut Ctx<'_>, raw: &RawTest) -> TestSpec {
+    let script = raw.script.as_ref().and_then(|s| {
+        let resolved = cx.dir.join(s.get_ref());
+        if resolved.is_file() {
+            Some(resolved)
+        } else {
+            cx.err(
+                s.span(),
+                format!("test script \"{}\" not found", s.get_ref()),
+                Some(format!(
+                    "paths are relative to the composition's folder; looked at {}",
+                    resolved.display()
+                )),
+            );
+            None
+        }
+    });
+    let timeout = match &raw.timeout {
+        Some(t) => match units::parse_duration(t.get_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                cx.invalid(t.span(), e);
+                DEFAULT_TEST_TIMEOUT
+            }
+        },
+        None => DEFAULT_TEST_TIMEOUT,
+    };
+    TestSpec { script, timeout }
+}
+
+/// Reports problems in `[defaults]` once (roles merge its values quietly).
+pub(crate) fn check_defaults(src: &SourceFile, dir: &Path, raw: &RawRole) -> Vec<Diagnostic> {
+    let mut cx = Ctx {
+        src,
+        dir,
+        sink: Sink::default(),
+    };
+    if let Some(l) = &raw.packages {
+        string_list(&mut cx, l, "package", units::check_package);
+    }
+    if let Some(l) = &raw.services {
+        string_list(&mut cx, l, "service", units::check_unit);
+    }
+    for (path, f) in &raw.files {
+        file(&mut cx, path, f.get_ref(), true);
+    }
+    cx.sink.diags
+}

@@ -1,0 +1,5 @@
+//! One module per verb.
+
+pub mod check;
+pub mod init;
+pub mod plan;
