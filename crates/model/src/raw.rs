@@ -24,10 +24,12 @@ pub type SpannedMap<V> = IndexMap<Spanned<String>, Spanned<V>>;
 )]
 pub struct RawComposition {
     /// The cluster's identity and distribution.
-    #[schemars(with = "Option<RawCluster>")]
+    #[serde(default)]
+    #[schemars(with = "RawCluster")]
     pub cluster: Option<Spanned<RawCluster>>,
     /// Role keys inherited by every role.
-    #[schemars(with = "Option<RawRole>")]
+    #[serde(default)]
+    #[schemars(with = "RawRole")]
     pub defaults: Option<Spanned<RawRole>>,
     /// The roles; each role expands to `count` nodes.
     #[serde(default)]
@@ -38,12 +40,14 @@ pub struct RawComposition {
     #[schemars(with = "IndexMap<String, RawSecret>")]
     pub secrets: SpannedMap<RawSecret>,
     /// The L2 networks between nodes; without this table there is one network `lan`.
-    #[schemars(with = "Option<IndexMap<String, RawNetwork>>")]
+    #[serde(default)]
+    #[schemars(with = "IndexMap<String, RawNetwork>")]
     // Not wrapped in `Spanned`: toml cannot give spanned keys inside a
     // spanned table, and the keys' spans matter more.
     pub networks: Option<SpannedMap<RawNetwork>>,
     /// The test run by `testbed test`.
-    #[schemars(with = "Option<RawTest>")]
+    #[serde(default)]
+    #[schemars(with = "RawTest")]
     pub test: Option<Spanned<RawTest>>,
 }
 
@@ -52,16 +56,20 @@ pub struct RawComposition {
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
     /// `[a-z][a-z0-9-]{0,30}`; default: the composition's folder name.
-    #[schemars(with = "Option<String>", regex(pattern = r"^[a-z][a-z0-9-]{0,30}$"))]
+    #[serde(default)]
+    #[schemars(with = "String", regex(pattern = r"^[a-z][a-z0-9-]{0,30}$"))]
     pub name: Option<Spanned<String>>,
     /// The distribution of every node, as `vendor/suite`.
-    #[schemars(with = "Option<SupportedDistro>")]
+    #[serde(default)]
+    #[schemars(with = "SupportedDistro")]
     pub distro: Option<Spanned<String>>,
     /// The kernel package installed in every image (default `linux-image-cloud-amd64`).
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub kernel: Option<Spanned<String>>,
     /// An apt mirror URL for image builds (default: the host's apt sources).
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub mirror: Option<Spanned<String>>,
 }
 
@@ -71,26 +79,29 @@ pub struct RawCluster {
 pub struct RawRole {
     /// How many nodes (default 1). One node is named like the role; several
     /// are named `ROLE1`..`ROLEn`.
-    #[schemars(with = "Option<u32>", range(min = 1))]
+    #[serde(default)]
+    #[schemars(with = "u32", range(min = 1))]
     pub count: Option<Spanned<i64>>,
     /// Guest memory with a binary unit, e.g. `"512MiB"` or `"1GiB"` (default `"512MiB"`).
-    #[schemars(
-        with = "Option<String>",
-        regex(pattern = r"^[0-9]+\s*(KiB|MiB|GiB|TiB)$")
-    )]
+    #[serde(default)]
+    #[schemars(with = "String", regex(pattern = r"^[0-9]+\s*(KiB|MiB|GiB|TiB)$"))]
     pub memory: Option<Spanned<String>>,
     /// Virtual CPUs (default 1).
-    #[schemars(with = "Option<u32>", range(min = 1, max = 256))]
+    #[serde(default)]
+    #[schemars(with = "u32", range(min = 1, max = 256))]
     pub cpus: Option<Spanned<i64>>,
     /// Debian packages installed in the role's image; merged with `[defaults]`.
-    #[schemars(with = "Option<Vec<String>>")]
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub packages: Option<Spanned<Vec<Spanned<String>>>>,
     /// systemd units started after activation; readiness waits on them.
     /// Merged with `[defaults]`.
-    #[schemars(with = "Option<Vec<String>>")]
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub services: Option<Spanned<Vec<Spanned<String>>>>,
     /// The networks this role's nodes are attached to (default: all).
-    #[schemars(with = "Option<Vec<String>>")]
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub networks: Option<Spanned<Vec<Spanned<String>>>>,
     /// Files placed in the guest, keyed by absolute path; merged with `[defaults]`.
     #[serde(default)]
@@ -103,20 +114,25 @@ pub struct RawRole {
 #[serde(deny_unknown_fields)]
 pub struct RawFile {
     /// The file's text, inline. Baked into the image.
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub content: Option<Spanned<String>>,
     /// A file to copy, relative to the composition. Baked into the image.
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub source: Option<Spanned<String>>,
     /// A Jinja template, relative to the composition, rendered per node at
     /// activation (it may mention the topology).
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub template: Option<Spanned<String>>,
     /// Octal permission bits as a string (default `"0644"`).
-    #[schemars(with = "Option<String>", regex(pattern = r"^0?[0-7]{3,4}$"))]
+    #[serde(default)]
+    #[schemars(with = "String", regex(pattern = r"^0?[0-7]{3,4}$"))]
     pub mode: Option<Spanned<String>>,
     /// `user` or `user:group` (default `root:root`).
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub owner: Option<Spanned<String>>,
 }
 
@@ -128,16 +144,20 @@ pub struct RawSecret {
     #[schemars(with = "String")]
     pub file: Option<Spanned<String>>,
     /// How many random bytes (default 32).
-    #[schemars(with = "Option<u32>", range(min = 1, max = 65536))]
+    #[serde(default)]
+    #[schemars(with = "u32", range(min = 1, max = 65536))]
     pub bytes: Option<Spanned<i64>>,
     /// `user` or `user:group` (default `root:root`).
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub owner: Option<Spanned<String>>,
     /// Octal permission bits as a string (default `"0400"`).
-    #[schemars(with = "Option<String>", regex(pattern = r"^0?[0-7]{3,4}$"))]
+    #[serde(default)]
+    #[schemars(with = "String", regex(pattern = r"^0?[0-7]{3,4}$"))]
     pub mode: Option<Spanned<String>>,
     /// The roles that receive the secret (default: all).
-    #[schemars(with = "Option<Vec<String>>")]
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub roles: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
@@ -146,7 +166,8 @@ pub struct RawSecret {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     /// IPv4 CIDR, e.g. `"10.44.0.0/24"` (default: a distinct /24 per network).
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub subnet: Option<Spanned<String>>,
 }
 
@@ -155,10 +176,12 @@ pub struct RawNetwork {
 #[serde(deny_unknown_fields)]
 pub struct RawTest {
     /// The test script, relative to the composition.
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub script: Option<Spanned<String>>,
     /// Time limit for the whole test, e.g. `"30m"`, `"90s"` (default `"30m"`).
-    #[schemars(with = "Option<String>")]
+    #[serde(default)]
+    #[schemars(with = "String")]
     pub timeout: Option<Spanned<String>>,
 }
 

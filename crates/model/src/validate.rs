@@ -135,13 +135,13 @@ fn cluster(
             cx.check(n, |s| units::check_name(s, "cluster", 31));
             n.get_ref().clone()
         }
-        None => match default_name {
-            Some(d) if units::check_name(d, "cluster", 31).is_ok() => d.to_string(),
-            other => {
-                let shown = other.unwrap_or("");
+        None => match default_name.and_then(name_from_folder) {
+            Some(d) => d,
+            None => {
+                let shown = default_name.unwrap_or("");
                 cx.sink.push(
                     Diagnostic::new(format!(
-                        "the cluster name defaults to the folder name \"{shown}\", which is not a valid cluster name"
+                        "no cluster name: the folder name \"{shown}\" has no letters to make one from"
                     ))
                     .help("set name = \"...\" under [cluster]: a lowercase letter, then lowercase letters, digits or '-', at most 31 characters"),
                 );
@@ -215,6 +215,30 @@ fn table_span(text: &str, key: &str) -> Range<usize> {
         offset += line.len();
     }
     0..0
+}
+
+/// The default cluster name from a folder name, the way Compose derives a
+/// project name: lowercased, other characters turned into '-', leading
+/// digits and dashes dropped, cut to 31 characters.
+pub fn name_from_folder(folder: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in folder.chars().flat_map(char::to_lowercase) {
+        let c = if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            c
+        } else {
+            '-'
+        };
+        if c == '-' && (out.is_empty() || out.ends_with('-')) {
+            continue;
+        }
+        if out.is_empty() && c.is_ascii_digit() {
+            continue;
+        }
+        out.push(c);
+    }
+    out.truncate(31);
+    let out = out.trim_end_matches('-').to_string();
+    units::check_name(&out, "cluster", 31).ok().map(|()| out)
 }
 
 fn networks(cx: &mut Ctx<'_>, raw: Option<&SpannedMap<RawNetwork>>) -> Vec<Network> {

@@ -1,0 +1,167 @@
+//! The plan of the bundled example, and the properties every plan has:
+//! determinism, unique names/addresses/MACs, `--scale` without edits.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use testbed_model::{check, template, Plan, Scale, SourceFile};
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm/testbed.toml")
+}
+
+fn plan_of(path: &Path, scale: &Scale) -> Plan {
+    match check(path, scale) {
+        Ok((_, plan)) => plan,
+        Err(d) => panic!("{d}"),
+    }
+}
+
+/// Compares `actual` with a checked-in snapshot; `UPDATE_SNAPSHOTS=1`
+/// rewrites it (then review the diff).
+fn snapshot(name: &str, actual: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, actual).expect("write snapshot");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        expected == actual,
+        "snapshot {} differs; run with UPDATE_SNAPSHOTS=1 and review the diff\n--- actual ---\n{actual}",
+        path.display()
+    );
+}
+
+fn assert_unique(plan: &Plan) {
+    let names: HashSet<_> = plan.nodes.iter().map(|n| &n.name).collect();
+    assert_eq!(names.len(), plan.nodes.len(), "node names are unique");
+    let ips: HashSet<_> = plan
+        .nodes
+        .iter()
+        .flat_map(|n| &n.nics)
+        .map(|nic| nic.ip)
+        .collect();
+    let nics = plan.nodes.iter().map(|n| n.nics.len()).sum::<usize>();
+    assert_eq!(ips.len(), nics, "addresses are unique");
+    let macs: HashSet<_> = plan
+        .nodes
+        .iter()
+        .flat_map(|n| &n.nics)
+        .map(|nic| nic.mac)
+        .collect();
+    assert_eq!(macs.len(), nics, "MACs are unique");
+}
+
+#[test]
+fn example_plan_snapshot() {
+    let plan = plan_of(&example(), &Scale::default());
+    let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ctl", "compute1", "compute2", "compute3", "compute4"]
+    );
+    assert_unique(&plan);
+    let json = serde_json::to_string_pretty(&plan).expect("json");
+    snapshot("slurm.plan.json", &json);
+}
+
+#[test]
+fn same_input_gives_byte_identical_plan() {
+    let a = serde_json::to_string(&plan_of(&example(), &Scale::default())).expect("json");
+    let b = serde_json::to_string(&plan_of(&example(), &Scale::default())).expect("json");
+    assert_eq!(a, b);
+}
+
+#[test]
+fn scale_overrides_count_without_edits() {
+    let plan = plan_of(&example(), &Scale(vec![("compute".into(), 8)]));
+    let compute: Vec<&str> = plan
+        .nodes
+        .iter()
+        .filter(|n| n.role == "compute")
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(
+        compute,
+        (1..=8).map(|i| format!("compute{i}")).collect::<Vec<_>>()
+    );
+    assert_unique(&plan);
+    // Addresses of the nodes that existed before do not move.
+    let small = plan_of(&example(), &Scale::default());
+    for n in &small.nodes {
+        assert_eq!(
+            plan.node(&n.name).map(|m| &m.nics),
+            Some(&n.nics),
+            "{}",
+            n.name
+        );
+    }
+    // Scaling to one node names it like the role.
+    let one = plan_of(&example(), &Scale(vec![("compute".into(), 1)]));
+    assert!(one.node("compute").is_some());
+}
+
+#[test]
+fn templates_follow_the_topology() {
+    let comp_path = example();
+    let file = SourceFile {
+        path: comp_path.with_file_name("slurm.conf.j2"),
+        text: std::fs::read_to_string(comp_path.with_file_name("slurm.conf.j2")).expect("template"),
+    };
+    let plan = plan_of(&comp_path, &Scale(vec![("compute".into(), 8)]));
+    let text = template::render(&plan, "compute3", &file).expect("render");
+    assert!(text.contains("for compute3"), "{text}");
+    assert!(text.contains("SlurmctldHost=ctl(10.44.0.11)"), "{text}");
+    assert!(
+        text.contains("NodeName=compute8 NodeAddr=10.44.0.19 CPUs=1 RealMemory=384"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Nodes=compute1,compute2,compute3,compute4,compute5,compute6,compute7,compute8 "
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with('\n'));
+}
+
+fn write(dir: &Path, toml: &str) -> PathBuf {
+    let p = dir.join("testbed.toml");
+    std::fs::write(&p, toml).expect("write");
+    p
+}
+
+#[test]
+fn default_subnets_are_distinct_and_avoid_explicit_ones() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let toml = "[cluster]\nname = \"multi\"\n[roles.a]\n[roles.b]\nnetworks = [\"data\"]\n\
+                [networks.lan]\n[networks.data]\n[networks.mgmt]\nsubnet = \"10.0.0.0/8\"\n";
+    let plan = plan_of(&write(dir.path(), toml), &Scale::default());
+    let subnets: Vec<String> = plan.networks.iter().map(|n| n.subnet.to_string()).collect();
+    // 10/8 is taken, so the defaults come from the next private range.
+    assert_eq!(subnets, ["172.16.0.0/24", "172.16.1.0/24", "10.0.0.0/8"]);
+    // Role b is on `data` only; role a is on all three.
+    let b = plan.node("b").expect("b");
+    assert_eq!(
+        b.nics
+            .iter()
+            .map(|n| n.network.as_str())
+            .collect::<Vec<_>>(),
+        ["data"]
+    );
+    assert_eq!(plan.node("a").expect("a").nics.len(), 3);
+    assert_unique(&plan);
+
+    let plain = plan_of(
+        &write(dir.path(), "[cluster]\nname = \"multi\"\n[roles.a]\n"),
+        &Scale::default(),
+    );
+    assert_eq!(plain.networks.len(), 1);
+    assert_eq!(plain.networks[0].name, "lan");
+    let s = plain.networks[0].subnet;
+    assert_eq!((s.network().octets()[0], s.prefix()), (10, 24));
+    assert!((100..200).contains(&s.network().octets()[1]));
+}

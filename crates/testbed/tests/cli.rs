@@ -1,0 +1,217 @@
+//! The CLI as a user runs it: exit codes, output formats, `init` → `check`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn testbed(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run testbed")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn plan_json_lists_the_example_nodes_and_is_stable() {
+    let args = ["plan", "examples/slurm/testbed.toml", "--json"];
+    let a = testbed(&args, &repo());
+    assert!(a.status.success(), "{}", text(&a.stderr));
+    let b = testbed(&args, &repo());
+    assert_eq!(a.stdout, b.stdout, "two runs give identical output");
+    let plan: serde_json::Value = serde_json::from_slice(&a.stdout).expect("json");
+    let nodes = plan["nodes"].as_array().expect("nodes");
+    let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["ctl", "compute1", "compute2", "compute3", "compute4"]
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        let nic = &n["nics"][0];
+        assert_eq!(nic["ip"], format!("10.44.0.{}", 11 + i));
+        assert_eq!(nic["mac"], format!("52:54:00:2c:00:{:02x}", 11 + i));
+    }
+}
+
+#[test]
+fn plan_scale_and_folder_argument() {
+    let out = testbed(
+        &["plan", "examples/slurm", "--json", "--scale", "compute=8"],
+        &repo(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let compute = plan["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["role"] == "compute")
+        .count();
+    assert_eq!(compute, 8);
+
+    let table = testbed(&["plan"], &repo().join("examples/slurm"));
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let t = text(&table.stdout);
+    assert!(
+        t.starts_with("cluster slurm (debian/bookworm): 5 nodes, 1 network"),
+        "{t}"
+    );
+    assert!(
+        t.contains("compute4  compute  1     512MiB  lan      10.44.0.15/24  52:54:00:2c:00:0f"),
+        "{t}"
+    );
+}
+
+#[test]
+fn usage_and_input_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("testbed.toml"),
+        "[roles.ctl]\nmemory = \"512MB\"\n",
+    )
+    .expect("write");
+    let out = testbed(&["check"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("error: bad memory unit \"MB\" in \"512MB\" (did you mean MiB?)"),
+        "{err}"
+    );
+    assert!(err.contains("--> testbed.toml:2:10"), "{err}");
+    assert!(
+        err.contains("2 | memory = \"512MB\"\n  |          ^^^^^^^\n"),
+        "{err}"
+    );
+    assert!(err.contains("= help: use a whole number"), "{err}");
+
+    // Bad flags, a bad --scale, a missing composition: all usage errors.
+    for args in [
+        &["plan", "--frobnicate"][..],
+        &["plan", "--scale", "compute"][..],
+        &["plan", "--scale", "nosuch=2"][..],
+        &["check", "missing/testbed.toml"][..],
+    ] {
+        let out = testbed(args, &repo().join("examples/slurm"));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
+    }
+}
+
+#[test]
+fn check_json_reports_diagnostics() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("testbed.toml"),
+        "[roles.a]\nnetworks = [\"wan\"]\n",
+    )
+    .expect("write");
+    let out = testbed(&["check", "--json"], dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["ok"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["message"], "unknown network \"wan\" in role \"a\"");
+    assert_eq!(
+        (
+            d["location"]["line"].as_u64(),
+            d["location"]["column"].as_u64()
+        ),
+        (Some(2), Some(13))
+    );
+
+    let ok = testbed(&["check", "examples/slurm", "--json"], &repo());
+    assert!(ok.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json");
+    assert_eq!(
+        (
+            v["ok"].as_bool(),
+            v["nodes"].as_u64(),
+            v["templates"].as_u64()
+        ),
+        (Some(true), Some(5), Some(2))
+    );
+}
+
+#[test]
+fn init_writes_compositions_that_check() {
+    for template in ["minimal", "slurm"] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let target = dir.path().join(format!("my-{template}"));
+        let out = testbed(
+            &[
+                "init",
+                "--template",
+                template,
+                target.to_str().expect("utf8"),
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let check = testbed(&["check", target.to_str().expect("utf8")], dir.path());
+        assert!(
+            check.status.success(),
+            "{template}: {}",
+            text(&check.stderr)
+        );
+        assert!(
+            text(&check.stdout).contains(&format!("cluster \"my-{template}\"")),
+            "{}",
+            text(&check.stdout)
+        );
+
+        // A second init refuses and changes nothing.
+        let before = std::fs::read(target.join("testbed.toml")).expect("read");
+        let again = testbed(
+            &[
+                "init",
+                "--template",
+                template,
+                target.to_str().expect("utf8"),
+            ],
+            dir.path(),
+        );
+        assert_eq!(again.status.code(), Some(2));
+        assert!(text(&again.stderr).contains("use --force to overwrite"));
+        assert_eq!(
+            std::fs::read(target.join("testbed.toml")).expect("read"),
+            before
+        );
+    }
+}
+
+#[test]
+fn schema_is_json_and_knows_every_key() {
+    let out = testbed(&["schema"], &repo());
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let top: Vec<&String> = v["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .collect();
+    assert_eq!(
+        top,
+        ["cluster", "defaults", "roles", "secrets", "networks", "test"]
+    );
+    assert_eq!(v["additionalProperties"], false);
+    let role = &v["definitions"]["RawRole"];
+    for key in [
+        "count", "memory", "cpus", "packages", "services", "networks", "files",
+    ] {
+        assert!(role["properties"].get(key).is_some(), "role key {key}");
+    }
+    assert_eq!(role["additionalProperties"], false);
+}
