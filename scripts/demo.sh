@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-host.sh
 cargo build --locked --release --bin testbed
-tb=target/release/testbed
+tb="${CARGO_TARGET_DIR:-target}/release/testbed"
 echo "== testbed check examples/slurm"
 "$tb" check examples/slurm
 echo "== testbed plan examples/slurm"
