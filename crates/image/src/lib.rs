@@ -5,6 +5,8 @@
 //! This crate knows nothing about compositions or node counts: its input is an
 //! [`ImageSpec`] per role, and an image is a pure function of that spec.
 
+pub mod cpio;
+pub mod initramfs;
 pub mod spec;
 
 pub use spec::{ImageSpec, StaticFile};
