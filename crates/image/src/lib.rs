@@ -6,6 +6,7 @@
 //! [`ImageSpec`] per role, and an image is a pure function of that spec.
 
 pub mod cpio;
+pub mod erofs;
 pub mod initramfs;
 pub mod spec;
 
