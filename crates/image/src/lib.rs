@@ -5,6 +5,7 @@
 //! This crate knows nothing about compositions or node counts: its input is an
 //! [`ImageSpec`] per role, and an image is a pure function of that spec.
 
+pub mod archive;
 pub mod cpio;
 pub mod erofs;
 pub mod initramfs;
