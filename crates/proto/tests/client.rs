@@ -1,0 +1,96 @@
+//! The client against hand-written agents, for what the real agent never
+//! does (speak another version, hang up mid-session).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use testbed_proto::frame::{self, FrameKind, FrameReader};
+use testbed_proto::{Client, ClientError, ClientOptions, HelloReply};
+
+/// Runs `agent` on the far end of a socket pair after answering the hello
+/// with `reply`.
+fn fake_agent(
+    reply: HelloReply,
+    then: impl FnOnce(UnixStream) + Send + 'static,
+) -> Result<Client, ClientError> {
+    let (host, guest) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || {
+        let mut reader = FrameReader::new(guest.try_clone().unwrap());
+        reader.sync().unwrap();
+        let hello = reader.next_frame().unwrap().unwrap();
+        assert_eq!(hello.channel, 0);
+        let mut writer = guest;
+        // A banner before the preamble, as an SSH login might print.
+        writer.write_all(b"motd: be nice\n").unwrap();
+        frame::write_magic(&mut writer).unwrap();
+        let payload = serde_json::to_vec(&reply).unwrap();
+        frame::write_frame(&mut writer, 0, FrameKind::Control, &payload).unwrap();
+        then(writer);
+    });
+    Client::with_options(
+        host.try_clone().unwrap(),
+        host,
+        ClientOptions {
+            node: "fake".to_owned(),
+            hello_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )
+}
+
+#[test]
+fn a_newer_agent_is_reported_with_both_versions() {
+    let err = fake_agent(
+        HelloReply::Welcome {
+            protocol: 2,
+            agent: "testbed-agent 9.0".to_owned(),
+        },
+        drop,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "node fake: protocol version mismatch: host speaks 1, agent speaks 2"
+    );
+}
+
+#[test]
+fn an_agent_that_hangs_up_fails_pending_calls() {
+    let client = fake_agent(
+        HelloReply::Welcome {
+            protocol: 1,
+            agent: "testbed-agent 0.1.0".to_owned(),
+        },
+        |stream| {
+            // Read the request, then hang up without answering.
+            let mut reader = FrameReader::new(stream);
+            let _ = reader.next_frame();
+        },
+    )
+    .unwrap();
+    let err = client.state(Duration::from_secs(10)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "node fake: agent channel closed during state: the agent closed the connection"
+    );
+    // Later calls fail at once with the same reason.
+    let err = client.wait_file("/x", Duration::from_secs(10)).unwrap_err();
+    assert!(matches!(err, ClientError::Disconnected { .. }), "{err:?}");
+}
+
+#[test]
+fn a_silent_agent_times_out_the_hello() {
+    let (host, _guest) = UnixStream::pair().unwrap();
+    let err = Client::with_options(
+        host.try_clone().unwrap(),
+        host,
+        ClientOptions {
+            node: "mute".to_owned(),
+            hello_timeout: Duration::from_millis(200),
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.to_string(), "node mute: hello timed out after 0.2s");
+}
