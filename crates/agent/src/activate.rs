@@ -1,0 +1,227 @@
+//! Activation: turning a role's generic image into a particular node.
+//!
+//! [`write_files`] puts every file of the node identity in place under a
+//! root prefix and is tested on the host against a temporary folder;
+//! [`apply`] adds the system steps from [`crate::system`] (hostname,
+//! addresses, services) when the agent runs on the guest's real root.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use testbed_proto::{Activation, ActivationReport, ServiceFailure};
+use thiserror::Error;
+
+use crate::fsutil::{self, FsError};
+use crate::system::{self, SystemError};
+
+#[derive(Debug, Error)]
+pub enum ActivationError {
+    #[error("activation of {hostname}: {source}")]
+    File { hostname: String, source: FsError },
+    #[error("activation of {hostname}: {source}")]
+    System {
+        hostname: String,
+        source: SystemError,
+    },
+    #[error("activation of {hostname}: invalid ssh host key algorithm {algorithm:?}")]
+    KeyAlgorithm { hostname: String, algorithm: String },
+    #[error("activation of {hostname}: service {} did not become active ({})", .failure.unit, .failure.state)]
+    Service {
+        hostname: String,
+        failure: ServiceFailure,
+    },
+    #[error("activation of {hostname}: cancelled")]
+    Cancelled { hostname: String },
+}
+
+/// Writes `/etc/hostname`, `/etc/hosts`, secrets, rendered files, SSH host
+/// keys (if the image has `/etc/ssh`) and root's `authorized_keys`, all
+/// atomically, under `root`. Returns the guest paths written, in order.
+pub fn write_files(root: &Path, activation: &Activation) -> Result<Vec<String>, ActivationError> {
+    let hostname = &activation.hostname;
+    let file_error = |source| ActivationError::File {
+        hostname: hostname.clone(),
+        source,
+    };
+    let mut written = Vec::new();
+    let mut write = |path: &str, contents: &[u8], owner: &str, mode: u32| {
+        fsutil::write_file(root, path, contents, Some(owner), mode).map_err(file_error)?;
+        written.push(path.to_owned());
+        Ok::<(), ActivationError>(())
+    };
+    write(
+        "/etc/hostname",
+        format!("{hostname}\n").as_bytes(),
+        "root:root",
+        0o644,
+    )?;
+    write(
+        "/etc/hosts",
+        activation.hosts.as_bytes(),
+        "root:root",
+        0o644,
+    )?;
+    // Secrets before the files that may refer to them; both before services.
+    for file in activation.secrets.iter().chain(&activation.files) {
+        write(&file.path, &file.contents, &file.owner, file.mode)?;
+    }
+    if let Some(ssh) = &activation.ssh {
+        if root.join("etc/ssh").is_dir() {
+            for key in &ssh.host_keys {
+                let valid = !key.algorithm.is_empty()
+                    && key
+                        .algorithm
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                if !valid {
+                    return Err(ActivationError::KeyAlgorithm {
+                        hostname: hostname.clone(),
+                        algorithm: key.algorithm.clone(),
+                    });
+                }
+                let path = format!("/etc/ssh/ssh_host_{}_key", key.algorithm);
+                write(
+                    &path,
+                    with_newline(&key.private_key).as_bytes(),
+                    "root:root",
+                    0o600,
+                )?;
+                write(
+                    &format!("{path}.pub"),
+                    with_newline(&key.public_key).as_bytes(),
+                    "root:root",
+                    0o644,
+                )?;
+            }
+        }
+        if !ssh.authorized_keys.is_empty() {
+            let mut text = ssh.authorized_keys.join("\n");
+            text.push('\n');
+            // sshd's StrictModes wants the folder private too.
+            let dir = fsutil::under_root(root, "/root/.ssh").map_err(file_error)?;
+            std::fs::create_dir_all(&dir).map_err(|e| file_error(FsError::io(&dir, e)))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| file_error(FsError::io(&dir, e)))?;
+            write(
+                "/root/.ssh/authorized_keys",
+                text.as_bytes(),
+                "root:root",
+                0o600,
+            )?;
+        }
+    }
+    Ok(written)
+}
+
+fn with_newline(text: &str) -> String {
+    if text.ends_with('\n') {
+        text.to_owned()
+    } else {
+        format!("{text}\n")
+    }
+}
+
+/// Applies a whole activation. With `mutate_system` false (a root prefix),
+/// only the files are written and the system steps are listed as skipped.
+/// `cancelled` is polled while waiting for services.
+pub fn apply(
+    root: &Path,
+    mutate_system: bool,
+    activation: &Activation,
+    cancelled: &mut dyn FnMut(Duration) -> bool,
+) -> Result<ActivationReport, ActivationError> {
+    let start = Instant::now();
+    let hostname = activation.hostname.clone();
+    let files = write_files(root, activation)?;
+    let mut report = ActivationReport {
+        files,
+        services: Vec::new(),
+        skipped: Vec::new(),
+        elapsed_ms: 0,
+    };
+    if !mutate_system {
+        report.skipped.push("hostname".to_owned());
+        if !activation.interfaces.is_empty() {
+            report.skipped.push("addresses".to_owned());
+        }
+        if !activation.services.is_empty() {
+            report.skipped.push("services".to_owned());
+        }
+        report.elapsed_ms = elapsed_ms(start);
+        return Ok(report);
+    }
+    let system_error = |source| ActivationError::System {
+        hostname: hostname.clone(),
+        source,
+    };
+    system::set_hostname(&activation.hostname).map_err(system_error)?;
+    for interface in &activation.interfaces {
+        let name = system::interface_by_mac(Path::new("/sys/class/net"), &interface.mac)
+            .map_err(system_error)?;
+        system::configure_interface(&name, &interface.addresses, interface.mtu)
+            .map_err(system_error)?;
+    }
+    // Loopback is normally up already; make sure, since services bind to it.
+    system::run("ip", &["link", "set", "dev", "lo", "up"]).map_err(system_error)?;
+    if activation.services.is_empty() {
+        report.elapsed_ms = elapsed_ms(start);
+        return Ok(report);
+    }
+    let writes_units = activation
+        .files
+        .iter()
+        .any(|f| f.path.starts_with("/etc/systemd/") || f.path.starts_with("/usr/lib/systemd/"));
+    if writes_units {
+        system::daemon_reload().map_err(system_error)?;
+    }
+    if let Err(e) = system::start_units(&activation.services) {
+        // Name the first unit systemd does not know, if that is the cause.
+        for unit in &activation.services {
+            if let Ok(status) = system::unit_status(unit) {
+                if status.has_failed() {
+                    return Err(ActivationError::Service {
+                        hostname,
+                        failure: failure(unit, &status),
+                    });
+                }
+            }
+        }
+        return Err(system_error(e));
+    }
+    let timeout = Duration::from_millis(activation.service_timeout_ms);
+    for unit in &activation.services {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = system::unit_status(unit).map_err(system_error)?;
+            if status.is_up() {
+                break;
+            }
+            if status.has_failed() || Instant::now() >= deadline {
+                return Err(ActivationError::Service {
+                    hostname,
+                    failure: failure(unit, &status),
+                });
+            }
+            if cancelled(Duration::from_millis(100)) {
+                return Err(ActivationError::Cancelled { hostname });
+            }
+        }
+        report.services.push(unit.clone());
+    }
+    report.elapsed_ms = elapsed_ms(start);
+    Ok(report)
+}
+
+/// A unit's failure with its journal tail.
+pub fn failure(unit: &str, status: &system::UnitStatus) -> ServiceFailure {
+    ServiceFailure {
+        unit: unit.to_owned(),
+        state: status.describe(),
+        journal: system::journal_tail(unit),
+    }
+}
+
+fn elapsed_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}

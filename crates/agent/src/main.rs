@@ -1,0 +1,129 @@
+//! `testbed-agent`: the guest side of the testbed host-agent protocol.
+//!
+//! ```text
+//! testbed-agent --port /dev/virtio-ports/org.testbed.agent   (VMs, via systemd)
+//! testbed-agent --stdio                                      (containers, SSH)
+//! testbed-agent --stdio --root DIR      (activation writes under DIR; no system changes)
+//! testbed-agent --unit                  (write the systemd unit to stdout)
+//! ```
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use testbed_agent::session::{self, End};
+use testbed_agent::{Agent, SERVICE_UNIT};
+
+const USAGE: &str =
+    "usage: testbed-agent (--port PATH | --stdio) [--root DIR]\n       testbed-agent --unit\n";
+
+enum Mode {
+    Port(PathBuf),
+    Stdio,
+    Unit,
+}
+
+fn parse(args: &[String]) -> Result<(Mode, PathBuf), String> {
+    let mut mode = None;
+    let mut root = PathBuf::from("/");
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--port" => {
+                let path = args.next().ok_or("--port needs a path")?;
+                mode = Some(Mode::Port(PathBuf::from(path)));
+            }
+            "--stdio" => mode = Some(Mode::Stdio),
+            "--unit" => mode = Some(Mode::Unit),
+            "--root" => {
+                let dir = args.next().ok_or("--root needs a directory")?;
+                root = PathBuf::from(dir);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let mode = mode.ok_or("one of --port, --stdio or --unit is required")?;
+    Ok((mode, root))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (mode, root) = match parse(&args) {
+        Ok(parsed) => parsed,
+        Err(message) => {
+            log(&format!("{message}\n{USAGE}"));
+            return ExitCode::from(2);
+        }
+    };
+    let agent = Arc::new(Agent::new(root));
+    match mode {
+        Mode::Unit => match std::io::stdout().write_all(SERVICE_UNIT.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        },
+        Mode::Stdio => serve_stdio(&agent),
+        Mode::Port(path) => serve_port(&agent, &path),
+    }
+}
+
+fn log(message: &str) {
+    let _ = std::io::stderr().write_all(format!("testbed-agent: {message}\n").as_bytes());
+}
+
+/// One session on stdin/stdout; the agent exits when it ends. The standard
+/// streams are duplicated into plain files, skipping std's buffering and
+/// locking, and commands never inherit them (their stdio is always piped
+/// or null).
+fn serve_stdio(agent: &Arc<Agent>) -> ExitCode {
+    let duplicate = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().map(File::from);
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let (reader, writer) = match (duplicate(stdin.as_fd()), duplicate(stdout.as_fd())) {
+        (Ok(reader), Ok(writer)) => (reader, writer),
+        (Err(e), _) | (_, Err(e)) => {
+            log(&format!("cannot use the standard streams: {e}"));
+            return ExitCode::FAILURE;
+        }
+    };
+    match session::serve(agent, reader, writer) {
+        End::Closed => ExitCode::SUCCESS,
+        End::Broken(reason) => {
+            log(&format!("session ended: {reason}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sessions on a virtio-serial port, forever. The port reads end-of-file
+/// while no host is connected, so the loop pauses between sessions; the
+/// device may also not exist yet this early in boot.
+fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
+    let mut reported = false;
+    loop {
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .and_then(|file| Ok((file.try_clone()?, file)));
+        match opened {
+            Ok((reader, writer)) => {
+                reported = false;
+                if let End::Broken(reason) = session::serve(agent, reader, writer) {
+                    log(&format!("session on {} ended: {reason}", path.display()));
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                if !reported {
+                    log(&format!("waiting for {}: {e}", path.display()));
+                    reported = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! The steps that change the running system: hostname, addresses, links,
+//! systemd units. Kept to thin wrappers over the kernel interface and the
+//! standard tools (`ip`, `systemctl`, `journalctl`), so everything that can
+//! be checked without a VM lives elsewhere and this layer is exercised by
+//! the tests that boot real nodes.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::process::Command;
+
+use thiserror::Error;
+
+use crate::fsutil::describe;
+
+#[derive(Debug, Error)]
+pub enum SystemError {
+    #[error("cannot set the hostname to {name}: {}", describe(.source))]
+    Hostname { name: String, source: io::Error },
+    #[error("no network interface has MAC address {mac}")]
+    NoInterface { mac: String },
+    #[error("cannot list network interfaces in {dir}: {}", describe(.source))]
+    Interfaces { dir: String, source: io::Error },
+    #[error("cannot run `{command}`: {}", describe(.source))]
+    Spawn { command: String, source: io::Error },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// Runs a tool and returns its stdout; a non-zero exit is an error carrying
+/// its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String, SystemError> {
+    let command = std::iter::once(program)
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let output = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|source| SystemError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(SystemError::Failed {
+            command,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// Sets the kernel's hostname (the files are written by activation).
+pub fn set_hostname(name: &str) -> Result<(), SystemError> {
+    fs::write("/proc/sys/kernel/hostname", name).map_err(|source| SystemError::Hostname {
+        name: name.to_owned(),
+        source,
+    })
+}
+
+/// Finds the interface with this MAC in a `/sys/class/net`-shaped folder.
+pub fn interface_by_mac(sys_class_net: &Path, mac: &str) -> Result<String, SystemError> {
+    let wanted = mac.trim().to_ascii_lowercase();
+    let entries = fs::read_dir(sys_class_net).map_err(|source| SystemError::Interfaces {
+        dir: sys_class_net.display().to_string(),
+        source,
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let address = fs::read_to_string(entry.path().join("address")).ok()?;
+            (address.trim().to_ascii_lowercase() == wanted)
+                .then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    // Deterministic if a MAC were ever shared (a bond, a VLAN on top).
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .ok_or_else(|| SystemError::NoInterface {
+            mac: mac.to_owned(),
+        })
+}
+
+/// Brings a link up with its addresses. `ip addr replace` keeps this
+/// idempotent, so a repeated activation (after an agent restart) succeeds.
+pub fn configure_interface(
+    name: &str,
+    addresses: &[String],
+    mtu: Option<u32>,
+) -> Result<(), SystemError> {
+    if let Some(mtu) = mtu {
+        run("ip", &["link", "set", "dev", name, "mtu", &mtu.to_string()])?;
+    }
+    for address in addresses {
+        run("ip", &["addr", "replace", address, "dev", name])?;
+    }
+    run("ip", &["link", "set", "dev", name, "up"])?;
+    Ok(())
+}
+
+/// Whether systemd is the running init.
+pub fn systemd_running() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+pub fn daemon_reload() -> Result<(), SystemError> {
+    run("systemctl", &["daemon-reload"]).map(drop)
+}
+
+/// Queues start jobs for all units at once and returns; systemd orders them
+/// by their own dependencies.
+pub fn start_units(units: &[String]) -> Result<(), SystemError> {
+    let mut args = vec!["start", "--no-block", "--"];
+    args.extend(units.iter().map(String::as_str));
+    run("systemctl", &args).map(drop)
+}
+
+/// The properties of a unit that tell whether it is up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitStatus {
+    pub active: String,
+    pub sub: String,
+    pub result: String,
+    pub kind: String,
+    pub load: String,
+}
+
+impl UnitStatus {
+    /// Active, or a oneshot service that ran and exited successfully
+    /// (without `RemainAfterExit` such a unit goes back to `inactive`).
+    pub fn is_up(&self) -> bool {
+        self.active == "active"
+            || (self.kind == "oneshot" && self.active == "inactive" && self.result == "success")
+    }
+
+    pub fn has_failed(&self) -> bool {
+        self.active == "failed" || self.load == "not-found" || self.load == "error"
+    }
+
+    pub fn describe(&self) -> String {
+        if self.load == "not-found" {
+            "not found".to_owned()
+        } else {
+            format!("{}/{}", self.active, self.sub)
+        }
+    }
+}
+
+pub fn unit_status(unit: &str) -> Result<UnitStatus, SystemError> {
+    let text = run(
+        "systemctl",
+        &[
+            "show",
+            "-p",
+            "ActiveState,SubState,Result,Type,LoadState",
+            "--",
+            unit,
+        ],
+    )?;
+    Ok(parse_unit_status(&text))
+}
+
+fn parse_unit_status(text: &str) -> UnitStatus {
+    let mut status = UnitStatus::default();
+    for line in text.lines() {
+        if let Some((key, value)) = line.split_once('=') {
+            let slot = match key {
+                "ActiveState" => &mut status.active,
+                "SubState" => &mut status.sub,
+                "Result" => &mut status.result,
+                "Type" => &mut status.kind,
+                "LoadState" => &mut status.load,
+                _ => continue,
+            };
+            *slot = value.to_owned();
+        }
+    }
+    status
+}
+
+/// The last 50 journal lines of a unit, or why they could not be read (the
+/// caller is already reporting a failure; this is supporting detail).
+pub fn journal_tail(unit: &str) -> String {
+    match run("journalctl", &["-u", unit, "-n", "50", "--no-pager"]) {
+        Ok(text) => text,
+        Err(e) => format!("(no journal: {e})"),
+    }
+}
+
+/// `systemctl is-system-running` (which exits non-zero for `degraded`, so
+/// its stdout is read either way).
+pub fn system_state() -> Option<String> {
+    if !systemd_running() {
+        return None;
+    }
+    let output = Command::new("systemctl")
+        .arg("is-system-running")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interfaces_are_found_by_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mac) in [("lo", "00:00:00:00:00:00"), ("ens4", "52:54:00:12:34:56")] {
+            fs::create_dir(dir.path().join(name)).unwrap();
+            fs::write(dir.path().join(name).join("address"), format!("{mac}\n")).unwrap();
+        }
+        assert_eq!(
+            interface_by_mac(dir.path(), "52:54:00:12:34:56").unwrap(),
+            "ens4"
+        );
+        assert_eq!(
+            interface_by_mac(dir.path(), "52:54:00:12:34:56".to_uppercase().as_str()).unwrap(),
+            "ens4"
+        );
+        assert_eq!(
+            interface_by_mac(dir.path(), "52:54:00:00:00:01")
+                .unwrap_err()
+                .to_string(),
+            "no network interface has MAC address 52:54:00:00:00:01"
+        );
+    }
+
+    #[test]
+    fn unit_status_is_parsed() {
+        let status = parse_unit_status(
+            "Type=oneshot\nResult=success\nLoadState=loaded\nActiveState=inactive\nSubState=dead\n",
+        );
+        assert!(status.is_up());
+        let status = parse_unit_status("ActiveState=failed\nSubState=failed\nLoadState=loaded\n");
+        assert!(status.has_failed());
+        assert_eq!(status.describe(), "failed/failed");
+        let status = parse_unit_status("LoadState=not-found\nActiveState=inactive\n");
+        assert!(status.has_failed());
+        assert_eq!(status.describe(), "not found");
+    }
+}
