@@ -29,15 +29,23 @@ pub(crate) enum Inbound {
 
 /// The write half of the stream, shared by every handler.
 pub(crate) struct Out {
-    writer: Mutex<Box<dyn Write + Send>>,
+    /// `None` once the session has ended: handlers and output pumps that
+    /// outlive it must not write into the next session on the same port,
+    /// whose channel ids mean other requests.
+    writer: Mutex<Option<Box<dyn Write + Send>>>,
 }
 
 impl Out {
+    fn writer(&self) -> MutexGuard<'_, Option<Box<dyn Write + Send>>> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn write(&self, channel: u32, kind: FrameKind, payload: &[u8]) {
-        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        // A failed write means the host is gone; the reader sees the end of
-        // the stream and tears the session down, so nothing to do here.
-        let _ = frame::write_frame(&mut **writer, channel, kind, payload);
+        if let Some(writer) = self.writer().as_mut() {
+            // A failed write means the host is gone; the reader sees the end
+            // of the stream and tears the session down, so nothing to do.
+            let _ = frame::write_frame(&mut **writer, channel, kind, payload);
+        }
     }
 }
 
@@ -118,7 +126,7 @@ pub enum End {
 /// request is cancelled (commands killed, connections closed).
 pub fn serve<R: Read, W: Write + Send + 'static>(agent: &Arc<Agent>, reader: R, writer: W) -> End {
     let out = Arc::new(Out {
-        writer: Mutex::new(Box::new(writer)),
+        writer: Mutex::new(Some(Box::new(writer))),
     });
     let hello = AtomicBool::new(false);
     let channels: Channels = Arc::new(Mutex::new(HashMap::new()));
@@ -128,9 +136,8 @@ pub fn serve<R: Read, W: Write + Send + 'static>(agent: &Arc<Agent>, reader: R, 
             if skipped > 0 {
                 warning!("skipped {skipped} bytes before the protocol preamble");
             }
-            {
-                let mut w = out.writer.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = frame::write_magic(&mut **w);
+            if let Some(writer) = out.writer().as_mut() {
+                let _ = frame::write_magic(&mut **writer);
             }
             loop {
                 match reader.next_frame() {
@@ -156,6 +163,7 @@ pub fn serve<R: Read, W: Write + Send + 'static>(agent: &Arc<Agent>, reader: R, 
     while !lock(&channels).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    out.writer().take();
     end
 }
 
