@@ -38,6 +38,21 @@ pub const STAGE1_MODULES: &[&str] = &[
     "overlay",
 ];
 
+/// The kernel command line a VM backend should pass with these artifacts,
+/// with `rootfs.erofs` attached as the first virtio-blk disk, read-only
+/// (see `docs/boot.md`). Append `testbed.debug` for a shell on failure, and
+/// drop `quiet` to see the kernel's and systemd's messages on the console.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 panic=-1 quiet testbed.root=/dev/vda";
+
+/// Every line `/init` prints starts with this; a failure is
+/// `testbed-stage1: FAILED at step '...': cause`, after which the VM powers
+/// off. A backend can watch the serial log for it to report a node that
+/// cannot boot.
+pub const CONSOLE_PREFIX: &str = "testbed-stage1: ";
+
+/// What `/init` prints on failure, after [`CONSOLE_PREFIX`].
+pub const FAILURE_MARKER: &str = "testbed-stage1: FAILED at step ";
+
 /// The busybox applets linked in the initramfs: what `init.sh` uses, plus
 /// what a person in the `testbed.debug` shell is likely to reach for.
 const APPLETS: &[&str] = &[
@@ -985,6 +1000,17 @@ kernel/arch/x86/crypto/crc32c-intel.ko:
         assert_eq!(
             resolve_in_root(root, "/usr/escape/passwd"),
             root.join("etc/passwd")
+        );
+    }
+
+    #[test]
+    fn console_markers_match_the_script() {
+        let init = render_init("k", &[]);
+        assert!(init.contains(r#"echo "testbed-stage1: $*""#));
+        assert!(init.contains(r#"say "FAILED at step '$step': $*""#));
+        assert_eq!(FAILURE_MARKER, format!("{CONSOLE_PREFIX}FAILED at step "));
+        assert!(
+            KERNEL_CMDLINE.contains("testbed.root=/dev/vda") && init.contains("root=/dev/vda\n")
         );
     }
 

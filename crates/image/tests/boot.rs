@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use support::{tail, Vm};
 use testbed_image::archive::write_rootfs_tar;
 use testbed_image::erofs::{build_erofs, ErofsOptions};
-use testbed_image::initramfs::{build_initramfs, copy_kernel, InitramfsOptions};
+use testbed_image::initramfs::{build_initramfs, copy_kernel, InitramfsOptions, KERNEL_CMDLINE};
 
 const EPOCH: u64 = 1_700_000_000;
 
@@ -57,10 +57,11 @@ echo "TESTBED-BOOT-TEST multi-user.target=$target system=$system failed=[$failed
 systemctl poweroff --no-block
 "#;
 
-/// The kernel command line a backend would use, minus anything the test does
-/// not need. `panic=-1` with QEMU's `-no-reboot` turns a kernel panic into a
-/// VM exit instead of a hang.
-const CMDLINE: &str = "console=ttyS0 panic=-1 testbed.root=/dev/vda";
+/// The backend's command line without `quiet`, so that a failing boot
+/// leaves the kernel's and systemd's messages in the test output.
+fn cmdline() -> String {
+    KERNEL_CMDLINE.replace(" quiet", "")
+}
 
 /// Whether two files have the same bytes (byte comparison rather than a
 /// digest: unoptimized test builds hash hundreds of MiB slowly).
@@ -152,7 +153,7 @@ fn stage1_boots_the_erofs_root_to_multi_user_under_tcg() {
         &a.join("kernel"),
         &a.join("initramfs"),
         Some(&a.join("rootfs.erofs")),
-        CMDLINE,
+        &cmdline(),
         &tmp.path().join("serial.log"),
     );
     let reached = vm.wait_for_line(MARKER, BOOT_TIMEOUT);
