@@ -1,0 +1,113 @@
+//! Progress reporting. The library never prints: it tells a [`Progress`]
+//! implementation what it is doing, and the CLI renders that (spinners, log
+//! lines, JSON). Implementations must be cheap and thread-safe because roles
+//! build in parallel.
+
+use std::time::Duration;
+
+/// One thing the builder started or finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Downloading the package index of a suite.
+    UpdatingIndex {
+        /// `vendor/suite`.
+        distro: String,
+    },
+    /// Resolving a role's full package set.
+    Resolving {
+        /// The role.
+        role: String,
+    },
+    /// A role is locked.
+    Locked {
+        /// The role.
+        role: String,
+        /// How many packages its image installs.
+        packages: usize,
+    },
+    /// The store already holds this role's image; nothing is built.
+    CacheHit {
+        /// The role.
+        role: String,
+        /// The store key.
+        key: String,
+    },
+    /// Another role with identical inputs builds the same image.
+    SharedWith {
+        /// The role.
+        role: String,
+        /// The role that builds it.
+        builder: String,
+    },
+    /// A build step of a role started.
+    Step {
+        /// The role.
+        role: String,
+        /// What happens now.
+        step: Step,
+    },
+    /// A role's image is in the store.
+    Built {
+        /// The role.
+        role: String,
+        /// The store key.
+        key: String,
+        /// Wall time of the build.
+        elapsed: Duration,
+    },
+    /// Removed a temporary directory left by an interrupted build.
+    CleanedStale {
+        /// Its name inside the store.
+        name: String,
+    },
+}
+
+/// The steps of one image build, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Checking the locked versions against the archive index.
+    CheckingArchive,
+    /// Running mmdebstrap.
+    Bootstrapping,
+    /// Adding static files and the agent, disabling services.
+    Customizing,
+    /// Removing and normalizing non-deterministic files.
+    Normalizing,
+    /// Building kernel, initramfs, erofs image and container archive.
+    Artifacts,
+    /// Hashing outputs and moving the entry into the store.
+    Committing,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::CheckingArchive => "checking locked versions",
+            Step::Bootstrapping => "building root filesystem",
+            Step::Customizing => "adding files",
+            Step::Normalizing => "normalizing",
+            Step::Artifacts => "building boot artifacts",
+            Step::Committing => "committing to the store",
+        })
+    }
+}
+
+/// Receives progress events; called from several threads at once.
+pub trait Progress: Sync {
+    /// Something happened.
+    fn event(&self, event: Event);
+}
+
+/// Discards all events.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn event(&self, _event: Event) {}
+}
+
+impl<F: Fn(Event) + Sync> Progress for F {
+    fn event(&self, event: Event) {
+        self(event)
+    }
+}
