@@ -1,0 +1,400 @@
+//! The content-addressed store of built images.
+//!
+//! Layout under the store root:
+//!
+//! ```text
+//! <key>/            one finished image: kernel, initramfs, rootfs.erofs,
+//!                   rootfs.tar, rootfs.files, manifest.json
+//! .tmp/<name>-<pid>/ builds in progress; renamed to <key>/ when complete
+//! .refs/<hash>.json  which lock file used which keys, for `ls` and `gc`
+//! ```
+//!
+//! Invariants: an entry directory exists only once it is complete (it is
+//! renamed into place atomically from `.tmp`), so its presence alone is a
+//! cache hit; a `.tmp` directory whose owning process is gone is garbage and
+//! is removed by the next build; keys never contain role names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ImageError, IoContext, Result};
+use crate::manifest::{Manifest, MANIFEST};
+use crate::progress::{Event, Progress};
+use crate::rootfs::hex;
+
+/// The environment variable that overrides the store location.
+pub const STORE_ENV: &str = "TESTBED_STORE";
+
+const TMP: &str = ".tmp";
+const REFS: &str = ".refs";
+
+/// A store on disk.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// One entry, as `store ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The key (directory name).
+    pub key: String,
+    /// Its directory.
+    pub path: PathBuf,
+    /// Total size of its files, in bytes.
+    pub size: u64,
+    /// The lock files that used it at their last build, with the roles.
+    pub users: Vec<(PathBuf, Vec<String>)>,
+}
+
+/// What `gc` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Keys removed.
+    pub removed: Vec<String>,
+    /// Bytes freed.
+    pub freed: u64,
+    /// Keys kept because a lock file still uses them.
+    pub kept: Vec<String>,
+}
+
+/// One registered lock file and the keys its roles were built into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Ref {
+    lock: PathBuf,
+    /// role → key
+    keys: BTreeMap<String, String>,
+}
+
+impl Store {
+    /// The default location: `$TESTBED_STORE`, else
+    /// `$XDG_CACHE_HOME/testbed/store`, else `~/.cache/testbed/store`.
+    pub fn default_root() -> Result<PathBuf> {
+        if let Some(p) = std::env::var_os(STORE_ENV).filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p).join("testbed/store"));
+        }
+        match std::env::var_os("HOME").filter(|p| !p.is_empty()) {
+            Some(home) => Ok(PathBuf::from(home).join(".cache/testbed/store")),
+            None => Err(ImageError::Io {
+                action: "cannot find the store: neither TESTBED_STORE, XDG_CACHE_HOME nor HOME is set for",
+                path: PathBuf::from("~"),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }),
+        }
+    }
+
+    /// Opens (creating) the store at the default location.
+    pub fn open_default() -> Result<Store> {
+        Store::open(&Store::default_root()?)
+    }
+
+    /// Opens (creating) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for d in [root.to_path_buf(), root.join(TMP), root.join(REFS)] {
+            fs::create_dir_all(&d).at("cannot create", &d)?;
+        }
+        let root = fs::canonicalize(root).at("cannot resolve", root)?;
+        Ok(Store { root })
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the entry of `key` lives (whether or not it exists).
+    pub fn entry_dir(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    /// The manifest of `key` if the store has a complete entry for it.
+    pub fn lookup(&self, key: &str) -> Option<Manifest> {
+        let dir = self.entry_dir(key);
+        let manifest = Manifest::read(&dir.join(MANIFEST)).ok()?;
+        (manifest.key == key).then_some(manifest)
+    }
+
+    /// A fresh build directory in `.tmp`, tagged with our pid so a later
+    /// build can tell whether its owner is still alive.
+    pub(crate) fn temp_dir(&self, label: &str) -> Result<PathBuf> {
+        let base = self.root.join(TMP);
+        let pid = std::process::id();
+        for n in 0u32.. {
+            let dir = base.join(format!("{label}-{n}-{pid}"));
+            match fs::create_dir(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).at("cannot create", &dir),
+            }
+        }
+        Err(ImageError::Io {
+            action: "cannot create a build directory in",
+            path: base,
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        })
+    }
+
+    /// Moves a finished build into place as `key`. If another process
+    /// finished the same key first, its entry wins (it is identical by
+    /// construction) and ours is discarded.
+    pub(crate) fn commit(&self, tmp: &Path, key: &str) -> Result<PathBuf> {
+        let dest = self.entry_dir(key);
+        match fs::rename(tmp, &dest) {
+            Ok(()) => Ok(dest),
+            Err(_) if self.lookup(key).is_some() => {
+                remove_tree(tmp)?;
+                Ok(dest)
+            }
+            Err(e) => Err(e).at("cannot move the build into", &dest),
+        }
+    }
+
+    /// Removes `.tmp` directories whose owning process is gone (interrupted
+    /// builds); returns how many.
+    pub fn clean_stale(&self, progress: &dyn Progress) -> Result<usize> {
+        let base = self.root.join(TMP);
+        let mut n = 0;
+        for entry in fs::read_dir(&base).at("cannot list", &base)? {
+            let entry = entry.at("cannot list", &base)?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                remove_tree(&entry.path())?;
+                progress.event(Event::CleanedStale { name });
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Records that the lock file at `lock` uses `keys` (role → key), so
+    /// that `ls` can show it and `gc` keeps them while the file exists.
+    pub fn register(&self, lock: &Path, keys: &BTreeMap<String, String>) -> Result<()> {
+        let lock = fs::canonicalize(lock).unwrap_or_else(|_| lock.to_path_buf());
+        let name = hex(&Sha256::digest(lock.to_string_lossy().as_bytes()));
+        let path = self.root.join(REFS).join(format!("{name}.json"));
+        let mut merged = read_ref(&path).map(|r| r.keys).unwrap_or_default();
+        merged.extend(keys.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let r = Ref { lock, keys: merged };
+        let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        fs::write(&tmp, text).at("cannot write", &tmp)?;
+        fs::rename(&tmp, &path).at("cannot write", &path)
+    }
+
+    fn refs(&self) -> Result<Vec<(PathBuf, Ref)>> {
+        let dir = self.root.join(REFS);
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).at("cannot list", &dir)? {
+            let path = entry.at("cannot list", &dir)?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            if let Some(r) = read_ref(&path) {
+                out.push((path, r));
+            }
+        }
+        out.sort_by(|a, b| a.1.lock.cmp(&b.1.lock));
+        Ok(out)
+    }
+
+    /// The complete entries, sorted by key, with sizes and users.
+    pub fn list(&self) -> Result<Vec<EntryInfo>> {
+        let refs = self.refs()?;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.root).at("cannot list", &self.root)? {
+            let entry = entry.at("cannot list", &self.root)?;
+            let key = entry.file_name().to_string_lossy().to_string();
+            if key.starts_with('.') || self.lookup(&key).is_none() {
+                continue;
+            }
+            let users = refs
+                .iter()
+                .filter_map(|(_, r)| {
+                    let roles: Vec<String> = r
+                        .keys
+                        .iter()
+                        .filter(|(_, k)| **k == key)
+                        .map(|(role, _)| role.clone())
+                        .collect();
+                    (!roles.is_empty()).then(|| (r.lock.clone(), roles))
+                })
+                .collect();
+            out.push(EntryInfo {
+                size: tree_size(&entry.path())?,
+                path: entry.path(),
+                key,
+                users,
+            });
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    /// Removes every entry no registered, still existing lock file uses,
+    /// forgets lock files that no longer exist, and cleans stale builds.
+    pub fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        self.clean_stale(progress)?;
+        let mut live: BTreeSet<String> = BTreeSet::new();
+        for (path, r) in self.refs()? {
+            if r.lock.exists() {
+                live.extend(r.keys.values().cloned());
+            } else {
+                fs::remove_file(&path).at("cannot remove", &path)?;
+            }
+        }
+        let mut report = GcReport::default();
+        for entry in fs::read_dir(&self.root).at("cannot list", &self.root)? {
+            let entry = entry.at("cannot list", &self.root)?;
+            let key = entry.file_name().to_string_lossy().to_string();
+            if key.starts_with('.') {
+                continue;
+            }
+            if live.contains(&key) {
+                report.kept.push(key);
+                continue;
+            }
+            report.freed += tree_size(&entry.path())?;
+            remove_tree(&entry.path())?;
+            report.removed.push(key);
+        }
+        report.removed.sort();
+        report.kept.sort();
+        Ok(report)
+    }
+
+    /// Fails clearly when the store's filesystem has less than `needed_mib`
+    /// free.
+    pub fn check_space(&self, needed_mib: u64) -> Result<()> {
+        let st = rustix::fs::statvfs(&self.root)
+            .map_err(std::io::Error::from)
+            .at("cannot query free space of", &self.root)?;
+        let available_mib = st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024);
+        if available_mib < needed_mib {
+            return Err(ImageError::NoSpace {
+                path: self.root.clone(),
+                available_mib,
+                needed_mib,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_ref(path: &Path) -> Option<Ref> {
+    serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
+}
+
+/// Removes a directory tree, including read-only directories a failed
+/// build may leave behind.
+pub(crate) fn remove_tree(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at("cannot remove", path),
+    }
+}
+
+/// Total size of the regular files under `path`.
+pub(crate) fn tree_size(path: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).at("cannot list", &dir)? {
+            let entry = entry.at("cannot list", &dir)?;
+            let meta = entry
+                .path()
+                .symlink_metadata()
+                .at("cannot stat", entry.path())?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() {
+                total += meta.len();
+            }
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+
+    fn fake_entry(store: &Store, key: &str) {
+        let tmp = store.temp_dir("t").expect("tmp");
+        let m = Manifest::for_test(key);
+        m.write(&tmp.join(MANIFEST)).expect("manifest");
+        fs::write(tmp.join("kernel"), b"k").expect("w");
+        store.commit(&tmp, key).expect("commit");
+    }
+
+    #[test]
+    fn gc_keeps_only_keys_of_existing_locks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("open");
+        fake_entry(&store, "aaaa");
+        fake_entry(&store, "bbbb");
+        fake_entry(&store, "cccc");
+        let lock1 = dir.path().join("one.lock");
+        let lock2 = dir.path().join("two.lock");
+        fs::write(&lock1, "").expect("w");
+        fs::write(&lock2, "").expect("w");
+        let keys = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        store
+            .register(&lock1, &keys(&[("ctl", "aaaa"), ("compute", "aaaa")]))
+            .expect("reg");
+        store
+            .register(&lock2, &keys(&[("db", "bbbb")]))
+            .expect("reg");
+        let ls = store.list().expect("ls");
+        assert_eq!(ls.len(), 3);
+        assert_eq!(ls[0].users.len(), 1);
+        assert_eq!(ls[0].users[0].1, ["compute", "ctl"]);
+        assert!(ls[2].users.is_empty());
+        fs::remove_file(&lock2).expect("rm");
+        let report = store.gc(&NoProgress).expect("gc");
+        assert_eq!(report.removed, ["bbbb", "cccc"]);
+        assert_eq!(report.kept, ["aaaa"]);
+        assert!(store.lookup("aaaa").is_some());
+        assert!(store.lookup("bbbb").is_none());
+    }
+
+    #[test]
+    fn stale_temp_dirs_are_cleaned_and_never_trusted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        // A build of a process that no longer exists (pid 0 never does).
+        let stale = store.root().join(TMP).join("abcd-0-0");
+        fs::create_dir_all(&stale).expect("mkdir");
+        let mine = store.temp_dir("efgh").expect("tmp");
+        assert!(store.lookup("abcd").is_none());
+        assert_eq!(store.clean_stale(&NoProgress).expect("clean"), 1);
+        assert!(!stale.exists());
+        assert!(mine.exists());
+        // A directory without a manifest is not an entry.
+        fs::create_dir_all(store.entry_dir("dead")).expect("mkdir");
+        assert!(store.lookup("dead").is_none());
+        assert!(store.list().expect("ls").is_empty());
+    }
+
+    #[test]
+    fn store_location_honours_the_environment() {
+        // Only reads; the other tests do not depend on these variables.
+        let root = Store::default_root().expect("some default");
+        assert!(root.is_absolute() || std::env::var_os(STORE_ENV).is_some());
+    }
+}
