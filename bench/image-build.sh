@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Image build benchmark (not a test): locks the Slurm example's roles, builds
+# them cold into an empty store, runs plain mmdebstrap with the same package
+# lists side by side, then builds again warm. Prints cold time as a ratio to
+# plain mmdebstrap and the warm (cache hit) time.
+#
+# Needs root (mmdebstrap root mode) and scripts/setup-host.sh's packages.
+# Other roles: bench/image-build.sh web=nginx db=postgresql
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+cargo build --quiet --release --locked -p testbed-image --example image_bench
+exec "$CARGO_TARGET_DIR/release/examples/image_bench" "$@"
