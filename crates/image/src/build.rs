@@ -211,6 +211,9 @@ fn run_jobs(
     artifacts: &dyn Artifacts,
 ) -> Result<()> {
     tools::require(tools::BUILD_TOOLS)?;
+    if !rustix::process::geteuid().is_root() {
+        return Err(ImageError::NeedsRoot);
+    }
     store.clean_stale(progress)?;
     let parallel = options
         .jobs
@@ -383,6 +386,7 @@ fn build_one(
     })();
     // The tree is large and useless once the outputs exist; a failed build
     // leaves nothing behind either (the next build would clean it anyway).
+    let _ = crate::store::unmount_under(&work);
     let _ = remove_tree(&work);
     result?;
     progress.event(Event::Built {

@@ -28,6 +28,10 @@ pub enum ImageError {
         package: &'static str,
     },
 
+    /// Building needs root (mmdebstrap's root mode) and we are not root.
+    #[error("building images needs root for now: mmdebstrap's unshare mode leaves a tree owned by mapped ids that the erofs and archive steps cannot read as this user; run the build as root (locking works without)")]
+    NeedsRoot,
+
     /// A host program ran and failed.
     #[error("{what} failed ({status}): {stderr}")]
     Command {

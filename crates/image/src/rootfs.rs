@@ -74,12 +74,9 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
     let prefs_q = sh_quote(&prefs.to_string_lossy());
     let lists_q = sh_quote(&b.lists.to_string_lossy());
     let mut cmd = Command::new(mmdebstrap);
-    let mode = if rustix::process::geteuid().is_root() {
-        "root"
-    } else {
-        "unshare"
-    };
-    cmd.arg(format!("--mode={mode}"))
+    // Root mode only: see `ImageError::NeedsRoot` for why unshare mode is
+    // not used yet.
+    cmd.arg("--mode=root")
         .arg("--variant=apt")
         .arg("--format=directory")
         .arg(format!("--architectures={}", b.lock.architecture))

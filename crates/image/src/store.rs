@@ -167,6 +167,7 @@ impl Store {
             let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
             let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
             if !alive {
+                unmount_under(&entry.path())?;
                 remove_tree(&entry.path())?;
                 progress.event(Event::CleanedStale { name });
                 n += 1;
@@ -287,6 +288,39 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Unmounts whatever an interrupted mmdebstrap left mounted under `dir`
+/// (`/proc`, `/sys`, `/dev/pts` of its chroot), deepest first, so that
+/// removing the directory never descends into a mounted filesystem.
+pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes spaces and other bytes as octal.
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for m in mounts {
+        let status = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&m)
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            return Err(ImageError::BadEntry {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "an interrupted build left {} mounted; unmount it (as root) and retry",
+                    m.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn read_ref(path: &Path) -> Option<Ref> {
