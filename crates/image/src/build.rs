@@ -396,3 +396,45 @@ fn build_one(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::LockedPackage;
+
+    #[test]
+    fn locked_versions_must_still_be_downloadable_with_their_digest() {
+        let mut index = apt::PackageIndex::default();
+        index.add_packages("Package: munge\nVersion: 0.5.15-2\nArchitecture: amd64\nSHA256: aa\n");
+        let mut lock = RoleLock {
+            vendor: "debian".into(),
+            suite: "bookworm".into(),
+            mirror: None,
+            architecture: "amd64".into(),
+            kernel: "k".into(),
+            requested: vec!["munge".into()],
+            source_date_epoch: 0,
+            packages: vec![LockedPackage {
+                name: "munge".into(),
+                version: "0.5.15-2".into(),
+                arch: "amd64".into(),
+                sha256: "aa".into(),
+            }],
+        };
+        check_downloadable("ctl", &lock, &index).expect("available");
+        lock.packages[0].sha256 = "bb".into();
+        let err = check_downloadable("ctl", &lock, &index).expect_err("digest");
+        assert!(matches!(err, ImageError::DigestMismatch { .. }));
+        lock.packages[0].version = "0.5.14-1".into();
+        let err = check_downloadable("ctl", &lock, &index).expect_err("gone");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("role `ctl`: package `munge` version `0.5.14-1`"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("testbed lock --update") && msg.contains("archive snapshot"),
+            "{msg}"
+        );
+    }
+}

@@ -173,3 +173,50 @@ fn first_differing_line(a: &Path, b: &Path) -> Option<(String, String)> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Manifest, OutputInfo};
+
+    fn image(dir: &Path, erofs: &str, listing: &str) -> BuiltImage {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        std::fs::write(dir.join("rootfs.files"), listing).expect("w");
+        let mut manifest = Manifest::for_test("k");
+        for (name, sha) in [
+            ("kernel", "k1"),
+            ("rootfs.erofs", erofs),
+            ("rootfs.files", listing),
+        ] {
+            manifest.outputs.insert(
+                name.into(),
+                OutputInfo {
+                    sha256: sha.into(),
+                    size: 1,
+                },
+            );
+        }
+        BuiltImage {
+            role: "ctl".into(),
+            key: "k".into(),
+            dir: dir.to_path_buf(),
+            cached: false,
+            manifest,
+        }
+    }
+
+    #[test]
+    fn names_the_first_differing_output_and_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = image(&dir.path().join("a"), "e1", "/a\t1\n/etc/x\t644 1\n/z\t1\n");
+        let same = image(&dir.path().join("b"), "e1", "/a\t1\n/etc/x\t644 1\n/z\t1\n");
+        assert_eq!(compare(&a, &same).difference, None);
+        let b = image(&dir.path().join("c"), "e2", "/a\t1\n/etc/x\t644 2\n/z\t1\n");
+        let d = compare(&a, &b).difference.expect("differs");
+        assert_eq!(d.output, "rootfs.files");
+        assert_eq!(
+            d.first_path,
+            Some(("/etc/x\t644 1".to_string(), "/etc/x\t644 2".to_string()))
+        );
+    }
+}
