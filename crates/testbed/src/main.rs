@@ -65,6 +65,42 @@ enum Command {
     },
     /// Print the JSON Schema of testbed.toml, for editors
     Schema,
+    /// Pin every role's packages to exact versions in testbed.lock
+    Lock {
+        #[command(flatten)]
+        comp: CompositionArg,
+        /// Re-resolve every role against the archive's current versions
+        #[arg(long)]
+        update: bool,
+    },
+    /// Build every role's image into the store (nothing is redone when inputs are unchanged)
+    Build {
+        #[command(flatten)]
+        comp: CompositionArg,
+        /// Print the store entries as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild every image in a fresh temporary store and compare digests file by file
+    Verify {
+        #[command(flatten)]
+        comp: CompositionArg,
+    },
+    /// Inspect or clean the image store
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// List entries with their sizes and the lock files that use them
+    Ls {
+        /// Print as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries that no existing lock file references
+    Gc,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +113,11 @@ fn main() -> ExitCode {
         Command::Plan { comp, scale, json } => {
             cmd::plan::run(comp.path.as_deref(), &scale.scale, json)
         }
+        Command::Lock { comp, update } => cmd::image::lock(comp.path.as_deref(), update),
+        Command::Build { comp, json } => cmd::image::build(comp.path.as_deref(), json),
+        Command::Verify { comp } => cmd::image::verify(comp.path.as_deref()),
+        Command::Store(StoreCommand::Ls { json }) => cmd::image::store_ls(json),
+        Command::Store(StoreCommand::Gc) => cmd::image::store_gc(),
         Command::Schema => {
             println!("{}", testbed_model::schema::json_schema());
             Ok(())

@@ -1,5 +1,6 @@
 //! One module per verb.
 
 pub mod check;
+pub mod image;
 pub mod init;
 pub mod plan;

@@ -1,0 +1,330 @@
+//! `testbed lock`, `testbed build`, `testbed verify` and `testbed store`:
+//! the composition's roles as image specs, and the image builder's progress
+//! on the terminal.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Context;
+use testbed_image::{
+    BuildOptions, Event, ImageError, ImageSpec, LockOptions, Lockfile, Progress, StaticFile, Step,
+    Store,
+};
+use testbed_model::{Composition, FileKind};
+
+use crate::output::{Failure, Outcome};
+
+/// The lock file beside a composition.
+pub fn lock_path(comp: &Composition) -> PathBuf {
+    comp.dir.join("testbed.lock")
+}
+
+/// One image spec per role. Templates are not part of images: they are
+/// rendered per node at activation.
+pub fn specs(comp: &Composition) -> anyhow::Result<Vec<ImageSpec>> {
+    comp.roles
+        .iter()
+        .map(|role| {
+            let mut packages = role.packages.clone();
+            packages.sort();
+            packages.dedup();
+            let mut files = Vec::new();
+            for f in role.files.iter().filter(|f| f.is_static()) {
+                let content = match &f.kind {
+                    FileKind::Content(text) => text.clone().into_bytes(),
+                    FileKind::Source(path) => std::fs::read(path).with_context(|| {
+                        format!("role {}: cannot read {}", role.name, path.display())
+                    })?,
+                    FileKind::Template(_) => continue,
+                };
+                files.push(StaticFile {
+                    path: f.path.clone(),
+                    content,
+                    mode: f.mode,
+                    owner: Some(f.owner.clone()),
+                });
+            }
+            Ok(ImageSpec {
+                role: role.name.clone(),
+                vendor: comp.cluster.distro.vendor.clone(),
+                suite: comp.cluster.distro.suite.clone(),
+                mirror: comp.cluster.mirror.clone(),
+                kernel: comp.cluster.kernel.clone(),
+                packages,
+                files,
+                agent: None,
+            })
+        })
+        .collect()
+}
+
+/// Problems with the user's input (a package that does not exist, a stale
+/// lock) exit with 2, like any invalid composition; the rest with 1.
+fn failure(e: ImageError) -> Failure {
+    match e {
+        ImageError::UnknownPackage { .. }
+        | ImageError::StaleLock { .. }
+        | ImageError::BadLock { .. } => Failure::Usage(e.to_string()),
+        other => Failure::Runtime(other.into()),
+    }
+}
+
+/// Prints builder events to stderr, one line each, with the time since
+/// start: readable in a terminal and in CI logs alike.
+pub struct Lines {
+    start: Instant,
+    color: bool,
+    last: Mutex<Option<String>>,
+}
+
+impl Lines {
+    pub fn new() -> Lines {
+        Lines {
+            start: Instant::now(),
+            color: std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal(),
+            last: Mutex::new(None),
+        }
+    }
+}
+
+fn step_name(step: Step) -> &'static str {
+    match step {
+        Step::CheckingArchive => "checking locked versions against the archive",
+        Step::Bootstrapping => "installing packages (mmdebstrap)",
+        Step::Customizing => "adding static files",
+        Step::Normalizing => "removing non-deterministic files",
+        Step::Artifacts => "making kernel, initramfs, erofs root and container archive",
+        Step::Committing => "hashing outputs and committing to the store",
+    }
+}
+
+impl Progress for Lines {
+    fn event(&self, event: Event) {
+        let line = match event {
+            Event::UpdatingIndex { distro } => format!("downloading the package index of {distro}"),
+            Event::Resolving { role } => format!("{role}: resolving packages"),
+            Event::Locked { role, packages } => format!("{role}: locked {packages} packages"),
+            Event::CacheHit { role, key } => format!("{role}: up to date ({})", short(&key)),
+            Event::SharedWith { role, builder } => format!("{role}: same image as {builder}"),
+            Event::Step { role, step } => format!("{role}: {}", step_name(step)),
+            Event::Built { role, key, elapsed } => {
+                format!(
+                    "{role}: built {} in {:.1}s",
+                    short(&key),
+                    elapsed.as_secs_f64()
+                )
+            }
+            Event::CleanedStale { name } => format!("removed {name}, left by an interrupted build"),
+        };
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() == Some(line.as_str()) {
+            return;
+        }
+        let t = format!("[{:>6.1}s]", self.start.elapsed().as_secs_f64());
+        let t = if self.color {
+            format!("\x1b[2m{t}\x1b[0m")
+        } else {
+            t
+        };
+        eprintln!("{t} {line}");
+        *last = Some(line);
+    }
+}
+
+fn short(key: &str) -> &str {
+    key.get(..12).unwrap_or(key)
+}
+
+/// Reads the lock for `comp`: a missing lock is created (and said so); a
+/// stale one is an error that says to run `testbed lock`.
+pub fn ensure_lock(
+    comp: &Composition,
+    specs: &[ImageSpec],
+    progress: &dyn Progress,
+) -> Result<Lockfile, Failure> {
+    let path = lock_path(comp);
+    match Lockfile::read_if_exists(&path).map_err(failure)? {
+        Some(lock) => {
+            lock.check_fresh(specs, &path).map_err(failure)?;
+            Ok(lock)
+        }
+        None => {
+            let lock = testbed_image::lock(specs, None, &LockOptions::default(), progress)
+                .map_err(failure)?;
+            lock.write(&path).map_err(failure)?;
+            eprintln!(
+                "created {} (commit it: it pins every package version)",
+                path.display()
+            );
+            Ok(lock)
+        }
+    }
+}
+
+fn load(path: Option<&Path>) -> Result<(Composition, Vec<ImageSpec>), Failure> {
+    let path = testbed_model::resolve_path(path);
+    let comp = testbed_model::load(&path)?;
+    let specs = specs(&comp)?;
+    Ok((comp, specs))
+}
+
+pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
+    let (comp, specs) = load(path)?;
+    let lock_file = lock_path(&comp);
+    let previous = Lockfile::read_if_exists(&lock_file).map_err(failure)?;
+    if let (Some(prev), false) = (&previous, update) {
+        if prev.check_fresh(&specs, &lock_file).is_ok() {
+            println!(
+                "{} is up to date (use --update to move to current package versions)",
+                lock_file.display()
+            );
+            return Ok(());
+        }
+    }
+    let progress = Lines::new();
+    let lock = testbed_image::lock(
+        &specs,
+        previous.as_ref(),
+        &LockOptions::default(),
+        &progress,
+    )
+    .map_err(failure)?;
+    if previous.as_ref() == Some(&lock) {
+        println!("{} is unchanged", lock_file.display());
+        return Ok(());
+    }
+    lock.write(&lock_file).map_err(failure)?;
+    println!("wrote {}", lock_file.display());
+    Ok(())
+}
+
+pub fn build(path: Option<&Path>, json: bool) -> Outcome {
+    let (comp, specs) = load(path)?;
+    let progress = Lines::new();
+    let lock = ensure_lock(&comp, &specs, &progress)?;
+    let store = Store::open_default().map_err(failure)?;
+    let options = BuildOptions {
+        lock_path: Some(lock_path(&comp)),
+        jobs: None,
+    };
+    let built =
+        testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)?;
+    if json {
+        let v: Vec<serde_json::Value> = built
+            .iter()
+            .map(|b| serde_json::json!({ "role": b.role, "key": b.key, "dir": b.dir, "cached": b.cached }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        for b in &built {
+            println!(
+                "{:<12} {}  {}",
+                b.role,
+                if b.cached { "cached" } else { "built " },
+                b.dir.display()
+            );
+        }
+        if built.iter().all(|b| b.cached) {
+            println!("nothing to rebuild");
+        }
+    }
+    Ok(())
+}
+
+pub fn verify(path: Option<&Path>) -> Outcome {
+    let (comp, specs) = load(path)?;
+    let progress = Lines::new();
+    let lock = ensure_lock(&comp, &specs, &progress)?;
+    let store = Store::open_default().map_err(failure)?;
+    let options = BuildOptions {
+        lock_path: Some(lock_path(&comp)),
+        jobs: None,
+    };
+    let v = testbed_image::verify(&store, &specs, &lock, &options, &progress).map_err(failure)?;
+    for r in &v.roles {
+        match &r.difference {
+            None => println!(
+                "{:<12} identical ({} outputs, {})",
+                r.role,
+                r.compared,
+                short(&r.key)
+            ),
+            Some(d) => {
+                println!(
+                    "{:<12} DIFFERS: {} is {} in the store but {} when rebuilt",
+                    r.role, d.output, d.expected, d.actual
+                );
+                if let Some((a, b)) = &d.first_path {
+                    println!("             first differing file:\n               store:   {a}\n               rebuilt: {b}");
+                }
+            }
+        }
+    }
+    if v.identical() {
+        Ok(())
+    } else {
+        if let Some(kept) = &v.kept_store {
+            eprintln!("the rebuild is kept in {} for inspection", kept.display());
+        }
+        Err(Failure::Reported(1))
+    }
+}
+
+pub fn store_ls(json: bool) -> Outcome {
+    let store = Store::open_default().map_err(failure)?;
+    let entries = store.list().map_err(failure)?;
+    if json {
+        let v: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                let users: Vec<serde_json::Value> = e
+                    .users
+                    .iter()
+                    .map(|(lock, roles)| serde_json::json!({ "lock": lock, "roles": roles }))
+                    .collect();
+                serde_json::json!({ "key": e.key, "path": e.path, "size": e.size, "users": users })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    println!("store: {}", store.root().display());
+    for e in &entries {
+        let users: Vec<String> = e
+            .users
+            .iter()
+            .map(|(lock, roles)| format!("{} ({})", lock.display(), roles.join(", ")))
+            .collect();
+        let users = if users.is_empty() {
+            "unused".to_string()
+        } else {
+            users.join("; ")
+        };
+        println!(
+            "{}  {:>8.1} MiB  {users}",
+            short(&e.key),
+            e.size as f64 / (1024.0 * 1024.0)
+        );
+    }
+    if entries.is_empty() {
+        println!("(empty)");
+    }
+    Ok(())
+}
+
+pub fn store_gc() -> Outcome {
+    let store = Store::open_default().map_err(failure)?;
+    let report = store.gc(&Lines::new()).map_err(failure)?;
+    for key in &report.removed {
+        println!("removed {}", short(key));
+    }
+    println!(
+        "freed {:.1} MiB; kept {} entr{} still used by a lock file",
+        report.freed as f64 / (1024.0 * 1024.0),
+        report.kept.len(),
+        if report.kept.len() == 1 { "y" } else { "ies" }
+    );
+    Ok(())
+}
