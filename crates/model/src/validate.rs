@@ -45,6 +45,21 @@ impl Ctx<'_> {
         self.err(span, e.message, Some(e.help));
     }
 
+    /// Parses a spanned string, reporting a failure at the value.
+    fn parse<T>(
+        &mut self,
+        v: &Spanned<String>,
+        f: impl FnOnce(&str) -> Result<T, Invalid>,
+    ) -> Option<T> {
+        match f(v.get_ref()) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                self.invalid(v.span(), e);
+                None
+            }
+        }
+    }
+
     /// Runs a check on a spanned string, reporting its failure at the value.
     fn check(&mut self, v: &Spanned<String>, f: impl FnOnce(&str) -> Result<(), Invalid>) -> bool {
         match f(v.get_ref()) {
@@ -398,13 +413,7 @@ fn role(
         .as_ref()
         .or(defaults.and_then(|d| d.memory.as_ref()))
     {
-        Some(m) => match units::parse_memory(m.get_ref()) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                cx.invalid(m.span(), e);
-                None
-            }
-        },
+        Some(m) => cx.parse(m, units::parse_memory),
         None => Some(DEFAULT_MEMORY_MIB),
     };
     let cpus = match raw.cpus.as_ref().or(defaults.and_then(|d| d.cpus.as_ref())) {
@@ -564,13 +573,7 @@ fn file(cx: &mut Ctx<'_>, path: &Spanned<String>, raw: &RawFile, report: bool) -
         }
     };
     let mode = match &raw.mode {
-        Some(m) => match units::parse_mode(m.get_ref()) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                cx.invalid(m.span(), e);
-                None
-            }
-        },
+        Some(m) => cx.parse(m, units::parse_mode),
         None => Some(0o644),
     };
     let owner = match &raw.owner {
@@ -686,13 +689,7 @@ fn secrets(cx: &mut Ctx<'_>, raw: &SpannedMap<RawSecret>, role_names: &[String])
             None => Some("root:root".to_string()),
         };
         let mode = match &s.mode {
-            Some(m) => match units::parse_mode(m.get_ref()) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    cx.invalid(m.span(), e);
-                    None
-                }
-            },
+            Some(m) => cx.parse(m, units::parse_mode),
             None => Some(0o400),
         };
         let roles = match &s.roles {

@@ -163,6 +163,17 @@ pub fn ensure_lock(
     }
 }
 
+/// The default store, and build options that register the composition's
+/// lock with it (so `store ls` and `gc` know who uses an entry).
+fn store_and_options(comp: &Composition) -> Result<(Store, BuildOptions), Failure> {
+    let store = Store::open_default().map_err(failure)?;
+    let options = BuildOptions {
+        lock_path: Some(lock_path(comp)),
+        jobs: None,
+    };
+    Ok((store, options))
+}
+
 fn load(path: Option<&Path>) -> Result<(Composition, Vec<ImageSpec>), Failure> {
     let path = testbed_model::resolve_path(path);
     let comp = testbed_model::load(&path)?;
@@ -204,11 +215,7 @@ pub fn build(path: Option<&Path>, json: bool) -> Outcome {
     let (comp, specs) = load(path)?;
     let progress = Lines::new();
     let lock = ensure_lock(&comp, &specs, &progress)?;
-    let store = Store::open_default().map_err(failure)?;
-    let options = BuildOptions {
-        lock_path: Some(lock_path(&comp)),
-        jobs: None,
-    };
+    let (store, options) = store_and_options(&comp)?;
     let built =
         testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)?;
     if json {
@@ -237,11 +244,7 @@ pub fn verify(path: Option<&Path>) -> Outcome {
     let (comp, specs) = load(path)?;
     let progress = Lines::new();
     let lock = ensure_lock(&comp, &specs, &progress)?;
-    let store = Store::open_default().map_err(failure)?;
-    let options = BuildOptions {
-        lock_path: Some(lock_path(&comp)),
-        jobs: None,
-    };
+    let (store, options) = store_and_options(&comp)?;
     let v = testbed_image::verify(&store, &specs, &lock, &options, &progress).map_err(failure)?;
     for r in &v.roles {
         match &r.difference {
