@@ -1,7 +1,10 @@
 //! Running clusters: the pieces that own processes and sockets on the host.
 //!
-//! Today this is the user-space virtual switch ([`switch`]) that connects
-//! nodes into L2 segments without root and applies link faults. The
-//! backends and the per-cluster supervisor build on it.
+//! - [`switch`]: the user-space virtual switch that connects nodes into L2
+//!   segments without root and applies link faults.
+//! - [`accel`]: whether QEMU can use KVM here or must emulate (TCG), and why.
+//!
+//! The backends and the per-cluster supervisor build on these.
 
+pub mod accel;
 pub mod switch;
