@@ -120,7 +120,8 @@ fn diagnostic(file: &SourceFile, e: &minijinja::Error, node: Option<&str>) -> Di
     }
 }
 
-fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
+/// Reads a template file; the error names it.
+pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(SourceFile {
             path: path.to_path_buf(),

@@ -86,7 +86,7 @@ pub(crate) fn parse_memory(text: &str) -> Result<u64, Invalid> {
 }
 
 /// Parses `"90s"`, `"30m"`, `"2h"`, `"1h30m"` or a plain number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, Invalid> {
+pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
     const HELP: &str = "use a number with s, m or h, e.g. \"90s\", \"30m\" or \"1h30m\"";
     let t = text.trim();
     if t.is_empty() {

@@ -863,6 +863,15 @@ impl Exec {
         self.chan.guard.send(FrameKind::Eof, &[])
     }
 
+    /// A handle that writes the command's standard input from another
+    /// thread while this one reads its output (requires
+    /// [`ExecRequest::with_stdin`]).
+    pub fn stdin(&self) -> ExecStdin {
+        ExecStdin {
+            guard: Arc::clone(&self.chan.guard),
+        }
+    }
+
     /// Kills the command's process group; the exit status still arrives.
     pub fn kill(&self) -> Result<(), ClientError> {
         self.chan.guard.send_control(&Request::Cancel)
@@ -886,6 +895,29 @@ impl Exec {
             }
         }
         Err(self.chan.protocol("no exit status"))
+    }
+}
+
+/// The standard input of a running [`Exec`], usable from another thread.
+pub struct ExecStdin {
+    guard: Arc<ChanGuard>,
+}
+
+impl std::fmt::Debug for ExecStdin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecStdin")
+            .field("what", &self.guard.what)
+            .finish()
+    }
+}
+
+impl ExecStdin {
+    pub fn write(&self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.guard.send(FrameKind::Data, bytes)
+    }
+
+    pub fn close(&self) -> Result<(), ClientError> {
+        self.guard.send(FrameKind::Eof, &[])
     }
 }
 

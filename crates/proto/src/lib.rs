@@ -20,14 +20,14 @@
 //! - This crate does no printing and spawns no process; the client's only
 //!   thread is the stream reader.
 
-mod b64;
+pub mod b64;
 pub mod client;
 pub mod frame;
 pub mod message;
 
 pub use client::{
-    AgentInfo, Client, ClientError, ClientOptions, Exec, ExecEvent, Forward, ForwardReader,
-    ForwardWriter, Output,
+    AgentInfo, Client, ClientError, ClientOptions, Exec, ExecEvent, ExecStdin, Forward,
+    ForwardReader, ForwardWriter, Output,
 };
 pub use message::*;
 

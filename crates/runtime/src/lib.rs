@@ -7,9 +7,19 @@
 //!   dies with the thread that spawned it.
 //! - [`qmp`]: a blocking client for QEMU's control socket (QMP).
 //!
-//! The per-cluster supervisor builds on these.
+//! - [`spec`]: the cluster spec the supervisor runs, made by `up` from a
+//!   plan and built images ([`keys`] makes its secrets and SSH keys).
+//! - [`state`]: a running cluster's state directory, and how `down` cleans
+//!   it up when the supervisor is gone.
+//! - [`supervisor`]: the per-cluster process that owns the VMs, the switch
+//!   and the agent channels, and serves the JSON [`api`].
 
 pub mod accel;
+pub mod api;
+pub mod keys;
 pub mod qemu;
 pub mod qmp;
+pub mod spec;
+pub mod state;
+pub mod supervisor;
 pub mod switch;

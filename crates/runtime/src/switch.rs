@@ -169,7 +169,7 @@ mod duration_ms {
 }
 
 /// One change to the faults, as kept in the history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FaultEvent {
     /// Seconds since the Unix epoch.
     pub at: f64,

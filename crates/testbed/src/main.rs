@@ -89,6 +89,99 @@ enum Command {
     /// Inspect or clean the image store
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Build what is missing, boot every node and wait until all are ready
+    Up {
+        #[command(flatten)]
+        comp: CompositionArg,
+        #[command(flatten)]
+        scale: ScaleArgs,
+        #[command(flatten)]
+        args: cmd::cluster::UpArgs,
+    },
+    /// Show the running cluster's nodes, states, addresses and uptimes
+    Status {
+        #[command(flatten)]
+        comp: CompositionArg,
+        /// Print as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on a node; exits with the command's status
+    Exec {
+        #[command(flatten)]
+        file: FileArg,
+        #[command(flatten)]
+        args: cmd::cluster::ExecArgs,
+    },
+    /// Copy a file to or from a node: `cp FILE NODE:/path` or `cp NODE:/path FILE`
+    Cp {
+        #[command(flatten)]
+        file: FileArg,
+        /// Source: a host path or NODE:/path
+        src: String,
+        /// Destination: a host path or NODE:/path
+        dst: String,
+    },
+    /// Log in to a node with OpenSSH (through the agent; no network route needed)
+    Ssh {
+        #[command(flatten)]
+        file: FileArg,
+        /// The node
+        node: String,
+        /// Arguments for ssh after the host, e.g. a remote command
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Print an OpenSSH config for the cluster's nodes (for ssh -F, scp -F, Ansible)
+    SshConfig {
+        #[command(flatten)]
+        comp: CompositionArg,
+    },
+    /// Connect standard input and output to a TCP port of a node (an ssh ProxyCommand)
+    Forward {
+        #[command(flatten)]
+        file: FileArg,
+        /// The node
+        node: String,
+        /// The TCP port in the node
+        port: u16,
+    },
+    /// Attach to a node's serial console (Ctrl-] leaves)
+    Console {
+        #[command(flatten)]
+        file: FileArg,
+        /// The node
+        node: String,
+    },
+    /// Print a node's serial console log
+    Logs {
+        #[command(flatten)]
+        file: FileArg,
+        /// The node
+        node: String,
+        /// Keep printing as the log grows
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Stop every node and remove everything the cluster left on the host
+    Down {
+        #[command(flatten)]
+        comp: CompositionArg,
+    },
+    /// Run a cluster's supervisor (started by `up`; not for direct use)
+    #[command(hide = true)]
+    Supervise {
+        /// The cluster's state directory
+        dir: PathBuf,
+    },
+}
+
+/// For verbs whose positional arguments are nodes and commands.
+#[derive(Debug, clap::Args)]
+struct FileArg {
+    /// The composition: a testbed.toml or its folder [default: ./testbed.toml]
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +211,23 @@ fn main() -> ExitCode {
         Command::Verify { comp } => cmd::image::verify(comp.path.as_deref()),
         Command::Store(StoreCommand::Ls { json }) => cmd::image::store_ls(json),
         Command::Store(StoreCommand::Gc) => cmd::image::store_gc(),
+        Command::Up { comp, scale, args } => {
+            cmd::cluster::up(comp.path.as_deref(), &scale.scale, &args)
+        }
+        Command::Status { comp, json } => cmd::cluster::status(comp.path.as_deref(), json),
+        Command::Exec { file, args } => cmd::cluster::exec(file.path.as_deref(), &args),
+        Command::Cp { file, src, dst } => cmd::cluster::cp(file.path.as_deref(), &src, &dst),
+        Command::Ssh { file, node, args } => cmd::cluster::ssh(file.path.as_deref(), &node, &args),
+        Command::SshConfig { comp } => cmd::cluster::ssh_config(comp.path.as_deref()),
+        Command::Forward { file, node, port } => {
+            cmd::cluster::forward(file.path.as_deref(), &node, port)
+        }
+        Command::Console { file, node } => cmd::cluster::console(file.path.as_deref(), &node),
+        Command::Logs { file, node, follow } => {
+            cmd::cluster::logs(file.path.as_deref(), &node, follow)
+        }
+        Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
+        Command::Supervise { dir } => cmd::cluster::supervise(&dir),
         Command::Schema => {
             println!("{}", testbed_model::schema::json_schema());
             Ok(())

@@ -331,3 +331,13 @@ pub fn store_gc() -> Outcome {
     );
     Ok(())
 }
+
+/// Locks (if there is no lock yet) and builds every role of `comp`, with
+/// progress on stderr: what `up` does before booting.
+pub fn build_for_up(comp: &Composition) -> Result<Vec<testbed_image::BuiltImage>, Failure> {
+    let specs = specs(comp)?;
+    let progress = Lines::new();
+    let lock = ensure_lock(comp, &specs, &progress)?;
+    let (store, options) = store_and_options(comp)?;
+    testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)
+}

@@ -1,6 +1,7 @@
 //! One module per verb.
 
 pub mod check;
+pub mod cluster;
 pub mod image;
 pub mod init;
 pub mod plan;

@@ -1,0 +1,375 @@
+//! The supervisor's JSON API, and its client.
+//!
+//! One unix stream socket per cluster (`api.sock` in the state directory,
+//! reachable by its owner only). Each message is one line of JSON. A client
+//! sends a [`Request`] and reads [`Reply`] lines: most requests get one
+//! reply; `watch` and `exec` stream several and end with a terminal one
+//! (`settled`, `exited` or `error`); `forward` answers `ok` and then the
+//! connection carries the raw bytes of the TCP connection to the guest.
+//! During an `exec` with `stdin`, the client sends [`Input`] lines.
+//!
+//! The CLI and the test driver are both clients; anything they can do, a
+//! user's script can do with `socat` and JSON.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use testbed_proto::{ExecRequest, ExitStatus};
+use thiserror::Error;
+
+use crate::switch::{FaultEvent, LinkRule};
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("the cluster is not running (no supervisor answers at {})", .socket.display())]
+    NotRunning { socket: PathBuf },
+    #[error("supervisor connection: {0}")]
+    Io(#[from] io::Error),
+    #[error("supervisor sent an invalid reply: {0}")]
+    Protocol(String),
+    #[error("the supervisor closed the connection")]
+    Closed,
+}
+
+/// What a node can be asked to do with its power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerAction {
+    /// Boot a stopped node again (and activate it).
+    Start,
+    /// ACPI power button; the guest shuts down cleanly.
+    Shutdown,
+    /// Instant power loss.
+    Crash,
+    /// Hard reset; the node boots and is activated again.
+    Reboot,
+    /// Freeze the VM's CPUs.
+    Pause,
+    Resume,
+}
+
+/// A fault applied in the virtual switch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "fault", rename_all = "snake_case")]
+pub enum Fault {
+    Block {
+        node: String,
+    },
+    Unblock {
+        node: String,
+    },
+    Partition {
+        groups: Vec<Vec<String>>,
+    },
+    Heal,
+    Link {
+        a: String,
+        b: String,
+        rule: LinkRule,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    /// Streams `node` replies as nodes change state, then `settled` once
+    /// every node is ready or failed.
+    Watch,
+    Exec {
+        node: String,
+        exec: ExecRequest,
+    },
+    Put {
+        node: String,
+        path: String,
+        mode: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
+        #[serde(with = "testbed_proto::b64")]
+        data: Vec<u8>,
+    },
+    Get {
+        node: String,
+        path: String,
+    },
+    /// After the `ok` reply the connection is the TCP stream.
+    Forward {
+        node: String,
+        port: u16,
+    },
+    Power {
+        node: String,
+        action: PowerAction,
+    },
+    Fault(Fault),
+    /// The switch's fault history.
+    History,
+    /// Stops every node and the supervisor; the state directory is removed
+    /// before the reply.
+    Down,
+}
+
+/// Client-to-supervisor lines during an `exec` with stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "input", rename_all = "snake_case")]
+pub enum Input {
+    Stdin {
+        #[serde(with = "testbed_proto::b64")]
+        data: Vec<u8>,
+    },
+    Eof,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// QEMU is starting.
+    Starting,
+    /// The VM runs; its agent has not answered yet.
+    Booting,
+    /// The agent applies the node's identity and starts its services.
+    Activating,
+    Ready,
+    /// Boot or activation failed; see `message`.
+    Failed,
+    /// Powered off (shut down or crashed).
+    Stopped,
+    Paused,
+}
+
+impl NodeState {
+    /// Whether `up` stops waiting for the node.
+    pub fn settled(self) -> bool {
+        matches!(
+            self,
+            NodeState::Ready | NodeState::Failed | NodeState::Stopped
+        )
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            NodeState::Starting => "starting",
+            NodeState::Booting => "booting",
+            NodeState::Activating => "activating",
+            NodeState::Ready => "ready",
+            NodeState::Failed => "failed",
+            NodeState::Stopped => "stopped",
+            NodeState::Paused => "paused",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: String,
+    pub state: NodeState,
+    /// `10.44.0.11/24 (lan)` style, one per NIC.
+    pub addresses: Vec<String>,
+    /// QEMU's pid while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Since QEMU started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    /// Why the node failed or stopped; for `failed` it names the unit and
+    /// holds its journal tail or the console's tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub console_log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster: String,
+    pub composition: PathBuf,
+    pub state_dir: PathBuf,
+    pub backend: String,
+    pub accel: String,
+    pub supervisor_pid: u32,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Status(ClusterStatus),
+    Node(NodeStatus),
+    Settled(ClusterStatus),
+    Stdout {
+        #[serde(with = "testbed_proto::b64")]
+        data: Vec<u8>,
+    },
+    Stderr {
+        #[serde(with = "testbed_proto::b64")]
+        data: Vec<u8>,
+    },
+    Exited {
+        status: ExitStatus,
+    },
+    File {
+        mode: u32,
+        #[serde(with = "testbed_proto::b64")]
+        data: Vec<u8>,
+    },
+    History {
+        events: Vec<FaultEvent>,
+    },
+    Ok,
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+}
+
+/// Writes one JSON line.
+pub fn write_line<W: Write, T: Serialize>(w: &mut W, message: &T) -> io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line)?;
+    w.flush()
+}
+
+/// Reads one JSON line; `None` at end of stream.
+pub fn read_line<R: BufRead, T: for<'de> Deserialize<'de>>(
+    r: &mut R,
+) -> Result<Option<T>, ApiError> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|e| ApiError::Protocol(format!("{e} in {:?}", line.trim_end())))
+}
+
+/// A connection to a supervisor.
+#[derive(Debug)]
+pub struct ApiClient {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl ApiClient {
+    /// Connects to the API socket `socket`.
+    pub fn connect(socket: &Path) -> Result<ApiClient, ApiError> {
+        let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ApiError::NotRunning {
+                socket: socket.to_path_buf(),
+            },
+            _ => ApiError::Io(e),
+        })?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(ApiClient {
+            writer: stream,
+            reader,
+        })
+    }
+
+    /// The connection's write side, e.g. to send [`Input`] lines from
+    /// another thread while this one reads replies.
+    pub fn writer(&self) -> &UnixStream {
+        &self.writer
+    }
+
+    /// Bounds every later read (None: wait forever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ApiError> {
+        self.writer.set_read_timeout(timeout)?;
+        Ok(())
+    }
+
+    pub fn send(&mut self, request: &Request) -> Result<(), ApiError> {
+        write_line(&mut self.writer, request)?;
+        Ok(())
+    }
+
+    pub fn send_input(&mut self, input: &Input) -> Result<(), ApiError> {
+        write_line(&mut self.writer, input)?;
+        Ok(())
+    }
+
+    /// The next reply; `Closed` if the supervisor hung up.
+    pub fn recv(&mut self) -> Result<Reply, ApiError> {
+        read_line(&mut self.reader)?.ok_or(ApiError::Closed)
+    }
+
+    /// Sends `request` and reads its one reply.
+    pub fn call(&mut self, request: &Request) -> Result<Reply, ApiError> {
+        self.send(request)?;
+        self.recv()
+    }
+
+    /// The raw connection (after a `forward`'s `ok`): bytes the reader had
+    /// already buffered come first.
+    pub fn into_stream(self) -> (Vec<u8>, UnixStream) {
+        let buffered = self.reader.buffer().to_vec();
+        (buffered, self.writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_are_one_json_line_each() {
+        let requests = vec![
+            Request::Status,
+            Request::Exec {
+                node: "ctl".into(),
+                exec: ExecRequest::argv(["true"]),
+            },
+            Request::Put {
+                node: "ctl".into(),
+                path: "/x".into(),
+                mode: 0o644,
+                owner: None,
+                data: b"\x00\xffhi".to_vec(),
+            },
+            Request::Fault(Fault::Partition {
+                groups: vec![vec!["a".into()], vec!["b".into()]],
+            }),
+            Request::Power {
+                node: "n".into(),
+                action: PowerAction::Crash,
+            },
+        ];
+        for request in requests {
+            let mut buf = Vec::new();
+            write_line(&mut buf, &request).unwrap();
+            assert_eq!(buf.iter().filter(|b| **b == b'\n').count(), 1);
+            let back: Request = read_line(&mut &buf[..]).unwrap().unwrap();
+            assert_eq!(back, request);
+        }
+        let text = serde_json::to_string(&Request::Status).unwrap();
+        assert_eq!(text, r#"{"op":"status"}"#);
+        let reply = serde_json::to_string(&Reply::Error {
+            message: "no".into(),
+            node: Some("ctl".into()),
+        })
+        .unwrap();
+        assert_eq!(reply, r#"{"type":"error","message":"no","node":"ctl"}"#);
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_not_a_panic() {
+        let err = read_line::<_, Request>(&mut &b"{\"op\":\"fly\"}\n"[..]).unwrap_err();
+        assert!(matches!(err, ApiError::Protocol(_)), "{err}");
+        assert!(read_line::<_, Request>(&mut &b""[..]).unwrap().is_none());
+    }
+
+    #[test]
+    fn connecting_to_nothing_says_not_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ApiClient::connect(&dir.path().join("api.sock")).unwrap_err();
+        assert!(matches!(err, ApiError::NotRunning { .. }), "{err}");
+    }
+}

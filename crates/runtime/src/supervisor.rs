@@ -1,0 +1,1147 @@
+//! The per-cluster supervisor: one process that owns a running cluster.
+//!
+//! `testbed up` writes the [`ClusterSpec`] into a fresh state directory and
+//! starts `testbed supervise DIR` in the background; that process calls
+//! [`run`], which
+//! 1. starts the virtual switch with one port per NIC,
+//! 2. boots every node in parallel (one QEMU each, spawned by a single
+//!    long-lived *spawner* thread, so the VMs' parent-death signal fires
+//!    exactly when the supervisor dies),
+//! 3. connects to each node's agent as soon as its socket exists, waits for
+//!    the hello (the boot), sends the activation and records the result,
+//! 4. serves the JSON API ([`crate::api`]) on `api.sock` until `down`.
+//!
+//! Invariants:
+//! - Every QEMU is a child of the spawner thread and dies with the
+//!   supervisor (PR_SET_PDEATHSIG); the pid files let `down` clean up
+//!   after a supervisor killed with SIGKILL ([`crate::state::teardown`]).
+//! - Every boot has a generation number; a thread working for an older
+//!   boot (a node rebooted or crashed meanwhile) never overwrites the state.
+//! - A node's agent connection survives faults on the cluster network: it
+//!   is a virtio-serial port, not a NIC.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use testbed_proto::{Client, ClientError, ClientOptions, ExecEvent, ExecRequest, PutRequest};
+use thiserror::Error;
+
+use crate::api::{
+    self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request,
+};
+use crate::qemu::{self, NicConfig, VmConfig, VmProcess};
+use crate::qmp::Qmp;
+use crate::spec::{ClusterSpec, NodeSpec};
+use crate::state::{self, StateDir};
+use crate::switch::{self, PortSpec, Switch};
+
+/// How long file transfers and small agent requests may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How many console lines a failure message quotes.
+const CONSOLE_TAIL: usize = 25;
+
+#[derive(Debug, Error)]
+pub enum SupervisorError {
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot start the virtual switch: {0}")]
+    Switch(#[from] crate::switch::SwitchError),
+    #[error(transparent)]
+    Qemu(#[from] crate::qemu::QemuError),
+    #[error("cannot serve the API on {}: {source}", .path.display())]
+    Api { path: PathBuf, source: io::Error },
+}
+
+/// Where the supervisor's log lines go (the CLI writes them to
+/// `supervisor.log`).
+pub type Log = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// One node at run time.
+struct NodeRt {
+    spec: NodeSpec,
+    state: NodeState,
+    message: Option<String>,
+    pid: Option<u32>,
+    started: Option<Instant>,
+    /// The agent client, once the hello succeeded (kept when activation
+    /// fails, so a failed node can still be inspected).
+    client: Option<Arc<Client>>,
+    /// A handle on the agent socket, to unblock the client's reader when
+    /// the VM goes away.
+    agent_conn: Option<UnixStream>,
+    /// Incremented at every boot and power loss.
+    generation: u64,
+    /// Why the VM is expected to stop (set by crash/shutdown), so its exit
+    /// is not reported as a failure.
+    expected_stop: Option<String>,
+}
+
+enum SpawnCmd {
+    Start {
+        node: String,
+        generation: u64,
+        config: Box<VmConfig>,
+        reply: mpsc::Sender<Result<u32, String>>,
+    },
+    Kill {
+        node: String,
+        reply: mpsc::Sender<()>,
+    },
+    KillAll {
+        reply: mpsc::Sender<()>,
+    },
+}
+
+struct Shared {
+    spec: ClusterSpec,
+    dir: StateDir,
+    nodes: Mutex<BTreeMap<String, NodeRt>>,
+    changed: Condvar,
+    switch: Mutex<Switch>,
+    spawner: Mutex<mpsc::Sender<SpawnCmd>>,
+    stopping: AtomicBool,
+    log: Log,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs the cluster in `dir` until a `down` request; returns after the
+/// state directory is removed.
+pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
+    let spec = ClusterSpec::read(&dir.spec())?;
+    state::write_atomic(
+        &dir.supervisor_pid(),
+        std::process::id().to_string().as_bytes(),
+        0o600,
+    )?;
+    let qemu_bin = qemu::find_qemu()?;
+    log(&format!(
+        "supervising cluster {} ({} nodes, accel {}) from {}",
+        spec.cluster,
+        spec.nodes.len(),
+        spec.accel,
+        spec.composition.display()
+    ));
+
+    let mut ports = Vec::new();
+    for node in &spec.nodes {
+        for nic in &node.nics {
+            ports.push(PortSpec {
+                segment: nic.network.clone(),
+                node: node.name.clone(),
+                transport: switch::unix_transport(&dir.net_dir(), &node.name, &nic.network),
+            });
+        }
+    }
+    let switch = Switch::start(&ports, spec.seed)?;
+
+    let mut nodes = BTreeMap::new();
+    for node in &spec.nodes {
+        let node_dir = dir.node(&node.name);
+        fs::create_dir_all(&node_dir.path).map_err(|source| state::StateError::Io {
+            what: "create",
+            path: node_dir.path.clone(),
+            source,
+        })?;
+        nodes.insert(
+            node.name.clone(),
+            NodeRt {
+                spec: node.clone(),
+                state: NodeState::Starting,
+                message: None,
+                pid: None,
+                started: None,
+                client: None,
+                agent_conn: None,
+                generation: 0,
+                expected_stop: None,
+            },
+        );
+    }
+
+    let listener_path = dir.api_socket();
+    let _ = fs::remove_file(&listener_path);
+    let listener = UnixListener::bind(&listener_path).map_err(|source| SupervisorError::Api {
+        path: listener_path.clone(),
+        source,
+    })?;
+    let _ = fs::set_permissions(&listener_path, fs::Permissions::from_mode(0o600));
+
+    let (tx, rx) = mpsc::channel();
+    let shared = Arc::new(Shared {
+        spec,
+        dir: dir.clone(),
+        nodes: Mutex::new(nodes),
+        changed: Condvar::new(),
+        switch: Mutex::new(switch),
+        spawner: Mutex::new(tx),
+        stopping: AtomicBool::new(false),
+        log,
+    });
+
+    {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("spawner".into())
+            .spawn(move || spawner(&shared, &qemu_bin, &rx))
+            .map_err(|source| SupervisorError::Api {
+                path: listener_path.clone(),
+                source,
+            })?;
+    }
+    let names: Vec<String> = shared.spec.nodes.iter().map(|n| n.name.clone()).collect();
+    for name in names {
+        start_boot(&shared, &name);
+    }
+
+    for conn in listener.incoming() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(conn) = conn else { continue };
+        let shared = Arc::clone(&shared);
+        let _ = std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || serve(&shared, conn));
+    }
+    (shared.log)("supervisor exiting");
+    Ok(())
+}
+
+/// Owns every QEMU process. Spawning from this one thread, which lives as
+/// long as the supervisor, is what makes the VMs die with it.
+fn spawner(shared: &Arc<Shared>, qemu_bin: &Path, rx: &mpsc::Receiver<SpawnCmd>) {
+    let mut vms: BTreeMap<String, VmProcess> = BTreeMap::new();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(SpawnCmd::Start {
+                node,
+                generation,
+                config,
+                reply,
+            }) => {
+                let node_dir = shared.dir.node(&node);
+                // A stale socket from the previous boot would make QEMU
+                // fail to bind.
+                for path in [
+                    node_dir.agent_socket(),
+                    node_dir.console_socket(),
+                    node_dir.qmp_socket(),
+                ] {
+                    let _ = fs::remove_file(path);
+                }
+                for nic in &config.nics {
+                    let _ = fs::remove_file(&nic.local);
+                }
+                match VmProcess::spawn(qemu_bin, &config, &node_dir.qemu_log()) {
+                    Ok(vm) => {
+                        let pid = vm.pid();
+                        let _ = state::write_atomic(
+                            &node_dir.pid_file(),
+                            pid.to_string().as_bytes(),
+                            0o600,
+                        );
+                        // Recorded here, before the next exit check, so a
+                        // QEMU that dies at once is matched to its node.
+                        shared.set(&node, generation, |n| {
+                            n.state = NodeState::Booting;
+                            n.pid = Some(pid);
+                            n.started = Some(Instant::now());
+                        });
+                        vms.insert(node, vm);
+                        let _ = reply.send(Ok(pid));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Ok(SpawnCmd::Kill { node, reply }) => {
+                if let Some(mut vm) = vms.remove(&node) {
+                    let _ = vm.kill();
+                    let _ = fs::remove_file(shared.dir.node(&node).pid_file());
+                }
+                let _ = reply.send(());
+            }
+            Ok(SpawnCmd::KillAll { reply }) => {
+                for (node, mut vm) in std::mem::take(&mut vms) {
+                    let _ = vm.kill();
+                    let _ = fs::remove_file(shared.dir.node(&node).pid_file());
+                }
+                let _ = reply.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                for (_, mut vm) in std::mem::take(&mut vms) {
+                    let _ = vm.kill();
+                }
+                return;
+            }
+        }
+        let exited: Vec<(String, u32, String)> = vms
+            .iter_mut()
+            .filter_map(|(name, vm)| match vm.try_wait() {
+                Ok(Some(status)) => Some((name.clone(), vm.pid(), status.to_string())),
+                _ => None,
+            })
+            .collect();
+        for (name, pid, status) in exited {
+            vms.remove(&name);
+            let _ = fs::remove_file(shared.dir.node(&name).pid_file());
+            vm_exited(shared, &name, pid, &status);
+        }
+    }
+}
+
+/// The last `n` lines of a node's console, without control characters.
+pub fn console_tail(path: &Path, n: usize) -> String {
+    let Ok(bytes) = fs::read(path) else {
+        return "(no console output)".to_owned();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            l.chars()
+                .filter(|c| !c.is_control() || *c == '\t')
+                .collect::<String>()
+        })
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let start = lines.len().saturating_sub(n);
+    if lines.is_empty() {
+        "(no console output)".to_owned()
+    } else {
+        lines[start..].join("\n")
+    }
+}
+
+impl Shared {
+    fn log(&self, message: &str) {
+        (self.log)(message);
+    }
+
+    /// Changes a node's state if `generation` is still its current boot.
+    fn set(&self, name: &str, generation: u64, f: impl FnOnce(&mut NodeRt)) -> bool {
+        let mut nodes = lock(&self.nodes);
+        let Some(node) = nodes.get_mut(name) else {
+            return false;
+        };
+        if node.generation != generation {
+            return false;
+        }
+        let before = (node.state, node.message.clone());
+        f(node);
+        if (node.state, node.message.clone()) != before {
+            let line = match &node.message {
+                Some(m) if node.state == NodeState::Failed => {
+                    format!("{name}: {} — {m}", node.state)
+                }
+                _ => format!("{name}: {}", node.state),
+            };
+            drop(nodes);
+            self.log(&line);
+            self.changed.notify_all();
+        }
+        true
+    }
+
+    fn fail(&self, name: &str, generation: u64, message: String) {
+        self.set(name, generation, |n| {
+            n.state = NodeState::Failed;
+            n.message = Some(message);
+        });
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let nodes = lock(&self.nodes);
+        let statuses = self
+            .spec
+            .nodes
+            .iter()
+            .filter_map(|s| nodes.get(&s.name))
+            .map(node_status)
+            .map(|mut s| {
+                s.console_log = self.dir.node(&s.name).console_log();
+                s
+            })
+            .collect();
+        ClusterStatus {
+            cluster: self.spec.cluster.clone(),
+            composition: self.spec.composition.clone(),
+            state_dir: self.dir.path().to_path_buf(),
+            backend: "qemu".to_owned(),
+            accel: self.spec.accel.to_string(),
+            supervisor_pid: std::process::id(),
+            nodes: statuses,
+        }
+    }
+
+    fn client(&self, name: &str) -> Result<Arc<Client>, Box<Reply>> {
+        let nodes = lock(&self.nodes);
+        let Some(node) = nodes.get(name) else {
+            let known: Vec<&str> = self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(Box::new(Reply::Error {
+                message: format!(
+                    "no node {name} in this cluster (nodes: {})",
+                    known.join(", ")
+                ),
+                node: None,
+            }));
+        };
+        node.client.clone().ok_or_else(|| {
+            Box::new(Reply::Error {
+                message: format!(
+                    "node {name} is {}; its agent is not connected{}",
+                    node.state,
+                    node.message
+                        .as_ref()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                ),
+                node: Some(name.to_owned()),
+            })
+        })
+    }
+
+    fn spawn_cmd(&self, cmd: SpawnCmd) {
+        let _ = lock(&self.spawner).send(cmd);
+    }
+}
+
+fn node_status(n: &NodeRt) -> NodeStatus {
+    NodeStatus {
+        name: n.spec.name.clone(),
+        role: n.spec.role.clone(),
+        state: n.state,
+        addresses: n
+            .spec
+            .nics
+            .iter()
+            .map(|nic| format!("{}/{} ({})", nic.ip, nic.prefix, nic.network))
+            .collect(),
+        pid: n.pid,
+        uptime_ms: n.started.map(|t| testbed_proto::millis(t.elapsed())),
+        message: n.message.clone(),
+        console_log: PathBuf::new(),
+    }
+}
+
+/// QEMU process `pid` of node `name` ended. A reset keeps the process but
+/// starts a new generation, so the process is matched by pid.
+fn vm_exited(shared: &Arc<Shared>, name: &str, pid: u32, status: &str) {
+    let console = shared.dir.node(name).console_log();
+    let (generation, conn) = {
+        let nodes = lock(&shared.nodes);
+        let Some(n) = nodes.get(name).filter(|n| n.pid == Some(pid)) else {
+            return;
+        };
+        (
+            n.generation,
+            n.agent_conn.as_ref().and_then(|c| c.try_clone().ok()),
+        )
+    };
+    // Wakes the agent client's reader (and so any request waiting on it).
+    if let Some(conn) = conn {
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    }
+    shared.set(name, generation, |n| {
+        n.pid = None;
+        n.client = None;
+        n.agent_conn = None;
+        n.started = None;
+        match n.expected_stop.take() {
+            Some(reason) => {
+                n.state = NodeState::Stopped;
+                n.message = Some(reason);
+            }
+            None if n.state == NodeState::Ready || n.state == NodeState::Paused => {
+                n.state = NodeState::Stopped;
+                n.message = Some(format!("the VM stopped by itself ({status})"));
+            }
+            None if n.state == NodeState::Failed => {}
+            None => {
+                n.state = NodeState::Failed;
+                n.message = Some(format!(
+                    "QEMU exited while the node was {} ({status}); the console's last lines:\n{}",
+                    n.state,
+                    console_tail(&console, CONSOLE_TAIL)
+                ));
+            }
+        }
+    });
+}
+
+/// Starts a new boot of `name` on its own thread.
+fn start_boot(shared: &Arc<Shared>, name: &str) {
+    let generation = {
+        let mut nodes = lock(&shared.nodes);
+        let Some(node) = nodes.get_mut(name) else {
+            return;
+        };
+        node.generation += 1;
+        node.state = NodeState::Starting;
+        node.message = None;
+        node.client = None;
+        node.expected_stop = None;
+        node.generation
+    };
+    shared.changed.notify_all();
+    let shared = Arc::clone(shared);
+    let name = name.to_owned();
+    let _ = std::thread::Builder::new()
+        .name(format!("boot-{name}"))
+        .spawn(move || boot(&shared, &name, generation));
+}
+
+fn vm_config(shared: &Shared, spec: &NodeSpec) -> VmConfig {
+    let node_dir = shared.dir.node(&spec.name);
+    VmConfig {
+        name: spec.name.clone(),
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+        accel: shared.spec.accel,
+        kernel: spec.image.kernel.clone(),
+        initramfs: spec.image.initramfs.clone(),
+        rootfs: spec.image.rootfs.clone(),
+        cmdline: spec.image.cmdline.clone(),
+        nics: spec
+            .nics
+            .iter()
+            .map(|nic| {
+                let (local, remote) =
+                    match switch::unix_transport(&shared.dir.net_dir(), &spec.name, &nic.network) {
+                        switch::Transport::Unix { bind, peer } => (peer, bind),
+                        switch::Transport::Udp { .. } => unreachable_transport(),
+                    };
+                NicConfig {
+                    mac: nic.mac.clone(),
+                    local,
+                    remote,
+                }
+            })
+            .collect(),
+        agent_socket: node_dir.agent_socket(),
+        console_socket: node_dir.console_socket(),
+        console_log: node_dir.console_log(),
+        qmp_socket: node_dir.qmp_socket(),
+    }
+}
+
+/// `unix_transport` only makes unix sockets.
+fn unreachable_transport() -> (PathBuf, PathBuf) {
+    (PathBuf::new(), PathBuf::new())
+}
+
+/// One boot: QEMU, the agent's hello, activation.
+fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
+    let Some(spec) = shared.spec.node(name).cloned() else {
+        return;
+    };
+    let config = vm_config(shared, &spec);
+    let (tx, rx) = mpsc::channel();
+    shared.spawn_cmd(SpawnCmd::Start {
+        node: name.to_owned(),
+        generation,
+        config: Box::new(config),
+        reply: tx,
+    });
+    match rx.recv() {
+        Ok(Ok(_pid)) => {}
+        Ok(Err(message)) => return shared.fail(name, generation, message),
+        Err(_) => return,
+    }
+    attach(shared, name, generation, Instant::now());
+}
+
+/// Everything after QEMU runs: connect to the agent socket, wait for the
+/// hello (the boot), activate. Also used after a reset, which keeps the
+/// QEMU process.
+fn attach(shared: &Arc<Shared>, name: &str, generation: u64, started: Instant) {
+    let Some(spec) = shared.spec.node(name).cloned() else {
+        return;
+    };
+    let node_dir = shared.dir.node(name);
+    let boot_timeout = shared.spec.boot_timeout();
+    let deadline = started + boot_timeout;
+    let still_current = || {
+        lock(&shared.nodes)
+            .get(name)
+            .is_some_and(|n| n.generation == generation && n.state == NodeState::Booting)
+    };
+    let stream = loop {
+        if !still_current() {
+            return;
+        }
+        match UnixStream::connect(node_dir.agent_socket()) {
+            Ok(stream) => break stream,
+            Err(e) if Instant::now() >= deadline => {
+                return shared.fail(
+                    name,
+                    generation,
+                    format!(
+                        "cannot connect to the agent socket {}: {e}",
+                        node_dir.agent_socket().display()
+                    ),
+                )
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let (reader, conn) = match (stream.try_clone(), stream.try_clone()) {
+        (Ok(r), Ok(c)) => (r, c),
+        (Err(e), _) | (_, Err(e)) => {
+            return shared.fail(name, generation, format!("agent socket: {e}"))
+        }
+    };
+    if !shared.set(name, generation, |n| n.agent_conn = Some(conn)) {
+        return;
+    }
+    let options = ClientOptions {
+        node: name.to_owned(),
+        hello_timeout: deadline.saturating_duration_since(Instant::now()),
+        ..ClientOptions::default()
+    };
+    let client = match Client::with_options(reader, stream, options) {
+        Ok(client) => Arc::new(client),
+        Err(e) => {
+            if !still_current() {
+                return;
+            }
+            let why = match e {
+                ClientError::Timeout { .. } => format!(
+                    "the agent did not answer within {:.0}s of boot",
+                    boot_timeout.as_secs_f64()
+                ),
+                other => other.to_string(),
+            };
+            return shared.fail(
+                name,
+                generation,
+                format!(
+                    "{why}; the console's last lines:\n{}",
+                    console_tail(&node_dir.console_log(), CONSOLE_TAIL)
+                ),
+            );
+        }
+    };
+    let booted = started.elapsed();
+    shared.set(name, generation, |n| {
+        n.state = NodeState::Activating;
+        n.client = Some(Arc::clone(&client));
+    });
+    shared.log(&format!(
+        "{name}: agent {} answered {:.1}s after QEMU started",
+        client.agent_info().software,
+        booted.as_secs_f64()
+    ));
+    // The agent bounds each service by the activation's own timeout; this
+    // bound covers all of them plus writing the files.
+    let limit = shared.spec.activation_timeout() * (spec.activation.services.len() as u32 + 1);
+    match client.activate(&spec.activation, limit) {
+        Ok(report) => {
+            shared.set(name, generation, |n| {
+                n.state = NodeState::Ready;
+                n.message = None;
+            });
+            shared.log(&format!(
+                "{name}: activated in {} ms (services: {})",
+                report.elapsed_ms,
+                report.services.join(", ")
+            ));
+        }
+        Err(e) => shared.fail(name, generation, e.to_string()),
+    }
+}
+
+fn send(conn: &mut UnixStream, reply: &Reply) -> bool {
+    api::write_line(conn, reply).is_ok()
+}
+
+fn error(message: impl Into<String>, node: Option<&str>) -> Reply {
+    Reply::Error {
+        message: message.into(),
+        node: node.map(str::to_owned),
+    }
+}
+
+/// One API connection.
+fn serve(shared: &Arc<Shared>, conn: UnixStream) {
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut conn = conn;
+    loop {
+        let request: Request = match api::read_line(&mut reader) {
+            Ok(Some(r)) => r,
+            Ok(None) => return,
+            Err(e) => {
+                send(&mut conn, &error(e.to_string(), None));
+                return;
+            }
+        };
+        match request {
+            Request::Status => {
+                let status = shared.status();
+                if !send(&mut conn, &Reply::Status(status)) {
+                    return;
+                }
+            }
+            Request::Watch => {
+                if !watch(shared, &mut conn) {
+                    return;
+                }
+            }
+            Request::Exec { node, exec } => {
+                if !serve_exec(shared, &mut conn, &mut reader, &node, exec) {
+                    return;
+                }
+            }
+            Request::Put {
+                node,
+                path,
+                mode,
+                owner,
+                data,
+            } => {
+                let reply = match shared.client(&node) {
+                    Err(reply) => *reply,
+                    Ok(client) => {
+                        let mut request = PutRequest::new(&path, mode);
+                        if let Some(owner) = owner {
+                            request = request.owner(owner);
+                        }
+                        match client.put(request, &data[..], REQUEST_TIMEOUT) {
+                            Ok(()) => Reply::Ok,
+                            Err(e) => error(e.to_string(), Some(&node)),
+                        }
+                    }
+                };
+                if !send(&mut conn, &reply) {
+                    return;
+                }
+            }
+            Request::Get { node, path } => {
+                let reply = match shared.client(&node) {
+                    Err(reply) => *reply,
+                    Ok(client) => match client.get(&path, REQUEST_TIMEOUT) {
+                        Ok((info, data)) => Reply::File {
+                            mode: info.mode,
+                            data,
+                        },
+                        Err(e) => error(e.to_string(), Some(&node)),
+                    },
+                };
+                if !send(&mut conn, &reply) {
+                    return;
+                }
+            }
+            Request::Forward { node, port } => {
+                serve_forward(shared, conn, reader, &node, port);
+                return;
+            }
+            Request::Power { node, action } => {
+                let reply = power(shared, &node, action);
+                if !send(&mut conn, &reply) {
+                    return;
+                }
+            }
+            Request::Fault(fault) => {
+                let reply = apply_fault(shared, fault);
+                if !send(&mut conn, &reply) {
+                    return;
+                }
+            }
+            Request::History => {
+                let events = lock(&shared.switch).history();
+                if !send(&mut conn, &Reply::History { events }) {
+                    return;
+                }
+            }
+            Request::Down => {
+                down(shared);
+                send(&mut conn, &Reply::Ok);
+                (shared.log)("down: done");
+                std::process::exit(0);
+            }
+        }
+    }
+}
+
+/// Streams node state changes until every node is settled.
+fn watch(shared: &Arc<Shared>, conn: &mut UnixStream) -> bool {
+    let mut sent: BTreeMap<String, NodeStatus> = BTreeMap::new();
+    loop {
+        let (changes, all_settled) = {
+            let nodes = lock(&shared.nodes);
+            let mut changes = Vec::new();
+            for spec in &shared.spec.nodes {
+                let Some(node) = nodes.get(&spec.name) else {
+                    continue;
+                };
+                let mut status = node_status(node);
+                status.console_log = shared.dir.node(&spec.name).console_log();
+                let differs = sent
+                    .get(&spec.name)
+                    .is_none_or(|s| s.state != status.state || s.message != status.message);
+                if differs {
+                    changes.push(status);
+                }
+            }
+            let all = nodes.values().all(|n| n.state.settled());
+            (changes, all)
+        };
+        for status in changes {
+            sent.insert(status.name.clone(), status.clone());
+            if !send(conn, &Reply::Node(status)) {
+                return false;
+            }
+        }
+        if all_settled {
+            return send(conn, &Reply::Settled(shared.status()));
+        }
+        let nodes = lock(&shared.nodes);
+        let _ = shared
+            .changed
+            .wait_timeout(nodes, Duration::from_millis(500))
+            .map(drop);
+    }
+}
+
+fn serve_exec(
+    shared: &Arc<Shared>,
+    conn: &mut UnixStream,
+    reader: &mut BufReader<UnixStream>,
+    node: &str,
+    exec: ExecRequest,
+) -> bool {
+    let client = match shared.client(node) {
+        Ok(c) => c,
+        Err(reply) => return send(conn, &reply),
+    };
+    let wants_stdin = exec.stdin;
+    let mut running = match client.exec(exec) {
+        Ok(r) => r,
+        Err(e) => return send(conn, &error(e.to_string(), Some(node))),
+    };
+    // Input lines are read on another thread while output streams here;
+    // the reader is handed back when the command ends.
+    let feeder = if wants_stdin {
+        let stdin = running.stdin();
+        let Ok(read_half) = reader.get_ref().try_clone() else {
+            return false;
+        };
+        let mut lines = BufReader::new(read_half);
+        Some(std::thread::spawn(move || loop {
+            match api::read_line::<_, Input>(&mut lines) {
+                Ok(Some(Input::Stdin { data })) => {
+                    if stdin.write(&data).is_err() {
+                        return;
+                    }
+                }
+                Ok(Some(Input::Eof)) | Ok(None) | Err(_) => {
+                    let _ = stdin.close();
+                    return;
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    let ok = loop {
+        match running.next_event() {
+            Ok(Some(ExecEvent::Stdout(data))) => {
+                if !send(conn, &Reply::Stdout { data }) {
+                    let _ = running.kill();
+                    break false;
+                }
+            }
+            Ok(Some(ExecEvent::Stderr(data))) => {
+                if !send(conn, &Reply::Stderr { data }) {
+                    let _ = running.kill();
+                    break false;
+                }
+            }
+            Ok(Some(ExecEvent::Exit(status))) => break send(conn, &Reply::Exited { status }),
+            Ok(None) => break true,
+            Err(e) => break send(conn, &error(e.to_string(), Some(node))),
+        }
+    };
+    // A stdin feeder still blocked on the client's next line ends when the
+    // client closes the connection; an exec with stdin is the last request
+    // of its connection.
+    if feeder.is_some() {
+        return false;
+    }
+    ok
+}
+
+fn serve_forward(
+    shared: &Arc<Shared>,
+    mut conn: UnixStream,
+    reader: BufReader<UnixStream>,
+    node: &str,
+    port: u16,
+) {
+    let client = match shared.client(node) {
+        Ok(c) => c,
+        Err(reply) => {
+            send(&mut conn, &reply);
+            return;
+        }
+    };
+    let forward = match client.forward(port, Duration::from_secs(30)) {
+        Ok(f) => f,
+        Err(e) => {
+            send(&mut conn, &error(e.to_string(), Some(node)));
+            return;
+        }
+    };
+    if !send(&mut conn, &Reply::Ok) {
+        return;
+    }
+    let (mut from_guest, mut to_guest) = forward.split();
+    let buffered = reader.buffer().to_vec();
+    let mut from_client = reader.into_inner();
+    let upstream = std::thread::spawn(move || {
+        if !buffered.is_empty() && to_guest.write_all(&buffered).is_err() {
+            return;
+        }
+        let _ = io::copy(&mut from_client, &mut to_guest);
+        let _ = to_guest.shutdown_write();
+    });
+    let _ = copy_flushing(&mut from_guest, &mut conn);
+    let _ = conn.shutdown(std::net::Shutdown::Write);
+    let _ = upstream.join();
+}
+
+/// Like `io::copy`, flushing after every read: interactive protocols (ssh)
+/// must not wait for a buffer to fill.
+fn copy_flushing(from: &mut impl Read, to: &mut impl Write) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        to.flush()?;
+    }
+}
+
+fn qmp(shared: &Shared, node: &str) -> Result<Qmp, Box<Reply>> {
+    Qmp::connect_node(
+        node,
+        &shared.dir.node(node).qmp_socket(),
+        Duration::from_secs(10),
+    )
+    .map_err(|e| Box::new(error(e.to_string(), Some(node))))
+}
+
+fn power(shared: &Arc<Shared>, name: &str, action: PowerAction) -> Reply {
+    let (state, generation, pid) = match lock(&shared.nodes).get(name) {
+        Some(n) => (n.state, n.generation, n.pid),
+        None => return error(format!("no node {name} in this cluster"), None),
+    };
+    let running = pid.is_some();
+    match action {
+        PowerAction::Start => {
+            if running {
+                return error(
+                    format!("node {name} is already running ({state})"),
+                    Some(name),
+                );
+            }
+            start_boot(shared, name);
+            Reply::Ok
+        }
+        PowerAction::Crash => {
+            if !running {
+                return error(format!("node {name} is not running ({state})"), Some(name));
+            }
+            shared.set(name, generation, |n| {
+                n.expected_stop = Some("crashed (power cut)".to_owned())
+            });
+            let (tx, rx) = mpsc::channel();
+            shared.spawn_cmd(SpawnCmd::Kill {
+                node: name.to_owned(),
+                reply: tx,
+            });
+            let _ = rx.recv();
+            if let Some(pid) = pid {
+                vm_exited(shared, name, pid, "killed");
+            }
+            Reply::Ok
+        }
+        PowerAction::Shutdown => {
+            if !running {
+                return error(format!("node {name} is not running ({state})"), Some(name));
+            }
+            shared.set(name, generation, |n| {
+                n.expected_stop = Some("shut down".to_owned())
+            });
+            // A clean shutdown through the agent; QEMU exits at power-off
+            // (the spawner notices). The power button is the fallback for a
+            // node whose agent is gone.
+            let via_agent = shared.client(name).ok().is_some_and(|c| {
+                c.exec_output(
+                    ExecRequest::argv(["systemctl", "poweroff", "--no-block"])
+                        .timeout(Duration::from_secs(30)),
+                )
+                .is_ok_and(|o| o.status.success())
+            });
+            if !via_agent {
+                if let Err(reply) = qmp(shared, name).and_then(|mut q| {
+                    q.system_powerdown()
+                        .map_err(|e| Box::new(error(e.to_string(), Some(name))))
+                }) {
+                    return *reply;
+                }
+            }
+            wait_for(shared, name, Duration::from_secs(120), |n| {
+                n.state == NodeState::Stopped
+            })
+        }
+        PowerAction::Reboot => {
+            if !running {
+                return error(format!("node {name} is not running ({state})"), Some(name));
+            }
+            // A hard reset keeps the QEMU process; the new boot gets a new
+            // agent session and a new activation.
+            if let Err(reply) = qmp(shared, name).and_then(|mut q| {
+                q.system_reset()
+                    .map_err(|e| Box::new(error(e.to_string(), Some(name))))
+            }) {
+                return *reply;
+            }
+            reconnect(shared, name);
+            Reply::Ok
+        }
+        PowerAction::Pause | PowerAction::Resume => {
+            let pause = action == PowerAction::Pause;
+            let result = qmp(shared, name).and_then(|mut q| {
+                let r = if pause { q.stop() } else { q.cont() };
+                r.map_err(|e| Box::new(error(e.to_string(), Some(name))))
+            });
+            match result {
+                Ok(_) => {
+                    shared.set(name, generation, |n| {
+                        n.state = if pause {
+                            NodeState::Paused
+                        } else if n.client.is_some() {
+                            NodeState::Ready
+                        } else {
+                            NodeState::Booting
+                        };
+                    });
+                    Reply::Ok
+                }
+                Err(reply) => *reply,
+            }
+        }
+    }
+}
+
+/// After a reset inside the same QEMU: drop the old agent session and run
+/// the hello and activation again on a fresh connection.
+fn reconnect(shared: &Arc<Shared>, name: &str) {
+    let (generation, conn, pid, started) = {
+        let mut nodes = lock(&shared.nodes);
+        let Some(n) = nodes.get_mut(name) else {
+            return;
+        };
+        n.generation += 1;
+        n.state = NodeState::Booting;
+        n.message = None;
+        n.client = None;
+        (n.generation, n.agent_conn.take(), n.pid, Instant::now())
+    };
+    if let Some(conn) = conn {
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    }
+    shared.set(name, generation, |n| {
+        n.pid = pid;
+        n.started = Some(started);
+    });
+    shared.changed.notify_all();
+    let shared2 = Arc::clone(shared);
+    let name = name.to_owned();
+    let _ = std::thread::Builder::new()
+        .name(format!("reboot-{name}"))
+        .spawn(move || attach(&shared2, &name, generation, started));
+}
+
+fn wait_for(
+    shared: &Shared,
+    name: &str,
+    timeout: Duration,
+    cond: impl Fn(&NodeRt) -> bool,
+) -> Reply {
+    let deadline = Instant::now() + timeout;
+    let mut nodes = lock(&shared.nodes);
+    loop {
+        if nodes.get(name).is_some_and(&cond) {
+            return Reply::Ok;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let state = nodes.get(name).map(|n| n.state.to_string());
+            return error(
+                format!(
+                    "node {name} did not stop within {:.0}s (still {})",
+                    timeout.as_secs_f64(),
+                    state.unwrap_or_default()
+                ),
+                Some(name),
+            );
+        }
+        nodes = match shared.changed.wait_timeout(nodes, deadline - now) {
+            Ok((guard, _)) => guard,
+            Err(e) => e.into_inner().0,
+        };
+    }
+}
+
+fn apply_fault(shared: &Shared, fault: Fault) -> Reply {
+    let switch = lock(&shared.switch);
+    let result = match fault {
+        Fault::Block { node } => switch.block(&node),
+        Fault::Unblock { node } => switch.unblock(&node),
+        Fault::Partition { groups } => switch.partition(&groups),
+        Fault::Heal => {
+            switch.heal();
+            Ok(())
+        }
+        Fault::Link { a, b, rule } => switch.set_link(&a, &b, rule),
+    };
+    match result {
+        Ok(()) => Reply::Ok,
+        Err(e) => error(e.to_string(), None),
+    }
+}
+
+/// Stops every VM and the switch and removes the state directory.
+fn down(shared: &Arc<Shared>) {
+    shared.stopping.store(true, Ordering::SeqCst);
+    shared.log("down: stopping every node");
+    let (tx, rx) = mpsc::channel();
+    shared.spawn_cmd(SpawnCmd::KillAll { reply: tx });
+    let _ = rx.recv_timeout(Duration::from_secs(60));
+    lock(&shared.switch).stop();
+    let _ = fs::remove_dir_all(shared.dir.path());
+}

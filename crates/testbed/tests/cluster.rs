@@ -1,0 +1,273 @@
+//! Real clusters: `testbed up` boots the example under QEMU (TCG here, KVM
+//! where it works), and the verbs drive the nodes through the supervisor.
+//! These tests build the example's images (cached in a store shared by the
+//! test binaries of this crate) and boot VMs, so they take minutes; the
+//! clusters are kept small (`--scale compute=2`) for 2-core CI machines.
+
+#![allow(clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The tests of this file boot VMs one cluster at a time: two clusters
+/// side by side on 2 emulated cores would only make both slow.
+static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn store() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    /// The composition's folder.
+    comp: PathBuf,
+    state: PathBuf,
+}
+
+impl Env {
+    /// A copy of examples/slurm without its lock (locked against today's
+    /// archive, like `tests/images.rs`), with `edit` applied to its
+    /// testbed.toml.
+    fn example(edit: impl Fn(String) -> String) -> Env {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
+        let comp = tmp.path().join("slurm");
+        std::fs::create_dir_all(&comp).expect("mkdir");
+        std::fs::copy(src.join("slurm.conf.j2"), comp.join("slurm.conf.j2")).expect("copy");
+        let toml = std::fs::read_to_string(src.join("testbed.toml")).expect("read");
+        std::fs::write(comp.join("testbed.toml"), edit(toml)).expect("write");
+        let state = tmp.path().join("run");
+        Env {
+            _tmp: tmp,
+            comp,
+            state,
+        }
+    }
+
+    fn testbed(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args(args)
+            .current_dir(&self.comp)
+            .env("NO_COLOR", "1")
+            .env("TESTBED_STORE", store())
+            .env("TESTBED_STATE_DIR", &self.state)
+            .output()
+            .expect("run testbed");
+        eprintln!(
+            "$ testbed {}\n-> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    /// Every process whose command line mentions the state directory.
+    fn leftovers(&self) -> Vec<String> {
+        let marker = self.state.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&marker) {
+                found.push(format!(
+                    "{} {}",
+                    entry.file_name().to_string_lossy(),
+                    cmdline
+                ));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Env {
+    /// A failed assertion must not leave VMs running.
+    fn drop(&mut self) {
+        if self.state.exists() {
+            let _ = self.testbed(&["down"]);
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn status(env: &Env) -> serde_json::Value {
+    let out = env.testbed(&["status", "--json"]);
+    assert!(out.status.success(), "status: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status is JSON")
+}
+
+#[test]
+fn example_cluster_comes_up_is_driven_and_survives_a_killed_supervisor() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let env = Env::example(|t| t);
+
+    let out = env.testbed(&["up", "--scale", "compute=2"]);
+    assert!(out.status.success(), "up failed:\n{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("cluster slurm is up: 3 nodes ready"), "{err}");
+
+    // status --json: every node ready, with its address.
+    let st = status(&env);
+    let nodes = st["nodes"].as_array().expect("nodes");
+    let names: Vec<&str> = nodes.iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ctl", "compute1", "compute2"]);
+    for n in nodes {
+        assert_eq!(n["state"], "ready", "{n}");
+        assert!(n["addresses"][0].as_str().unwrap().contains("(lan)"), "{n}");
+    }
+
+    // exec: names resolve across the cluster network, output and exit
+    // status come back.
+    let out = env.testbed(&["exec", "ctl", "--", "ping", "-c1", "-W5", "compute2"]);
+    assert!(out.status.success(), "ping by name: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("1 received"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = env.testbed(&["exec", "compute1", "--", "hostname"]);
+    assert_eq!(text(&out.stdout).trim(), "compute1");
+    let out = env.testbed(&["exec", "ctl", "--", "sh", "-c", "echo oops >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(text(&out.stderr).trim(), "oops");
+    let out = env.testbed(&["exec", "nosuch", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no node nosuch"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The role's services were started by activation, with the shared
+    // munge key and the rendered slurm.conf.
+    let out = env.testbed(&[
+        "exec",
+        "ctl",
+        "--",
+        "systemctl",
+        "is-active",
+        "munge",
+        "slurmctld",
+    ]);
+    assert_eq!(text(&out.stdout), "active\nactive\n");
+    let out = env.testbed(&[
+        "exec",
+        "compute2",
+        "--",
+        "grep",
+        "-c",
+        "NodeName=compute",
+        "/etc/slurm/slurm.conf",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "2", "slurm.conf follows --scale");
+
+    // cp both ways, contents and mode kept.
+    let host = env.comp.join("payload.bin");
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&host, &payload).unwrap();
+    let out = env.testbed(&["cp", host.to_str().unwrap(), "compute1:/root/payload.bin"]);
+    assert!(out.status.success(), "cp to: {}", text(&out.stderr));
+    let back = env.comp.join("back.bin");
+    let out = env.testbed(&["cp", "compute1:/root/payload.bin", back.to_str().unwrap()]);
+    assert!(out.status.success(), "cp from: {}", text(&out.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), payload);
+
+    // ssh through the agent's forwarding, host key checked strictly.
+    let out = env.testbed(&["ssh", "compute2", "--", "cat", "/etc/hostname"]);
+    assert!(out.status.success(), "ssh: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "compute2");
+    let out = env.testbed(&["ssh-config"]);
+    assert!(text(&out.stdout).contains("Host compute2"));
+
+    // logs: the console log holds the boot.
+    let out = env.testbed(&["logs", "ctl"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains("testbed-stage1"), "console log");
+
+    // The supervisor dies with SIGKILL: its VMs die with it, and `down`
+    // still removes everything.
+    let pid = st["supervisor_pid"].as_u64().unwrap() as i32;
+    let vm_pids: Vec<u64> = nodes.iter().map(|n| n["pid"].as_u64().unwrap()).collect();
+    assert_eq!(vm_pids.len(), 3);
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || env.leftovers().is_empty()),
+        "processes left after the supervisor was killed: {:?}",
+        env.leftovers()
+    );
+    let out = env.testbed(&["status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not running"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        env.state.read_dir().unwrap().next().is_some(),
+        "state is left"
+    );
+    let out = env.testbed(&["down"]);
+    assert!(out.status.success(), "down: {}", text(&out.stderr));
+    assert!(env.leftovers().is_empty());
+    let left: Vec<_> = env.state.read_dir().unwrap().flatten().collect();
+    assert!(left.is_empty(), "state left behind: {left:?}");
+}
+
+#[test]
+fn a_service_that_fails_fails_up_with_its_node_unit_and_journal() {
+    let _one = ONE_CLUSTER_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    // The compute role without its slurm.conf: slurmd cannot start. Same
+    // packages as the example's compute role, so the image is shared.
+    let env = Env::example(|t| {
+        let t = t.replace(
+            "[roles.compute]\ncount = 4                       # nodes compute1..compute4\npackages = [\"slurmd\"]\nservices = [\"munge\", \"slurmd\"]\nfiles.\"/etc/slurm/slurm.conf\" = { template = \"slurm.conf.j2\" }",
+            "[roles.compute]\ncount = 1\npackages = [\"slurmd\"]\nservices = [\"munge\", \"slurmd\"]",
+        );
+        assert!(
+            !t.contains("count = 4"),
+            "the example changed; update this test"
+        );
+        // Only the broken role: no ctl.
+        let start = t.find("[roles.ctl]").unwrap();
+        let end = t.find("[roles.compute]").unwrap();
+        let t = format!("{}{}", &t[..start], &t[end..]);
+        t.replace("name = \"slurm\"", "name = \"broken\"")
+    });
+    let out = env.testbed(&["up"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("node compute1 (compute) is failed"), "{err}");
+    assert!(err.contains("slurmd"), "names the unit: {err}");
+    assert!(err.contains("journal"), "quotes the journal: {err}");
+    assert!(err.contains("taken down"), "{err}");
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    let left = env.state.read_dir().map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "the failed cluster's state is removed");
+}
