@@ -1,6 +1,6 @@
 //! `testbed lock`, `testbed build`, `testbed verify` and `testbed store`:
-//! the composition's roles as image specs, and the image builder's progress
-//! on the terminal.
+//! the composition's roles as image specs, the guest agent every image
+//! carries, and the image builder's progress on the terminal.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -21,9 +21,38 @@ pub fn lock_path(comp: &Composition) -> PathBuf {
     comp.dir.join("testbed.lock")
 }
 
-/// One image spec per role. Templates are not part of images: they are
-/// rendered per node at activation.
+/// The guest agent binary installed into every image: `$TESTBED_AGENT` if
+/// set, else `testbed-agent` next to this executable (where cargo puts it,
+/// and where an installation puts both).
+pub(crate) fn agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TESTBED_AGENT") {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "TESTBED_AGENT is {}, which is not a file; point it at a testbed-agent binary (`cargo build -p testbed-agent` makes one)",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("cannot find the path of the testbed executable")?;
+    let path = exe.with_file_name("testbed-agent");
+    anyhow::ensure!(
+        path.is_file(),
+        "the guest agent binary is missing: every image carries it, and it is looked for at {}; build it with `cargo build -p testbed-agent` (with the same profile as testbed, e.g. --release), or set TESTBED_AGENT to its path",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// One image spec per role, each with the guest agent. Templates are not
+/// part of images: they are rendered per node at activation.
 pub fn specs(comp: &Composition) -> anyhow::Result<Vec<ImageSpec>> {
+    specs_with(comp, Some(agent_binary()?))
+}
+
+/// [`specs`] with a chosen agent (`None` for locking, which does not
+/// depend on it).
+fn specs_with(comp: &Composition, agent: Option<PathBuf>) -> anyhow::Result<Vec<ImageSpec>> {
     comp.roles
         .iter()
         .map(|role| {
@@ -54,7 +83,7 @@ pub fn specs(comp: &Composition) -> anyhow::Result<Vec<ImageSpec>> {
                 kernel: comp.cluster.kernel.clone(),
                 packages,
                 files,
-                agent: None,
+                agent: agent.clone(),
             })
         })
         .collect()
@@ -93,7 +122,7 @@ fn step_name(step: Step) -> &'static str {
     match step {
         Step::CheckingArchive => "checking locked versions against the archive",
         Step::Bootstrapping => "installing packages (mmdebstrap)",
-        Step::Customizing => "adding static files",
+        Step::Customizing => "adding static files and the agent, trimming units",
         Step::Normalizing => "removing non-deterministic files",
         Step::Artifacts => "making kernel, initramfs, erofs root and container archive",
         Step::Committing => "hashing outputs and committing to the store",
@@ -174,15 +203,21 @@ fn store_and_options(comp: &Composition) -> Result<(Store, BuildOptions), Failur
     Ok((store, options))
 }
 
-fn load(path: Option<&Path>) -> Result<(Composition, Vec<ImageSpec>), Failure> {
+/// The composition and its specs; with the agent unless `for_lock` (the
+/// lock does not depend on it, so locking works without one).
+fn load(path: Option<&Path>, for_lock: bool) -> Result<(Composition, Vec<ImageSpec>), Failure> {
     let path = testbed_model::resolve_path(path);
     let comp = testbed_model::load(&path)?;
-    let specs = specs(&comp)?;
+    let specs = if for_lock {
+        specs_with(&comp, None)?
+    } else {
+        specs(&comp)?
+    };
     Ok((comp, specs))
 }
 
 pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
-    let (comp, specs) = load(path)?;
+    let (comp, specs) = load(path, true)?;
     let lock_file = lock_path(&comp);
     let previous = Lockfile::read_if_exists(&lock_file).map_err(failure)?;
     if let (Some(prev), false) = (&previous, update) {
@@ -212,7 +247,7 @@ pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
 }
 
 pub fn build(path: Option<&Path>, json: bool) -> Outcome {
-    let (comp, specs) = load(path)?;
+    let (comp, specs) = load(path, false)?;
     let progress = Lines::new();
     let lock = ensure_lock(&comp, &specs, &progress)?;
     let (store, options) = store_and_options(&comp)?;
@@ -241,7 +276,7 @@ pub fn build(path: Option<&Path>, json: bool) -> Outcome {
 }
 
 pub fn verify(path: Option<&Path>) -> Outcome {
-    let (comp, specs) = load(path)?;
+    let (comp, specs) = load(path, false)?;
     let progress = Lines::new();
     let lock = ensure_lock(&comp, &specs, &progress)?;
     let (store, options) = store_and_options(&comp)?;
@@ -330,4 +365,37 @@ pub fn store_gc() -> Outcome {
         if report.kept.len() == 1 { "y" } else { "ies" }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_comes_from_the_environment_or_beside_the_executable() {
+        // One test, because it changes the process environment.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"agent").expect("write");
+        std::env::set_var("TESTBED_AGENT", &agent);
+        assert_eq!(agent_binary().expect("from TESTBED_AGENT"), agent);
+        std::env::set_var("TESTBED_AGENT", dir.path().join("missing"));
+        let err = agent_binary().expect_err("not a file").to_string();
+        assert!(err.starts_with("TESTBED_AGENT is "), "{err}");
+        assert!(err.contains("cargo build -p testbed-agent"), "{err}");
+        std::env::remove_var("TESTBED_AGENT");
+        // The unit test binary lives in target/<profile>/deps, where no
+        // agent is built.
+        let err = agent_binary()
+            .expect_err("no agent beside the test")
+            .to_string();
+        assert!(
+            err.starts_with("the guest agent binary is missing"),
+            "{err}"
+        );
+        assert!(
+            err.contains("cargo build -p testbed-agent") && err.contains("TESTBED_AGENT"),
+            "{err}"
+        );
+    }
 }
