@@ -209,25 +209,29 @@ impl Spinners {
         }
     }
 
-    /// The line for `subject`, created on first use.
-    fn bar(&self, subject: Subject) -> ProgressBar {
+    /// The line for `subject`; a new one starts with `message`, so that it
+    /// is never drawn empty.
+    fn bar(&self, subject: Subject, message: &str) -> ProgressBar {
         let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, bar)) = bars.iter().find(|(s, _)| *s == subject) {
             return bar.clone();
         }
-        let bar = self.multi.add(ProgressBar::new_spinner());
-        bar.set_style(self.running.clone());
-        bar.set_prefix(match &subject {
+        let prefix = match &subject {
             Subject::Index => "apt".to_string(),
             Subject::Role(role) => role.clone(),
-        });
+        };
+        let bar = ProgressBar::new_spinner()
+            .with_style(self.running.clone())
+            .with_prefix(prefix)
+            .with_message(message.to_string());
+        let bar = self.multi.add(bar);
         bar.enable_steady_tick(Duration::from_millis(100));
         bars.push((subject, bar.clone()));
         bar
     }
 
     fn show(&self, subject: Subject, message: String) {
-        let bar = self.bar(subject);
+        let bar = self.bar(subject, &message);
         if bar.is_finished() {
             // A role that is busy again (`verify`'s rebuild after the
             // reference build) gets its spinner and its clock back.
@@ -239,7 +243,7 @@ impl Spinners {
     }
 
     fn finish(&self, subject: Subject, message: String) {
-        let bar = self.bar(subject);
+        let bar = self.bar(subject, &message);
         bar.set_style(self.done.clone());
         bar.finish_with_message(message);
     }
