@@ -6,7 +6,8 @@
 //! against a fresh archive index (every locked version must still be
 //! downloadable with the locked digest), then built in parallel, each in its
 //! own `.tmp` directory of the store: mmdebstrap, check against the lock,
-//! static files and agent, services disabled, normalization, the boot
+//! unit trims, static files and agent, services disabled, the agent's unit,
+//! normalization, the boot
 //! artifacts, the manifest, and an atomic rename into place.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -354,8 +355,7 @@ fn build_one(
         )?;
         rootfs::check_installed(role, &tree, &job.lock.packages)?;
         step(Step::Customizing);
-        rootfs::install_files(role, &tree, &job.spec.files, job.spec.agent.as_deref())?;
-        rootfs::disable_services(&tree)?;
+        rootfs::customize(role, &tree, &job.spec.files, job.spec.agent.as_deref())?;
         step(Step::Normalizing);
         rootfs::normalize(&tree, job.lock.source_date_epoch)?;
         let listing = rootfs::listing(&tree)?;

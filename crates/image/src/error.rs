@@ -140,6 +140,18 @@ pub enum ImageError {
         message: String,
     },
 
+    /// A file the builder itself adds (the agent's unit, a unit mask, a
+    /// drop-in) cannot be placed in the image.
+    #[error("role `{role}`: cannot write {path} into the image: {message}")]
+    BadSystemFile {
+        /// The role concerned.
+        role: String,
+        /// The guest path.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+
     /// Not enough free space where the store lives.
     #[error("not enough free disk space in {}: {available_mib} MiB free, a build needs about {needed_mib} MiB", path.display())]
     NoSpace {

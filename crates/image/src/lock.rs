@@ -24,12 +24,15 @@ use crate::spec::ImageSpec;
 
 /// Packages every image needs whatever the role: an init system and the
 /// device manager (without udev, units waiting for devices stall), the
-/// tools activation and tests use, and the static busybox the stage-1
-/// initramfs is made of.
+/// tools activation and tests use, the static busybox the stage-1
+/// initramfs is made of, and the OpenSSH server that `testbed ssh` runs
+/// through the agent (installed but not enabled; its host keys are removed
+/// from the image and sent per node at activation).
 pub const ALWAYS: &[&str] = &[
     "busybox-static",
     "iproute2",
     "iputils-ping",
+    "openssh-server",
     "procps",
     "systemd",
     "systemd-sysv",

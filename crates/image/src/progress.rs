@@ -69,7 +69,8 @@ pub enum Step {
     CheckingArchive,
     /// Running mmdebstrap.
     Bootstrapping,
-    /// Adding static files and the agent, disabling services.
+    /// Masking the units nodes do without, adding static files, the agent
+    /// and its unit, disabling package-enabled services.
     Customizing,
     /// Removing and normalizing non-deterministic files.
     Normalizing,
@@ -84,7 +85,7 @@ impl std::fmt::Display for Step {
         f.write_str(match self {
             Step::CheckingArchive => "checking locked versions",
             Step::Bootstrapping => "building root filesystem",
-            Step::Customizing => "adding files",
+            Step::Customizing => "adding files and the agent",
             Step::Normalizing => "normalizing",
             Step::Artifacts => "building boot artifacts",
             Step::Committing => "committing to the store",

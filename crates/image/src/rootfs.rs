@@ -27,15 +27,44 @@ use crate::lock::{LockedPackage, RoleLock};
 use crate::spec::StaticFile;
 use crate::tools::{self, MMDEBSTRAP};
 
-/// Where the guest agent is installed in every image.
-pub const AGENT_PATH: &str = "/usr/local/bin/testbed-agent";
+/// Where the guest agent is installed in every image: the path its unit's
+/// `ExecStart` names, so both come from the agent crate.
+pub const AGENT_PATH: &str = testbed_agent::INSTALL_PATH;
 
-/// Units that stay enabled: a console login for debugging and the systemd
-/// defaults that cost nothing at boot. Every other unit enabled by a
-/// package's maintainer scripts is disabled, because activation starts the
-/// role's services and, under TCG, timers such as `apt-daily` only slow the
-/// nodes down.
-const KEEP_ENABLED: &[&str] = &["getty@tty1.service", "remote-fs.target"];
+/// Where the agent's unit is installed.
+pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/testbed-agent.service";
+
+/// Units that stay enabled: the systemd defaults that cost nothing at boot.
+/// Every other unit enabled by a package's maintainer scripts is disabled,
+/// because activation starts the role's services and, under TCG, timers
+/// such as `apt-daily` only slow the nodes down. `getty@tty1` is not kept:
+/// VMs have no display, and the serial console gets its getty from
+/// systemd's generator (`console=ttyS0`).
+const KEEP_ENABLED: &[&str] = &["remote-fs.target"];
+
+/// Units masked in every image (docs/boot.md, "Units to trim"): each costs
+/// boot time under TCG and none is of use to a test node.
+/// `dev-hugepages.mount`, `sys-fs-fuse-connections.mount` and
+/// `sys-kernel-config.mount` are kept: roles may need hugepages, FUSE or
+/// configfs, and an image cannot tell whether they do.
+pub const MASKED: &[&str] = &[
+    // Starts getty@tty2..6 when dbus/logind are absent: five gettys on
+    // consoles nobody sees.
+    "getty-static.service",
+    // Nothing persistent to collect from in a VM.
+    "systemd-pstore.service",
+    // debugfs and tracefs: unused, ~1 s of contended CPU each under TCG.
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+];
+
+/// journald's drop-in: the root's writable layer is a tmpfs, so a
+/// persistent journal has nowhere to persist to, and the flush to
+/// `/var/log/journal` is work for nothing.
+pub const JOURNALD_DROPIN: (&str, &str) = (
+    "/etc/systemd/journald.conf.d/testbed.conf",
+    "# Written by testbed: the root's writable layer is a tmpfs.\n[Journal]\nStorage=volatile\n",
+);
 
 /// What mmdebstrap needs for one role.
 #[derive(Debug)]
@@ -286,7 +315,7 @@ fn lookup_id(rootfs: &Path, db: &str, name: &str) -> Option<u32> {
 }
 
 /// Writes the role's static files and the agent into the image.
-pub(crate) fn install_files(
+fn install_files(
     role: &str,
     rootfs: &Path,
     files: &[StaticFile],
@@ -333,9 +362,7 @@ pub(crate) fn install_files(
             }
         };
         if let Some(parent) = host.parent() {
-            if !parent.exists() {
-                fs::create_dir_all(parent).at("cannot create", parent)?;
-            }
+            create_dirs(rootfs, parent)?;
         }
         if host.symlink_metadata().is_ok_and(|m| m.is_dir()) {
             return Err(bad("a directory of that name exists in the image".into()));
@@ -356,9 +383,136 @@ pub(crate) fn install_files(
     Ok(())
 }
 
+/// Creates `dir` (a host path inside `rootfs`) and its missing parents,
+/// each with mode 0755: not the builder's umask, which would make the
+/// image depend on the shell it was started from.
+fn create_dirs(rootfs: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() || dir == rootfs {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(rootfs, parent)?;
+    }
+    fs::create_dir(dir).at("cannot create", dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).at("cannot set the mode of", dir)
+}
+
+/// Everything the builder does to a tree between mmdebstrap and
+/// [`normalize`], in this order:
+///
+/// 1. the trims of docs/boot.md ([`MASKED`] units masked, journald's
+///    [`JOURNALD_DROPIN`]), first so that a role's static file at one of
+///    those paths wins;
+/// 2. the role's static files and the agent binary;
+/// 3. every unit enabled by maintainer scripts disabled (activation starts
+///    the role's services);
+/// 4. when an agent is installed, its unit, enabled for the targets its
+///    `[Install]` section names: last, so nothing above can disable or
+///    overwrite it.
+pub fn customize(
+    role: &str,
+    rootfs: &Path,
+    files: &[StaticFile],
+    agent: Option<&Path>,
+) -> Result<()> {
+    trim_units(role, rootfs)?;
+    install_files(role, rootfs, files, agent)?;
+    disable_services(rootfs)?;
+    if agent.is_some() {
+        install_agent_unit(role, rootfs)?;
+    }
+    Ok(())
+}
+
+/// What goes at a path the builder writes itself.
+enum SystemFile<'a> {
+    File(&'a [u8]),
+    Symlink(&'a str),
+}
+
+/// Writes a root-owned file (mode 0644) or symlink at `guest`, replacing
+/// whatever file or link is there.
+fn put_system_file(role: &str, rootfs: &Path, guest: &str, what: SystemFile<'_>) -> Result<()> {
+    let bad = |message: String| ImageError::BadSystemFile {
+        role: role.into(),
+        path: guest.into(),
+        message,
+    };
+    let host = resolve_in_root(rootfs, guest).map_err(bad)?;
+    if let Some(parent) = host.parent() {
+        create_dirs(rootfs, parent)?;
+    }
+    if host.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        return Err(bad("a directory of that name exists in the image".into()));
+    }
+    let _ = fs::remove_file(&host);
+    match what {
+        SystemFile::File(content) => {
+            fs::write(&host, content).at("cannot write", &host)?;
+            fs::set_permissions(&host, fs::Permissions::from_mode(0o644))
+                .at("cannot set the mode of", &host)?;
+        }
+        SystemFile::Symlink(target) => {
+            std::os::unix::fs::symlink(target, &host).at("cannot create the link", &host)?;
+        }
+    }
+    std::os::unix::fs::lchown(&host, Some(0), Some(0)).at("cannot chown", &host)
+}
+
+/// Masks [`MASKED`] (a link to `/dev/null` in `/etc/systemd/system`, which
+/// overrides the unit wherever it is installed and whoever wants it) and
+/// writes journald's drop-in.
+fn trim_units(role: &str, rootfs: &Path) -> Result<()> {
+    for unit in MASKED {
+        let guest = format!("/etc/systemd/system/{unit}");
+        put_system_file(role, rootfs, &guest, SystemFile::Symlink("/dev/null"))?;
+    }
+    let (path, content) = JOURNALD_DROPIN;
+    put_system_file(role, rootfs, path, SystemFile::File(content.as_bytes()))
+}
+
+/// The targets a unit's `[Install]` section says it is wanted by.
+fn wanted_by(unit: &str) -> Vec<&str> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("WantedBy="))
+        .flat_map(str::split_whitespace)
+        .collect()
+}
+
+/// Installs the agent's unit and enables it the way `systemctl enable`
+/// would: a link in `<target>.wants` for each `WantedBy=` target
+/// (`sysinit.target`, so the agent starts before the rest of the boot and
+/// can report on a boot that is stuck).
+fn install_agent_unit(role: &str, rootfs: &Path) -> Result<()> {
+    let unit = testbed_agent::SERVICE_UNIT;
+    put_system_file(
+        role,
+        rootfs,
+        AGENT_UNIT_PATH,
+        SystemFile::File(unit.as_bytes()),
+    )?;
+    let name = AGENT_UNIT_PATH
+        .rsplit('/')
+        .next()
+        .unwrap_or(AGENT_UNIT_PATH);
+    let targets = wanted_by(unit);
+    if targets.is_empty() {
+        return Err(ImageError::BadSystemFile {
+            role: role.into(),
+            path: AGENT_UNIT_PATH.into(),
+            message: "the agent's unit has no `WantedBy=`, so nothing would start it".into(),
+        });
+    }
+    for target in targets {
+        let link = format!("/etc/systemd/system/{target}.wants/{name}");
+        put_system_file(role, rootfs, &link, SystemFile::Symlink(AGENT_UNIT_PATH))?;
+    }
+    Ok(())
+}
+
 /// Disables every unit enabled by maintainer scripts except
 /// [`KEEP_ENABLED`]; returns the disabled links (guest paths), sorted.
-pub(crate) fn disable_services(rootfs: &Path) -> Result<Vec<String>> {
+fn disable_services(rootfs: &Path) -> Result<Vec<String>> {
     let system = rootfs.join("etc/systemd/system");
     let mut removed = Vec::new();
     let Ok(dirs) = fs::read_dir(&system) else {
@@ -458,7 +612,7 @@ const EMPTY: &[&str] = &[
 /// mirrors), removes SSH host keys (activation generates them per node),
 /// pins `/etc/shadow`'s password-change dates and clamps every timestamp to
 /// `epoch`.
-pub(crate) fn normalize(rootfs: &Path, epoch: u64) -> Result<()> {
+pub fn normalize(rootfs: &Path, epoch: u64) -> Result<()> {
     for rel in REMOVE {
         let p = rootfs.join(rel);
         if p.symlink_metadata().is_ok() {
@@ -717,6 +871,149 @@ mod tests {
             err.to_string(),
             "role `ctl`: static file /etc/munge/conf: owner `nobody` does not exist in the image"
         );
+    }
+
+    /// A tree with the links and files packages leave behind, then the
+    /// builder's customization and normalization, as `build` runs them.
+    #[test]
+    fn customized_tree_has_trims_no_package_services_and_an_enabled_agent() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let system = root.join("etc/systemd/system");
+        for wants in [
+            "multi-user.target.wants",
+            "getty.target.wants",
+            "timers.target.wants",
+            "sysinit.target.wants",
+        ] {
+            fs::create_dir_all(system.join(wants)).expect("mkdir");
+        }
+        let links = [
+            (
+                "multi-user.target.wants/ssh.service",
+                "/lib/systemd/system/ssh.service",
+            ),
+            (
+                "multi-user.target.wants/remote-fs.target",
+                "/lib/systemd/system/remote-fs.target",
+            ),
+            (
+                "getty.target.wants/getty@tty1.service",
+                "/lib/systemd/system/getty@.service",
+            ),
+            (
+                "timers.target.wants/apt-daily.timer",
+                "/lib/systemd/system/apt-daily.timer",
+            ),
+            (
+                "sysinit.target.wants/systemd-pstore.service",
+                "/lib/systemd/system/systemd-pstore.service",
+            ),
+            // An alias, not an enablement: it stays.
+            ("sshd.service", "/lib/systemd/system/ssh.service"),
+        ];
+        for (link, target) in links {
+            symlink(target, system.join(link)).expect("link");
+        }
+        fs::create_dir_all(root.join("etc/ssh")).expect("mkdir");
+        for f in [
+            "ssh_host_ed25519_key",
+            "ssh_host_ed25519_key.pub",
+            "sshd_config",
+        ] {
+            fs::write(root.join("etc/ssh").join(f), f).expect("w");
+        }
+        let agent = dir.path().join("agent");
+        fs::write(&agent, b"\x7fELF agent").expect("w");
+
+        customize("ctl", &root, &[], Some(&agent)).expect("customizes");
+        normalize(&root, 1000).expect("normalizes");
+
+        let installed = root.join(AGENT_PATH.trim_start_matches('/'));
+        assert_eq!(fs::read(&installed).expect("agent"), b"\x7fELF agent");
+        assert_eq!(
+            fs::metadata(&installed).expect("stat").mode() & 0o7777,
+            0o755
+        );
+        let unit = root.join(AGENT_UNIT_PATH.trim_start_matches('/'));
+        assert_eq!(
+            fs::read_to_string(&unit).expect("unit"),
+            testbed_agent::SERVICE_UNIT
+        );
+        assert!(testbed_agent::SERVICE_UNIT.contains(&format!("ExecStart={AGENT_PATH} ")));
+        let targets = wanted_by(testbed_agent::SERVICE_UNIT);
+        assert!(!targets.is_empty());
+        for target in targets {
+            let wants = system.join(format!("{target}.wants"));
+            assert_eq!(
+                fs::read_link(wants.join("testbed-agent.service")).expect("enabled"),
+                Path::new(AGENT_UNIT_PATH)
+            );
+        }
+        // Package-enabled units are disabled: only the agent is left in
+        // sysinit.target.wants, and emptied .wants folders are gone.
+        let sysinit: Vec<String> = fs::read_dir(system.join("sysinit.target.wants"))
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(sysinit, ["testbed-agent.service"]);
+        assert!(!system.join("multi-user.target.wants/ssh.service").exists());
+        assert!(!system.join("getty.target.wants").exists());
+        assert!(!system.join("timers.target.wants").exists());
+        assert!(system
+            .join("multi-user.target.wants/remote-fs.target")
+            .symlink_metadata()
+            .is_ok());
+        assert!(system.join("sshd.service").symlink_metadata().is_ok());
+        for unit in MASKED {
+            assert_eq!(
+                fs::read_link(system.join(unit)).expect("masked"),
+                Path::new("/dev/null"),
+                "{unit}"
+            );
+        }
+        let (path, content) = JOURNALD_DROPIN;
+        let dropin = root.join(path.trim_start_matches('/'));
+        assert_eq!(fs::read_to_string(&dropin).expect("drop-in"), content);
+        assert!(content.contains("\nStorage=volatile\n"));
+        let conf_d = dropin.parent().expect("parent");
+        assert_eq!(fs::metadata(conf_d).expect("stat").mode() & 0o7777, 0o755);
+        // Host keys go, the configuration stays.
+        assert!(!root.join("etc/ssh/ssh_host_ed25519_key").exists());
+        assert!(!root.join("etc/ssh/ssh_host_ed25519_key.pub").exists());
+        assert!(root.join("etc/ssh/sshd_config").exists());
+        // What the builder added is clamped like the rest.
+        for p in [&unit, &dropin, &installed] {
+            assert_eq!(fs::symlink_metadata(p).expect("stat").mtime(), 1000);
+        }
+    }
+
+    #[test]
+    fn static_files_win_over_trims_but_not_over_the_agent_unit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        let agent = root.join("agent");
+        fs::write(&agent, b"agent").expect("w");
+        let file = |path: &str| StaticFile {
+            path: path.into(),
+            content: b"mine\n".to_vec(),
+            mode: 0o644,
+            owner: None,
+        };
+        let files = [file(JOURNALD_DROPIN.0), file(AGENT_UNIT_PATH)];
+        customize("ctl", root, &files, Some(&agent)).expect("customizes");
+        let read = |p: &str| fs::read_to_string(root.join(p.trim_start_matches('/'))).expect("r");
+        assert_eq!(read(JOURNALD_DROPIN.0), "mine\n");
+        assert_eq!(read(AGENT_UNIT_PATH), testbed_agent::SERVICE_UNIT);
+        // Without an agent there is no unit to start.
+        let bare = dir.path().join("bare");
+        fs::create_dir(&bare).expect("mkdir");
+        customize("ctl", &bare, &[], None).expect("customizes");
+        assert!(!bare.join(AGENT_UNIT_PATH.trim_start_matches('/')).exists());
+        assert!(!bare
+            .join("etc/systemd/system/sysinit.target.wants")
+            .exists());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Boots a real node image under QEMU (TCG): the kernel and stage-1
 //! initramfs from `initramfs`, the root from `erofs`, and checks that
-//! systemd reaches `multi-user.target`. Also checks that the three boot
+//! systemd reaches `multi-user.target` with no failed unit and the guest
+//! agent running. The rootfs gets what the builder does to every image
+//! (`rootfs::customize` with the agent, then `rootfs::normalize`), so the
+//! boot is that of a shipped image. Also checks that the three boot
 //! outputs (initramfs, erofs image, rootfs archive) are bit-for-bit
 //! reproducible on a real rootfs, and that a stage-1 failure is reported on
 //! the serial console and ends the VM.
@@ -22,6 +25,7 @@ use support::{tail, Vm};
 use testbed_image::archive::write_rootfs_tar;
 use testbed_image::erofs::{build_erofs, ErofsOptions};
 use testbed_image::initramfs::{build_initramfs, copy_kernel, InitramfsOptions, KERNEL_CMDLINE};
+use testbed_image::rootfs;
 
 const EPOCH: u64 = 1_700_000_000;
 
@@ -35,9 +39,10 @@ const MARKER: &str = "TESTBED-BOOT-TEST multi-user.target=";
 /// A unit pulled in by `multi-user.target` and ordered after it. Its script
 /// waits until systemd says the boot is finished (no jobs left), then prints
 /// on the console whether `multi-user.target` is active, the overall state
-/// (`running`, or `degraded` if a unit failed), the failed units and when
-/// the target was reached, and powers the VM off. This is the test's own
-/// tweak of the rootfs; node images do not have it.
+/// (`running`, or `degraded` if a unit failed), whether the agent's unit is
+/// active, the failed units and when the target was reached, and powers the
+/// VM off. This is the test's own tweak of the rootfs; node images do not
+/// have it.
 const MARKER_UNIT: &str = "\
 [Unit]
 Description=testbed boot test marker
@@ -51,9 +56,10 @@ ExecStart=/usr/local/sbin/testbed-boot-marker
 const MARKER_SCRIPT: &str = r#"#!/bin/sh
 system=$(systemctl is-system-running --wait)
 target=$(systemctl is-active multi-user.target)
+agent=$(systemctl is-active testbed-agent.service)
 at=$(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)
 failed=$(systemctl list-units --failed --plain --no-legend | cut -d' ' -f1 | tr '\n' ' ')
-echo "TESTBED-BOOT-TEST multi-user.target=$target system=$system failed=[$failed] reached_us=$at" >/dev/console
+echo "TESTBED-BOOT-TEST multi-user.target=$target agent=$agent system=$system failed=[$failed] reached_us=$at" >/dev/console
 systemctl poweroff --no-block
 "#;
 
@@ -111,6 +117,9 @@ fn stage1_boots_the_erofs_root_to_multi_user_under_tcg() {
     let t = Instant::now();
     let rootfs = support::build_test_rootfs(tmp.path());
     eprintln!("rootfs ready in {:.1}s", t.elapsed().as_secs_f64());
+    let agent = support::agent_binary();
+    rootfs::customize("boot-test", &rootfs, &[], Some(&agent)).unwrap();
+    rootfs::normalize(&rootfs, EPOCH).unwrap();
     support::write_in(
         &rootfs,
         "/etc/systemd/system/testbed-boot-marker.service",
@@ -168,6 +177,9 @@ fn stage1_boots_the_erofs_root_to_multi_user_under_tcg() {
     };
     let line = log.lines().find(|l| l.contains(MARKER)).unwrap_or_default();
     assert!(line.contains("multi-user.target=active"), "{line}");
+    // The agent's port is absent (no virtio-serial device here): it waits
+    // for it, active, without failing or holding up the boot.
+    assert!(line.contains(" agent=active "), "{line}");
     assert!(
         line.contains("system=running failed=[]"),
         "units failed during boot: {line}\n{}",

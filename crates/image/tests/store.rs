@@ -230,7 +230,19 @@ fn builds_are_reproducible_cached_shared_and_collected() {
         listing.contains("/etc/testbed/role.conf\t100640\t0:4\t"),
         "static file"
     );
+    // OpenSSH is in every image, without host keys (sent per node at
+    // activation) and not enabled (activation starts services).
+    assert!(listing.contains("\n/usr/sbin/sshd\t"), "sshd installed");
     assert!(!listing.contains("/etc/ssh/ssh_host_"));
+    for unit in ["ssh.service", "ssh.socket"] {
+        assert!(
+            !listing
+                .lines()
+                .any(|l| l.starts_with("/etc/systemd/system/")
+                    && l.contains(&format!(".wants/{unit}\t"))),
+            "{unit} not enabled"
+        );
+    }
     let machine_id = listing
         .lines()
         .find(|l| l.starts_with("/etc/machine-id\t"))

@@ -2,11 +2,11 @@
 //! a rootfs to build from, a QEMU runner with a serial log, and
 //! `wait_until`.
 //!
-//! The rootfs comes from [`build_test_rootfs`]. Until the store-backed build
-//! pipeline exists it runs mmdebstrap itself (the host's apt sources, the
-//! package set of a node image and nothing more); set `TESTBED_TEST_ROOTFS`
-//! to a rootfs directory to reuse one while iterating locally (it is copied,
-//! never modified).
+//! The rootfs comes from [`build_test_rootfs`]: mmdebstrap run directly
+//! (the host's apt sources, the package set of a node image and nothing
+//! more, without the lock and the store, so that the boot test does not
+//! need them); set `TESTBED_TEST_ROOTFS` to a rootfs directory to reuse one
+//! while iterating locally (it is copied, never modified).
 
 // Each test binary uses part of this module; `keep_if_asked` tells the
 // developer where the kept files are, on stderr.
@@ -17,17 +17,48 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The packages every node image has; see `docs/boot.md` for why each is
-/// needed to boot.
-pub const BOOT_PACKAGES: &[&str] = &[
-    "linux-image-cloud-amd64",
-    "systemd",
-    "systemd-sysv",
-    "udev",
-    "busybox-static",
-    "iproute2",
-    "procps",
-];
+/// The kernel package of node images (the composition's default).
+pub const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// The packages every node image has: the builder's `ALWAYS` set and the
+/// kernel; see `docs/boot.md` for why each is needed to boot.
+pub fn boot_packages() -> Vec<&'static str> {
+    let mut packages = testbed_image::lock::ALWAYS.to_vec();
+    packages.push(KERNEL_PACKAGE);
+    packages
+}
+
+/// The guest agent binary, built by cargo in this test's own target
+/// directory and profile: `cargo test --workspace` has built it already (then
+/// this is a no-op), `cargo test -p testbed-image` has not, and an
+/// integration test cannot depend on another package's binary.
+pub fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // <target>/<profile>/deps/<test>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("the target directory");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    run(Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "testbed-agent",
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir));
+    let agent = profile_dir.join("testbed-agent");
+    assert!(agent.is_file(), "no agent at {}", agent.display());
+    agent
+}
 
 /// Polls `cond` every 100 ms until it returns `Some`, or `timeout` passes.
 pub fn wait_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
@@ -66,7 +97,7 @@ pub fn build_test_rootfs(dir: &Path) -> PathBuf {
     }
     run(Command::new("mmdebstrap")
         .args(["--quiet", "--variant=apt", "--mode=root"])
-        .arg(format!("--include={}", BOOT_PACKAGES.join(",")))
+        .arg(format!("--include={}", boot_packages().join(",")))
         .args(["bookworm"])
         .arg(&rootfs)
         .env("SOURCE_DATE_EPOCH", "1700000000"));

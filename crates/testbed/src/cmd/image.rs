@@ -1,13 +1,14 @@
 //! `testbed lock`, `testbed build`, `testbed verify` and `testbed store`:
-//! the composition's roles as image specs, and the image builder's progress
-//! on the terminal.
+//! the composition's roles as image specs, the guest agent every image
+//! carries, and the image builder's progress on the terminal.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use testbed_image::{
     BuildOptions, Event, ImageError, ImageSpec, LockOptions, Lockfile, Progress, StaticFile, Step,
     Store,
@@ -21,9 +22,38 @@ pub fn lock_path(comp: &Composition) -> PathBuf {
     comp.dir.join("testbed.lock")
 }
 
-/// One image spec per role. Templates are not part of images: they are
-/// rendered per node at activation.
+/// The guest agent binary installed into every image: `$TESTBED_AGENT` if
+/// set, else `testbed-agent` next to this executable (where cargo puts it,
+/// and where an installation puts both).
+pub(crate) fn agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TESTBED_AGENT") {
+        let path = PathBuf::from(path);
+        anyhow::ensure!(
+            path.is_file(),
+            "TESTBED_AGENT is {}, which is not a file; point it at a testbed-agent binary (`cargo build -p testbed-agent` makes one)",
+            path.display()
+        );
+        return Ok(path);
+    }
+    let exe = std::env::current_exe().context("cannot find the path of the testbed executable")?;
+    let path = exe.with_file_name("testbed-agent");
+    anyhow::ensure!(
+        path.is_file(),
+        "the guest agent binary is missing: every image carries it, and it is looked for at {}; build it with `cargo build -p testbed-agent` (with the same profile as testbed, e.g. --release), or set TESTBED_AGENT to its path",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// One image spec per role, each with the guest agent. Templates are not
+/// part of images: they are rendered per node at activation.
 pub fn specs(comp: &Composition) -> anyhow::Result<Vec<ImageSpec>> {
+    specs_with(comp, Some(agent_binary()?))
+}
+
+/// [`specs`] with a chosen agent (`None` for locking, which does not
+/// depend on it).
+fn specs_with(comp: &Composition, agent: Option<PathBuf>) -> anyhow::Result<Vec<ImageSpec>> {
     comp.roles
         .iter()
         .map(|role| {
@@ -54,7 +84,7 @@ pub fn specs(comp: &Composition) -> anyhow::Result<Vec<ImageSpec>> {
                 kernel: comp.cluster.kernel.clone(),
                 packages,
                 files,
-                agent: None,
+                agent: agent.clone(),
             })
         })
         .collect()
@@ -72,10 +102,10 @@ fn failure(e: ImageError) -> Failure {
 }
 
 /// Prints builder events to stderr, one line each, with the time since
-/// start: readable in a terminal and in CI logs alike.
+/// start: what CI logs and tests get, where redrawn spinners would be
+/// noise.
 pub struct Lines {
     start: Instant,
-    color: bool,
     last: Mutex<Option<String>>,
 }
 
@@ -83,7 +113,6 @@ impl Lines {
     pub fn new() -> Lines {
         Lines {
             start: Instant::now(),
-            color: std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal(),
             last: Mutex::new(None),
         }
     }
@@ -93,43 +122,238 @@ fn step_name(step: Step) -> &'static str {
     match step {
         Step::CheckingArchive => "checking locked versions against the archive",
         Step::Bootstrapping => "installing packages (mmdebstrap)",
-        Step::Customizing => "adding static files",
+        Step::Customizing => "adding static files and the agent, trimming units",
         Step::Normalizing => "removing non-deterministic files",
         Step::Artifacts => "making kernel, initramfs, erofs root and container archive",
         Step::Committing => "hashing outputs and committing to the store",
     }
 }
 
+/// An event as one line of text.
+fn describe(event: &Event) -> String {
+    match event {
+        Event::UpdatingIndex { distro } => format!("downloading the package index of {distro}"),
+        Event::Resolving { role } => format!("{role}: resolving packages"),
+        Event::Locked { role, packages } => format!("{role}: locked {packages} packages"),
+        Event::CacheHit { role, key } => format!("{role}: up to date ({})", short(key)),
+        Event::SharedWith { role, builder } => format!("{role}: same image as {builder}"),
+        Event::Step { role, step } => format!("{role}: {}", step_name(*step)),
+        Event::Built { role, key, elapsed } => format!(
+            "{role}: built {} in {:.1}s",
+            short(key),
+            elapsed.as_secs_f64()
+        ),
+        Event::CleanedStale { name } => format!("removed {name}, left by an interrupted build"),
+    }
+}
+
 impl Progress for Lines {
     fn event(&self, event: Event) {
-        let line = match event {
-            Event::UpdatingIndex { distro } => format!("downloading the package index of {distro}"),
-            Event::Resolving { role } => format!("{role}: resolving packages"),
-            Event::Locked { role, packages } => format!("{role}: locked {packages} packages"),
-            Event::CacheHit { role, key } => format!("{role}: up to date ({})", short(&key)),
-            Event::SharedWith { role, builder } => format!("{role}: same image as {builder}"),
-            Event::Step { role, step } => format!("{role}: {}", step_name(step)),
-            Event::Built { role, key, elapsed } => {
-                format!(
-                    "{role}: built {} in {:.1}s",
-                    short(&key),
-                    elapsed.as_secs_f64()
-                )
-            }
-            Event::CleanedStale { name } => format!("removed {name}, left by an interrupted build"),
-        };
+        let line = describe(&event);
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if last.as_deref() == Some(line.as_str()) {
             return;
         }
-        let t = format!("[{:>6.1}s]", self.start.elapsed().as_secs_f64());
-        let t = if self.color {
-            format!("\x1b[2m{t}\x1b[0m")
-        } else {
-            t
-        };
-        eprintln!("{t} {line}");
+        eprintln!("[{:>6.1}s] {line}", self.start.elapsed().as_secs_f64());
         *last = Some(line);
+    }
+}
+
+/// The spinners being drawn, if any, so that [`note`] prints above them
+/// instead of being overwritten by their next redraw.
+static LIVE: Mutex<Option<MultiProgress>> = Mutex::new(None);
+
+/// Prints a line to stderr that is not a builder event (e.g. that a lock
+/// was created), above the spinners while they are drawn.
+pub fn note(line: &str) {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    match live.as_ref() {
+        Some(multi) if multi.println(line).is_ok() => {}
+        _ => eprintln!("{line}"),
+    }
+}
+
+/// What a spinner line is for: the package index download, or a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subject {
+    Index,
+    Role(String),
+}
+
+/// One spinner per role (and one for the package index download) showing
+/// the current step and the time since the role's first event; finished
+/// lines keep their last message.
+pub struct Spinners {
+    multi: MultiProgress,
+    running: ProgressStyle,
+    done: ProgressStyle,
+    stopped: ProgressStyle,
+    bars: Mutex<Vec<(Subject, ProgressBar)>>,
+}
+
+impl Spinners {
+    fn new(target: ProgressDrawTarget) -> Spinners {
+        let style = |template: &str, ticks: &[&str]| {
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_spinner())
+                .tick_strings(ticks)
+        };
+        // The last tick string is what a finished bar shows.
+        let spin = ["⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏", "✓"];
+        Spinners {
+            multi: MultiProgress::with_draw_target(target),
+            running: style("{spinner} {prefix:<12} {msg} [{elapsed}]", &spin),
+            done: style("{spinner} {prefix:<12} {msg}", &spin),
+            stopped: style("{spinner} {prefix:<12} {msg}", &["✗", "✗"]),
+            bars: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The line for `subject`; a new one starts with `message`, so that it
+    /// is never drawn empty.
+    fn bar(&self, subject: Subject, message: &str) -> ProgressBar {
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, bar)) = bars.iter().find(|(s, _)| *s == subject) {
+            return bar.clone();
+        }
+        let prefix = match &subject {
+            Subject::Index => "apt".to_string(),
+            Subject::Role(role) => role.clone(),
+        };
+        let bar = ProgressBar::new_spinner()
+            .with_style(self.running.clone())
+            .with_prefix(prefix)
+            .with_message(message.to_string());
+        let bar = self.multi.add(bar);
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bars.push((subject, bar.clone()));
+        bar
+    }
+
+    fn show(&self, subject: Subject, message: String) {
+        let bar = self.bar(subject, &message);
+        if bar.is_finished() {
+            // A role that is busy again (`verify`'s rebuild after the
+            // reference build) gets its spinner and its clock back.
+            bar.reset();
+            bar.set_style(self.running.clone());
+            bar.enable_steady_tick(Duration::from_millis(100));
+        }
+        bar.set_message(message);
+    }
+
+    fn finish(&self, subject: Subject, message: String) {
+        let bar = self.bar(subject, &message);
+        bar.set_style(self.done.clone());
+        bar.finish_with_message(message);
+    }
+
+    /// (prefix, message, finished) of every line, in order.
+    #[cfg(test)]
+    fn lines(&self) -> Vec<(String, String, bool)> {
+        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        bars.iter()
+            .map(|(_, b)| (b.prefix(), b.message(), b.is_finished()))
+            .collect()
+    }
+}
+
+impl Progress for Spinners {
+    fn event(&self, event: Event) {
+        // Any event after the index download means the download is over.
+        if !matches!(event, Event::UpdatingIndex { .. }) {
+            let index = self
+                .bars
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find(|(s, _)| *s == Subject::Index)
+                .map(|(_, b)| b.clone());
+            if let Some(bar) = index.filter(|b| !b.is_finished()) {
+                let message = bar.message().replace("downloading", "downloaded");
+                bar.set_style(self.done.clone());
+                bar.finish_with_message(message);
+            }
+        }
+        let role = |r: &str| Subject::Role(r.to_string());
+        match event {
+            Event::UpdatingIndex { distro } => self.show(
+                Subject::Index,
+                format!("downloading the package index of {distro}"),
+            ),
+            Event::Resolving { role: r } => self.show(role(&r), "resolving packages".into()),
+            Event::Locked { role: r, packages } => {
+                self.finish(role(&r), format!("locked {packages} packages"))
+            }
+            Event::CacheHit { role: r, key } => {
+                self.finish(role(&r), format!("up to date ({})", short(&key)))
+            }
+            Event::SharedWith { role: r, builder } => {
+                self.finish(role(&r), format!("same image as {builder}"))
+            }
+            Event::Step { role: r, step } => self.show(role(&r), step_name(step).into()),
+            Event::Built {
+                role: r,
+                key,
+                elapsed,
+            } => self.finish(
+                role(&r),
+                format!("built {} in {:.1}s", short(&key), elapsed.as_secs_f64()),
+            ),
+            event @ Event::CleanedStale { .. } => {
+                let _ = self.multi.println(describe(&event));
+            }
+        }
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        // Lines still spinning when the verb ends were cut short by an
+        // error (printed next): freeze them with a mark that says so.
+        let bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, bar) in bars.iter().filter(|(_, b)| !b.is_finished()) {
+            bar.set_style(self.stopped.clone());
+            bar.abandon_with_message(format!("{} (stopped)", bar.message()));
+        }
+    }
+}
+
+/// Where builder progress goes: spinners when stderr is a terminal,
+/// timestamped lines otherwise.
+pub enum Reporter {
+    Lines(Lines),
+    Spinners(Box<Spinners>),
+}
+
+impl Reporter {
+    pub fn new() -> Reporter {
+        let terminal =
+            std::io::stderr().is_terminal() && std::env::var_os("TERM").is_none_or(|t| t != "dumb");
+        if terminal {
+            let spinners = Spinners::new(ProgressDrawTarget::stderr());
+            *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = Some(spinners.multi.clone());
+            Reporter::Spinners(Box::new(spinners))
+        } else {
+            Reporter::Lines(Lines::new())
+        }
+    }
+}
+
+impl Progress for Reporter {
+    fn event(&self, event: Event) {
+        match self {
+            Reporter::Lines(lines) => lines.event(event),
+            Reporter::Spinners(spinners) => spinners.event(event),
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        if let Reporter::Spinners(_) = self {
+            *LIVE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
 }
 
@@ -154,10 +378,10 @@ pub fn ensure_lock(
             let lock = testbed_image::lock(specs, None, &LockOptions::default(), progress)
                 .map_err(failure)?;
             lock.write(&path).map_err(failure)?;
-            eprintln!(
+            note(&format!(
                 "created {} (commit it: it pins every package version)",
                 path.display()
-            );
+            ));
             Ok(lock)
         }
     }
@@ -174,15 +398,21 @@ fn store_and_options(comp: &Composition) -> Result<(Store, BuildOptions), Failur
     Ok((store, options))
 }
 
-fn load(path: Option<&Path>) -> Result<(Composition, Vec<ImageSpec>), Failure> {
+/// The composition and its specs; with the agent unless `for_lock` (the
+/// lock does not depend on it, so locking works without one).
+fn load(path: Option<&Path>, for_lock: bool) -> Result<(Composition, Vec<ImageSpec>), Failure> {
     let path = testbed_model::resolve_path(path);
     let comp = testbed_model::load(&path)?;
-    let specs = specs(&comp)?;
+    let specs = if for_lock {
+        specs_with(&comp, None)?
+    } else {
+        specs(&comp)?
+    };
     Ok((comp, specs))
 }
 
 pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
-    let (comp, specs) = load(path)?;
+    let (comp, specs) = load(path, true)?;
     let lock_file = lock_path(&comp);
     let previous = Lockfile::read_if_exists(&lock_file).map_err(failure)?;
     if let (Some(prev), false) = (&previous, update) {
@@ -194,7 +424,7 @@ pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
             return Ok(());
         }
     }
-    let progress = Lines::new();
+    let progress = Reporter::new();
     let lock = testbed_image::lock(
         &specs,
         previous.as_ref(),
@@ -202,6 +432,7 @@ pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
         &progress,
     )
     .map_err(failure)?;
+    drop(progress);
     if previous.as_ref() == Some(&lock) {
         println!("{} is unchanged", lock_file.display());
         return Ok(());
@@ -212,12 +443,13 @@ pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
 }
 
 pub fn build(path: Option<&Path>, json: bool) -> Outcome {
-    let (comp, specs) = load(path)?;
-    let progress = Lines::new();
+    let (comp, specs) = load(path, false)?;
+    let progress = Reporter::new();
     let lock = ensure_lock(&comp, &specs, &progress)?;
     let (store, options) = store_and_options(&comp)?;
     let built =
         testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)?;
+    drop(progress);
     if json {
         let v: Vec<serde_json::Value> = built
             .iter()
@@ -241,11 +473,12 @@ pub fn build(path: Option<&Path>, json: bool) -> Outcome {
 }
 
 pub fn verify(path: Option<&Path>) -> Outcome {
-    let (comp, specs) = load(path)?;
-    let progress = Lines::new();
+    let (comp, specs) = load(path, false)?;
+    let progress = Reporter::new();
     let lock = ensure_lock(&comp, &specs, &progress)?;
     let (store, options) = store_and_options(&comp)?;
     let v = testbed_image::verify(&store, &specs, &lock, &options, &progress).map_err(failure)?;
+    drop(progress);
     for r in &v.roles {
         match &r.difference {
             None => println!(
@@ -319,7 +552,7 @@ pub fn store_ls(json: bool) -> Outcome {
 
 pub fn store_gc() -> Outcome {
     let store = Store::open_default().map_err(failure)?;
-    let report = store.gc(&Lines::new()).map_err(failure)?;
+    let report = store.gc(&Reporter::new()).map_err(failure)?;
     for key in &report.removed {
         println!("removed {}", short(key));
     }
@@ -336,8 +569,131 @@ pub fn store_gc() -> Outcome {
 /// progress on stderr: what `up` does before booting.
 pub fn build_for_up(comp: &Composition) -> Result<Vec<testbed_image::BuiltImage>, Failure> {
     let specs = specs(comp)?;
-    let progress = Lines::new();
+    let progress = Reporter::new();
     let lock = ensure_lock(comp, &specs, &progress)?;
     let (store, options) = store_and_options(comp)?;
     testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(prefix: &str, message: &str, finished: bool) -> (String, String, bool) {
+        (prefix.to_string(), message.to_string(), finished)
+    }
+
+    #[test]
+    fn spinners_show_each_roles_current_step_and_outcome() {
+        let s = Spinners::new(ProgressDrawTarget::hidden());
+        let role = |r: &str| r.to_string();
+        s.event(Event::UpdatingIndex {
+            distro: "debian/bookworm".into(),
+        });
+        assert_eq!(
+            s.lines(),
+            [line(
+                "apt",
+                "downloading the package index of debian/bookworm",
+                false
+            )]
+        );
+        s.event(Event::Step {
+            role: role("ctl"),
+            step: Step::CheckingArchive,
+        });
+        s.event(Event::CacheHit {
+            role: role("compute"),
+            key: "0123456789abcdef".into(),
+        });
+        s.event(Event::Step {
+            role: role("ctl"),
+            step: Step::Bootstrapping,
+        });
+        assert_eq!(
+            s.lines(),
+            [
+                line(
+                    "apt",
+                    "downloaded the package index of debian/bookworm",
+                    true
+                ),
+                line("ctl", "installing packages (mmdebstrap)", false),
+                line("compute", "up to date (0123456789ab)", true),
+            ]
+        );
+        s.event(Event::Built {
+            role: role("ctl"),
+            key: "fedcba9876543210".into(),
+            elapsed: Duration::from_millis(61_250),
+        });
+        assert_eq!(
+            s.lines()[1],
+            line("ctl", "built fedcba987654 in 61.2s", true)
+        );
+        // `verify` rebuilds a role that was up to date: its line spins again.
+        s.event(Event::Step {
+            role: role("compute"),
+            step: Step::Normalizing,
+        });
+        assert_eq!(
+            s.lines()[2],
+            line("compute", "removing non-deterministic files", false)
+        );
+    }
+
+    #[test]
+    fn spinners_cut_short_by_an_error_say_so() {
+        let s = Spinners::new(ProgressDrawTarget::hidden());
+        s.event(Event::Step {
+            role: "ctl".into(),
+            step: Step::Bootstrapping,
+        });
+        s.event(Event::SharedWith {
+            role: "login".into(),
+            builder: "ctl".into(),
+        });
+        let bars: Vec<ProgressBar> = s
+            .bars
+            .lock()
+            .expect("bars")
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
+        drop(s);
+        assert_eq!(
+            bars[0].message(),
+            "installing packages (mmdebstrap) (stopped)"
+        );
+        assert!(bars[0].is_finished());
+        assert_eq!(bars[1].message(), "same image as ctl");
+    }
+
+    #[test]
+    fn agent_comes_from_the_environment_or_beside_the_executable() {
+        // One test, because it changes the process environment.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"agent").expect("write");
+        std::env::set_var("TESTBED_AGENT", &agent);
+        assert_eq!(agent_binary().expect("from TESTBED_AGENT"), agent);
+        std::env::set_var("TESTBED_AGENT", dir.path().join("missing"));
+        let err = agent_binary().expect_err("not a file").to_string();
+        assert!(err.starts_with("TESTBED_AGENT is "), "{err}");
+        assert!(err.contains("cargo build -p testbed-agent"), "{err}");
+        std::env::remove_var("TESTBED_AGENT");
+        // The unit test binary lives in target/<profile>/deps, where no
+        // agent is built.
+        let err = agent_binary()
+            .expect_err("no agent beside the test")
+            .to_string();
+        assert!(
+            err.starts_with("the guest agent binary is missing"),
+            "{err}"
+        );
+        assert!(
+            err.contains("cargo build -p testbed-agent") && err.contains("TESTBED_AGENT"),
+            "{err}"
+        );
+    }
 }
