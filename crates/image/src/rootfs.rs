@@ -601,10 +601,28 @@ const EMPTY: &[&str] = &[
     "run",
     "tmp",
     "var/tmp",
-    "var/log",
     "var/cache/apt",
     "var/lib/apt/lists",
 ];
+
+/// Directories whose files are removed but whose folders stay: packages
+/// create their log folders (`/var/log/munge`, with its owner and mode) at
+/// install time, and their services refuse to start without them.
+const EMPTY_FILES: &[&str] = &["var/log"];
+
+/// Removes every non-directory under `dir`, keeping the folders.
+fn remove_files_keep_dirs(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).at("cannot list", dir)? {
+        let path = entry.at("cannot list", dir)?.path();
+        let meta = path.symlink_metadata().at("cannot stat", &path)?;
+        if meta.is_dir() {
+            remove_files_keep_dirs(&path)?;
+        } else {
+            fs::remove_file(&path).at("cannot remove", &path)?;
+        }
+    }
+    Ok(())
+}
 
 /// Makes the tree deterministic: removes the files above, empties
 /// `machine-id` (systemd then treats the boot as a first boot and makes a
@@ -632,6 +650,12 @@ pub fn normalize(rootfs: &Path, epoch: u64) -> Result<()> {
             } else {
                 fs::remove_file(&path).at("cannot remove", &path)?;
             }
+        }
+    }
+    for rel in EMPTY_FILES {
+        let dir = rootfs.join(rel);
+        if dir.is_dir() {
+            remove_files_keep_dirs(&dir)?;
         }
     }
     // apt in the image is for debugging; its sources would name the build
@@ -1014,6 +1038,27 @@ mod tests {
         assert!(!bare
             .join("etc/systemd/system/sysinit.target.wants")
             .exists());
+    }
+
+    #[test]
+    fn log_files_go_but_package_log_folders_stay() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        fs::create_dir_all(root.join("var/log/munge")).expect("mkdir");
+        fs::create_dir_all(root.join("tmp/junk")).expect("mkdir");
+        fs::create_dir_all(root.join("etc")).expect("mkdir");
+        fs::write(root.join("etc/shadow"), "root:*:20000:0:99999:7:::\n").expect("w");
+        fs::write(root.join("var/log/dpkg.log"), "x").expect("w");
+        fs::write(root.join("var/log/munge/munged.log"), "x").expect("w");
+        fs::write(root.join("tmp/junk/f"), "x").expect("w");
+        normalize(root, 1000).expect("normalizes");
+        assert!(
+            root.join("var/log/munge").is_dir(),
+            "munged needs its folder"
+        );
+        assert!(!root.join("var/log/munge/munged.log").exists());
+        assert!(!root.join("var/log/dpkg.log").exists());
+        assert_eq!(fs::read_dir(root.join("tmp")).expect("ls").count(), 0);
     }
 
     #[test]

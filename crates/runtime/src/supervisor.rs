@@ -988,48 +988,20 @@ fn power(shared: &Arc<Shared>, name: &str, action: PowerAction) -> Reply {
             }
             Reply::Ok
         }
-        PowerAction::Shutdown => {
+        PowerAction::Shutdown | PowerAction::Reboot => {
             if !running {
                 return error(format!("node {name} is not running ({state})"), Some(name));
             }
-            shared.set(name, generation, |n| {
-                n.expected_stop = Some("shut down".to_owned())
-            });
-            // A clean shutdown through the agent; QEMU exits at power-off
-            // (the spawner notices). The power button is the fallback for a
-            // node whose agent is gone.
-            let via_agent = shared.client(name).ok().is_some_and(|c| {
-                c.exec_output(
-                    ExecRequest::argv(["systemctl", "poweroff", "--no-block"])
-                        .timeout(Duration::from_secs(30)),
-                )
-                .is_ok_and(|o| o.status.success())
-            });
-            if !via_agent {
-                if let Err(reply) = qmp(shared, name).and_then(|mut q| {
-                    q.system_powerdown()
-                        .map_err(|e| Box::new(error(e.to_string(), Some(name))))
-                }) {
-                    return *reply;
-                }
-            }
-            wait_for(shared, name, Duration::from_secs(120), |n| {
-                n.state == NodeState::Stopped
-            })
-        }
-        PowerAction::Reboot => {
-            if !running {
-                return error(format!("node {name} is not running ({state})"), Some(name));
-            }
-            // A hard reset keeps the QEMU process; the new boot gets a new
-            // agent session and a new activation.
-            if let Err(reply) = qmp(shared, name).and_then(|mut q| {
-                q.system_reset()
-                    .map_err(|e| Box::new(error(e.to_string(), Some(name))))
-            }) {
+            let reboot = action == PowerAction::Reboot;
+            if let Err(reply) = clean_stop(shared, name, generation, reboot) {
                 return *reply;
             }
-            reconnect(shared, name);
+            // QEMU runs with -no-reboot, so a guest reboot ends the process
+            // too; the node then boots again as a new generation, with a
+            // fresh activation (its writable layer was RAM).
+            if reboot {
+                start_boot(shared, name);
+            }
             Reply::Ok
         }
         PowerAction::Pause | PowerAction::Resume => {
@@ -1057,33 +1029,47 @@ fn power(shared: &Arc<Shared>, name: &str, action: PowerAction) -> Reply {
     }
 }
 
-/// After a reset inside the same QEMU: drop the old agent session and run
-/// the hello and activation again on a fresh connection.
-fn reconnect(shared: &Arc<Shared>, name: &str) {
-    let (generation, conn, pid, started) = {
-        let mut nodes = lock(&shared.nodes);
-        let Some(n) = nodes.get_mut(name) else {
-            return;
-        };
-        n.generation += 1;
-        n.state = NodeState::Booting;
-        n.message = None;
-        n.client = None;
-        (n.generation, n.agent_conn.take(), n.pid, Instant::now())
-    };
-    if let Some(conn) = conn {
-        let _ = conn.shutdown(std::net::Shutdown::Both);
-    }
+/// Powers the node off cleanly through its agent (`systemctl poweroff`
+/// or `reboot`) and waits for QEMU to exit; a node whose agent is gone, or
+/// that does not stop in time, gets QMP `quit` (its images have no
+/// power-button handler, so ACPI power-down would do nothing).
+fn clean_stop(
+    shared: &Arc<Shared>,
+    name: &str,
+    generation: u64,
+    reboot: bool,
+) -> Result<(), Box<Reply>> {
+    let reason = if reboot { "rebooting" } else { "shut down" };
     shared.set(name, generation, |n| {
-        n.pid = pid;
-        n.started = Some(started);
+        n.expected_stop = Some(reason.to_owned())
     });
-    shared.changed.notify_all();
-    let shared2 = Arc::clone(shared);
-    let name = name.to_owned();
-    let _ = std::thread::Builder::new()
-        .name(format!("reboot-{name}"))
-        .spawn(move || attach(&shared2, &name, generation, started));
+    let verb = if reboot { "reboot" } else { "poweroff" };
+    let via_agent = shared.client(name).ok().is_some_and(|c| {
+        c.exec_output(
+            ExecRequest::argv(["systemctl", verb, "--no-block"]).timeout(Duration::from_secs(30)),
+        )
+        .is_ok_and(|o| o.status.success())
+    });
+    let stopped = |n: &NodeRt| n.generation != generation || n.pid.is_none();
+    let grace = if via_agent {
+        shared.spec.boot_timeout().min(Duration::from_secs(300))
+    } else {
+        Duration::ZERO
+    };
+    if matches!(wait_for(shared, name, grace, stopped), Reply::Ok) {
+        return Ok(());
+    }
+    shared.log(&format!(
+        "{name}: no clean {verb} within {grace:?}; quitting QEMU"
+    ));
+    qmp(shared, name).and_then(|mut q| {
+        q.quit()
+            .map_err(|e| Box::new(error(e.to_string(), Some(name))))
+    })?;
+    match wait_for(shared, name, Duration::from_secs(30), stopped) {
+        Reply::Ok => Ok(()),
+        other => Err(Box::new(other)),
+    }
 }
 
 fn wait_for(

@@ -263,7 +263,10 @@ fn a_service_that_fails_fails_up_with_its_node_unit_and_journal() {
     let out = env.testbed(&["up"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("node compute1 (compute) is failed"), "{err}");
+    assert!(
+        err.contains("node compute1 (compute) failed: service slurmd"),
+        "{err}"
+    );
     assert!(err.contains("slurmd"), "names the unit: {err}");
     assert!(err.contains("journal"), "quotes the journal: {err}");
     assert!(err.contains("taken down"), "{err}");

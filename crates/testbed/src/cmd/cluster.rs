@@ -202,12 +202,14 @@ pub fn up(path: Option<&Path>, scale: &[ScaleArg], args: &UpArgs) -> Outcome {
             }
             let mut message = String::new();
             for node in &failed {
+                let detail = node.message.as_deref().unwrap_or("no details");
+                // Agent errors already start with the node's name.
+                let detail = detail
+                    .strip_prefix(&format!("node {}: ", node.name))
+                    .unwrap_or(detail);
                 message.push_str(&format!(
-                    "node {} ({}) is {}: {}\n",
-                    node.name,
-                    node.role,
-                    node.state,
-                    node.message.as_deref().unwrap_or("no details")
+                    "node {} ({}) {}: {detail}\n",
+                    node.name, node.role, node.state,
                 ));
                 message.push_str(&format!("  console log: {}\n", node.console_log.display()));
             }
