@@ -384,7 +384,9 @@ impl Qmp {
     }
 
     /// Presses the ACPI power button: a guest that handles it shuts down
-    /// cleanly, and QEMU then exits.
+    /// cleanly, and QEMU then exits. systemd handles it only through
+    /// `systemd-logind` (which needs D-Bus); a guest without them ignores
+    /// the button and keeps running.
     pub fn system_powerdown(&mut self) -> Result<(), QmpError> {
         self.execute("system_powerdown", None).map(drop)
     }
