@@ -132,6 +132,10 @@ pub struct UnitStatus {
     pub result: String,
     pub kind: String,
     pub load: String,
+    /// `yes`/`no` once systemd has checked the unit's `Condition*=`.
+    pub condition: String,
+    /// When it checked them (0: never).
+    pub condition_checked: String,
 }
 
 impl UnitStatus {
@@ -139,16 +143,33 @@ impl UnitStatus {
     /// (without `RemainAfterExit` such a unit goes back to `inactive`).
     pub fn is_up(&self) -> bool {
         self.active == "active"
-            || (self.kind == "oneshot" && self.active == "inactive" && self.result == "success")
+            || (self.kind == "oneshot"
+                && self.active == "inactive"
+                && self.result == "success"
+                && !self.skipped())
     }
 
     pub fn has_failed(&self) -> bool {
-        self.active == "failed" || self.load == "not-found" || self.load == "error"
+        self.active == "failed"
+            || self.load == "not-found"
+            || self.load == "error"
+            || self.skipped()
+    }
+
+    /// Its start job ran but a `Condition*=` did not hold, so systemd
+    /// skipped it: it will stay inactive, waiting longer is pointless.
+    pub fn skipped(&self) -> bool {
+        self.active == "inactive"
+            && self.condition == "no"
+            && !self.condition_checked.is_empty()
+            && self.condition_checked != "0"
     }
 
     pub fn describe(&self) -> String {
         if self.load == "not-found" {
             "not found".to_owned()
+        } else if self.skipped() {
+            "skipped: a Condition in the unit does not hold".to_owned()
         } else {
             format!("{}/{}", self.active, self.sub)
         }
@@ -161,7 +182,7 @@ pub fn unit_status(unit: &str) -> Result<UnitStatus, SystemError> {
         &[
             "show",
             "-p",
-            "ActiveState,SubState,Result,Type,LoadState",
+            "ActiveState,SubState,Result,Type,LoadState,ConditionResult,ConditionTimestampMonotonic",
             "--",
             unit,
         ],
@@ -179,6 +200,8 @@ fn parse_unit_status(text: &str) -> UnitStatus {
                 "Result" => &mut status.result,
                 "Type" => &mut status.kind,
                 "LoadState" => &mut status.load,
+                "ConditionResult" => &mut status.condition,
+                "ConditionTimestampMonotonic" => &mut status.condition_checked,
                 _ => continue,
             };
             *slot = value.to_owned();
@@ -249,5 +272,19 @@ mod tests {
         let status = parse_unit_status("LoadState=not-found\nActiveState=inactive\n");
         assert!(status.has_failed());
         assert_eq!(status.describe(), "not found");
+        // Skipped for an unmet condition (slurmd without slurm.conf).
+        let skipped = "Type=simple\nResult=success\nLoadState=loaded\nActiveState=inactive\nSubState=dead\nConditionResult=no\nConditionTimestampMonotonic=18750000\n";
+        let status = parse_unit_status(skipped);
+        assert!(status.has_failed() && !status.is_up());
+        assert!(
+            status.describe().contains("Condition"),
+            "{}",
+            status.describe()
+        );
+        let oneshot = skipped.replace("Type=simple", "Type=oneshot");
+        assert!(!parse_unit_status(&oneshot).is_up());
+        // Not started yet: no condition checked, keep waiting.
+        let pending = parse_unit_status("ActiveState=inactive\nLoadState=loaded\nConditionResult=yes\nConditionTimestampMonotonic=0\n");
+        assert!(!pending.has_failed() && !pending.is_up());
     }
 }

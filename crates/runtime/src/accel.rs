@@ -28,12 +28,14 @@ impl Accel {
     /// goes with it).
     ///
     /// TCG runs one host thread per vCPU with `thread=multi` (MTTCG), which
-    /// is what makes a 2-vCPU guest faster than a 1-vCPU one. KVM passes the
+    /// is what makes a 2-vCPU guest faster than a 1-vCPU one; `tb-size`
+    /// caps its translated-code cache (1 GiB by default, most of an idle
+    /// node's host memory). KVM passes the
     /// host CPU through so guests see the real feature set.
     pub fn qemu_args(self) -> &'static [&'static str] {
         match self {
             Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg => &["-accel", "tcg,thread=multi"],
+            Accel::Tcg => &["-accel", "tcg,thread=multi,tb-size=128"],
         }
     }
 }
@@ -210,7 +212,10 @@ mod tests {
 
     #[test]
     fn qemu_arguments() {
-        assert_eq!(Accel::Tcg.qemu_args(), ["-accel", "tcg,thread=multi"]);
+        assert_eq!(
+            Accel::Tcg.qemu_args(),
+            ["-accel", "tcg,thread=multi,tb-size=128"]
+        );
         assert_eq!(Accel::Kvm.qemu_args(), ["-accel", "kvm", "-cpu", "host"]);
     }
 }

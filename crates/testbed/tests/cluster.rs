@@ -268,7 +268,7 @@ fn a_service_that_fails_fails_up_with_its_node_unit_and_journal() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("node compute1 (compute) failed: service slurmd"),
+        err.contains("node compute (compute) failed: service slurmd"),
         "{err}"
     );
     assert!(err.contains("slurmd"), "names the unit: {err}");
