@@ -132,10 +132,11 @@ pub struct UnitStatus {
     pub result: String,
     pub kind: String,
     pub load: String,
-    /// `yes`/`no` once systemd has checked the unit's `Condition*=`.
+    /// `yes`/`no`: whether the unit's `Condition*=` held when last
+    /// checked (`no` also for a unit never started).
     pub condition: String,
-    /// When it checked them (0: never).
-    pub condition_checked: String,
+    /// Whether a job (our start) is still queued or running for it.
+    pub job_pending: bool,
 }
 
 impl UnitStatus {
@@ -159,10 +160,10 @@ impl UnitStatus {
     /// Its start job ran but a `Condition*=` did not hold, so systemd
     /// skipped it: it will stay inactive, waiting longer is pointless.
     pub fn skipped(&self) -> bool {
-        self.active == "inactive"
-            && self.condition == "no"
-            && !self.condition_checked.is_empty()
-            && self.condition_checked != "0"
+        // systemd 252 records no condition timestamp for a skipped start,
+        // so "the start job is gone and the unit is still inactive with a
+        // failed condition" is how a skip is told from "not started yet".
+        self.active == "inactive" && self.condition == "no" && !self.job_pending
     }
 
     pub fn describe(&self) -> String {
@@ -182,12 +183,26 @@ pub fn unit_status(unit: &str) -> Result<UnitStatus, SystemError> {
         &[
             "show",
             "-p",
-            "ActiveState,SubState,Result,Type,LoadState,ConditionResult,ConditionTimestampMonotonic",
+            "ActiveState,SubState,Result,Type,LoadState,ConditionResult",
             "--",
             unit,
         ],
     )?;
-    Ok(parse_unit_status(&text))
+    let mut status = parse_unit_status(&text);
+    // A name without a type suffix is a service, as for systemctl itself.
+    let full = if unit.contains('.') {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
+    };
+    let jobs = run(
+        "systemctl",
+        &["list-jobs", "--no-legend", "--plain", "--", &full],
+    )?;
+    status.job_pending = jobs
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(&full));
+    Ok(status)
 }
 
 fn parse_unit_status(text: &str) -> UnitStatus {
@@ -201,7 +216,6 @@ fn parse_unit_status(text: &str) -> UnitStatus {
                 "Type" => &mut status.kind,
                 "LoadState" => &mut status.load,
                 "ConditionResult" => &mut status.condition,
-                "ConditionTimestampMonotonic" => &mut status.condition_checked,
                 _ => continue,
             };
             *slot = value.to_owned();
