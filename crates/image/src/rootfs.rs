@@ -587,6 +587,11 @@ const REMOVE: &[&str] = &[
     "var/lib/apt/lists/lock",
     // Regenerated at boot; a stale one could hide a missing library.
     "var/cache/ldconfig/aux-cache",
+    // Secrets that maintainer scripts generate at random (munge's postinst
+    // runs `mungekey`): per cluster, so the composition's `[secrets]`
+    // provide them at activation, and never baked into a shared image.
+    // SSH host keys are removed below, by pattern.
+    "etc/munge/munge.key",
     // Identity: per node, generated at first boot or at activation.
     "var/lib/dbus/machine-id",
     "var/lib/systemd/random-seed",
@@ -940,6 +945,8 @@ mod tests {
         for (link, target) in links {
             symlink(target, system.join(link)).expect("link");
         }
+        fs::create_dir_all(root.join("etc/munge")).expect("mkdir");
+        fs::write(root.join("etc/munge/munge.key"), "random").expect("w");
         fs::create_dir_all(root.join("etc/ssh")).expect("mkdir");
         for f in [
             "ssh_host_ed25519_key",
@@ -1003,7 +1010,8 @@ mod tests {
         assert!(content.contains("\nStorage=volatile\n"));
         let conf_d = dropin.parent().expect("parent");
         assert_eq!(fs::metadata(conf_d).expect("stat").mode() & 0o7777, 0o755);
-        // Host keys go, the configuration stays.
+        // Generated secrets and host keys go, the configuration stays.
+        assert!(!root.join("etc/munge/munge.key").exists());
         assert!(!root.join("etc/ssh/ssh_host_ed25519_key").exists());
         assert!(!root.join("etc/ssh/ssh_host_ed25519_key.pub").exists());
         assert!(root.join("etc/ssh/sshd_config").exists());

@@ -1,18 +1,63 @@
-//! `testbed lock` and `testbed build` on the bundled example, as a user runs
-//! them: these use the host's apt sources and mmdebstrap (installed by
-//! scripts/setup-host.sh), and build real images into a temporary store.
+//! `testbed lock`, `testbed build` and `testbed verify` on the bundled
+//! example, as a user runs them: these use the host's apt sources and
+//! mmdebstrap (installed by scripts/setup-host.sh), and build real images
+//! into a temporary store. The example is built once; `verify` then
+//! rebuilds it in a fresh store and compares every output, which is the
+//! reproducibility proof of the example's images.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 fn testbed(args: &[&str], cwd: &Path, store: &Path) -> Output {
+    agent_binary();
     Command::new(env!("CARGO_BIN_EXE_testbed"))
         .args(args)
         .current_dir(cwd)
         .env("NO_COLOR", "1")
         .env("TESTBED_STORE", store)
+        // The CLI must find the agent beside itself, as an installed
+        // testbed does.
+        .env_remove("TESTBED_AGENT")
         .output()
         .expect("run testbed")
+}
+
+/// The agent binary beside the `testbed` under test, where the CLI looks
+/// for it. `cargo test --workspace` has built it already (then this is a
+/// no-op); `cargo test -p testbed` has not, and a test cannot depend on
+/// another package's binary, so cargo builds it here in the same target
+/// directory and profile.
+fn agent_binary() -> &'static Path {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        let profile_dir = Path::new(env!("CARGO_BIN_EXE_testbed"))
+            .parent()
+            .expect("<target>/<profile>");
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "--locked",
+                "-p",
+                "testbed-agent",
+                "--profile",
+                profile,
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .output()
+            .expect("run cargo");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let agent = profile_dir.join("testbed-agent");
+        assert!(agent.is_file(), "no agent at {}", agent.display());
+        agent
+    })
 }
 
 fn text(b: &[u8]) -> String {
@@ -29,6 +74,105 @@ fn example_copy(dir: &Path) -> PathBuf {
         std::fs::copy(src.join(f), dst.join(f)).expect("copy");
     }
     dst
+}
+
+/// One entry of a `rootfs.tar`: its type, mode and link target.
+#[derive(Debug)]
+struct TarEntry {
+    kind: tar::EntryType,
+    mode: u32,
+    link: Option<String>,
+}
+
+/// Every entry of a container archive by path (`etc/hostname`), and the
+/// bytes of the few files named in `read` (seeking over all others).
+fn read_tar(
+    path: &Path,
+    read: &[&str],
+) -> (
+    std::collections::BTreeMap<String, TarEntry>,
+    std::collections::BTreeMap<String, Vec<u8>>,
+) {
+    use std::io::Read;
+    let mut entries = std::collections::BTreeMap::new();
+    let mut contents = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(File::open(path).expect("open rootfs.tar"));
+    for entry in archive.entries_with_seek().expect("entries") {
+        let mut entry = entry.expect("entry");
+        let name = entry.path().expect("path").to_string_lossy().into_owned();
+        let header = entry.header();
+        let info = TarEntry {
+            kind: header.entry_type(),
+            mode: header.mode().expect("mode"),
+            link: entry
+                .link_name()
+                .expect("link")
+                .map(|l| l.to_string_lossy().into_owned()),
+        };
+        if read.contains(&name.as_str()) {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).expect("read");
+            contents.insert(name.clone(), bytes);
+        }
+        entries.insert(name, info);
+    }
+    (entries, contents)
+}
+
+/// What every image must carry: the agent (the very binary the CLI found)
+/// with its unit enabled, OpenSSH without host keys and not enabled, the
+/// TCG trims.
+fn check_image(role: &str, entry: &Path) {
+    let agent = "usr/local/bin/testbed-agent";
+    let (entries, contents) = read_tar(&entry.join("rootfs.tar"), &[agent]);
+    let get = |p: &str| {
+        entries
+            .get(p)
+            .unwrap_or_else(|| panic!("{role}: {p} is not in rootfs.tar"))
+    };
+    let bin = get(agent);
+    assert_eq!((bin.kind, bin.mode), (tar::EntryType::Regular, 0o755));
+    assert_eq!(
+        contents.get(agent),
+        Some(&std::fs::read(agent_binary()).expect("agent")),
+        "{role}: the installed agent is the one beside testbed"
+    );
+    assert_eq!(
+        get("etc/systemd/system/testbed-agent.service").kind,
+        tar::EntryType::Regular
+    );
+    let enabled = get("etc/systemd/system/sysinit.target.wants/testbed-agent.service");
+    assert_eq!(
+        (enabled.kind, enabled.link.as_deref()),
+        (
+            tar::EntryType::Symlink,
+            Some("/etc/systemd/system/testbed-agent.service")
+        ),
+        "{role}: the agent's unit is enabled"
+    );
+    assert_eq!(get("usr/sbin/sshd").kind, tar::EntryType::Regular);
+    let keys: Vec<&String> = entries
+        .keys()
+        .filter(|p| p.starts_with("etc/ssh/ssh_host_"))
+        .collect();
+    assert!(keys.is_empty(), "{role}: host keys in the image: {keys:?}");
+    // Enablement links live in /etc/systemd/system (deb-systemd-helper's
+    // records under /var/lib/systemd only remember what the package asked
+    // for).
+    let enabled_ssh: Vec<&String> = entries
+        .keys()
+        .filter(|p| p.starts_with("etc/systemd/system/"))
+        .filter(|p| p.ends_with(".wants/ssh.service") || p.ends_with(".wants/ssh.socket"))
+        .collect();
+    assert!(enabled_ssh.is_empty(), "{role}: {enabled_ssh:?}");
+    assert_eq!(
+        get("etc/systemd/system/getty-static.service")
+            .link
+            .as_deref(),
+        Some("/dev/null"),
+        "{role}: masked"
+    );
+    get("etc/systemd/journald.conf.d/testbed.conf");
 }
 
 #[test]
@@ -57,7 +201,7 @@ fn unknown_package_fails_with_suggestions_and_leaves_the_store_alone() {
 }
 
 #[test]
-fn build_example_then_nothing_to_rebuild() {
+fn build_example_then_nothing_to_rebuild_and_verify_finds_it_identical() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = dir.path().join("store");
     let comp = example_copy(dir.path());
@@ -70,24 +214,23 @@ fn build_example_then_nothing_to_rebuild() {
     );
     assert!(comp.join("testbed.lock").exists());
     let built: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
-    let roles: Vec<&str> = built
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter_map(|b| b["role"].as_str())
-        .collect();
+    let built = built.as_array().expect("array");
+    let roles: Vec<&str> = built.iter().filter_map(|b| b["role"].as_str()).collect();
     assert_eq!(roles, ["ctl", "compute"]);
-    for b in built.as_array().expect("array") {
+    for b in built {
+        let role = b["role"].as_str().expect("role");
         let entry = PathBuf::from(b["dir"].as_str().expect("dir"));
         for f in [
             "kernel",
             "initramfs",
             "rootfs.erofs",
             "rootfs.tar",
+            "rootfs.files",
             "manifest.json",
         ] {
             assert!(entry.join(f).is_file(), "{} has {f}", entry.display());
         }
+        check_image(role, &entry);
     }
 
     let lock_before = std::fs::read(comp.join("testbed.lock")).expect("lock");
@@ -102,6 +245,47 @@ fn build_example_then_nothing_to_rebuild() {
         std::fs::read(comp.join("testbed.lock")).expect("lock"),
         lock_before,
         "build never changes the lock"
+    );
+
+    // `verify` rebuilds every role in a fresh store and compares each
+    // output's digest with the store's: the example's images are
+    // reproducible.
+    let verify = testbed(&["verify"], &comp, &store);
+    let (stdout, stderr) = (text(&verify.stdout), text(&verify.stderr));
+    assert!(verify.status.success(), "{stdout}\n{stderr}");
+    for b in built {
+        let role = b["role"].as_str().expect("role");
+        let key = b["key"].as_str().expect("key");
+        // Every output of the entry is compared (all but the manifest).
+        let outputs = std::fs::read_dir(b["dir"].as_str().expect("dir"))
+            .expect("entry")
+            .flatten()
+            .filter(|e| e.file_name() != "manifest.json")
+            .count();
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(role))
+            .unwrap_or_else(|| panic!("no verdict for {role}: {stdout}"));
+        assert!(
+            line.contains(&format!("identical ({outputs} outputs, {})", &key[..12])),
+            "{line}"
+        );
+        // It really rebuilt, rather than comparing the store with itself.
+        assert!(
+            stderr.contains(&format!("{role}: built {}", &key[..12])),
+            "{stderr}"
+        );
+    }
+    let leftovers: Vec<String> = std::fs::read_dir(store.join(".tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.iter().all(|n| !n.starts_with("verify")),
+        "an identical rebuild is removed: {leftovers:?}"
     );
 
     // Re-locking with nothing changed keeps the file byte for byte.
