@@ -42,8 +42,9 @@ pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/testbed-agent.service";
 /// systemd's generator (`console=ttyS0`).
 const KEEP_ENABLED: &[&str] = &["remote-fs.target"];
 
-/// Units masked in every image (docs/boot.md, "Units to trim"): each costs
-/// boot time under TCG and none is of use to a test node.
+/// Units masked in every image (docs/boot.md, "Units trimmed in every
+/// image"): each costs boot time under TCG and none is of use to a test
+/// node.
 /// `dev-hugepages.mount`, `sys-fs-fuse-connections.mount` and
 /// `sys-kernel-config.mount` are kept: roles may need hugepages, FUSE or
 /// configfs, and an image cannot tell whether they do.
