@@ -298,14 +298,12 @@ fn build_example_then_nothing_to_rebuild_and_verify_finds_it_identical() {
 
     // A role package the lock does not know makes the lock stale.
     let toml = std::fs::read_to_string(comp.join("testbed.toml")).expect("read");
-    std::fs::write(
-        comp.join("testbed.toml"),
-        toml.replace(
-            "packages = [\"slurmd\"]",
-            "packages = [\"slurmd\", \"hwloc\"]",
-        ),
-    )
-    .expect("write");
+    let edited = toml.replace(
+        "packages = [\"slurmd\", \"dbus\"]",
+        "packages = [\"slurmd\", \"dbus\", \"hwloc\"]",
+    );
+    assert_ne!(edited, toml, "the example changed; update this test");
+    std::fs::write(comp.join("testbed.toml"), edited).expect("write");
     let stale = testbed(&["build"], &comp, &store);
     assert_eq!(stale.status.code(), Some(2), "{}", text(&stale.stderr));
     assert!(
