@@ -1,0 +1,339 @@
+#!/usr/bin/env bash
+# Cluster benchmark (not a test: it asserts no timing, it only prints).
+# Measures side by side, in one run, on copies of examples/slurm:
+#
+#   (a) a bare qemu-system-x86_64 boot of the compute role's store entry
+#       (testbed's flags minus NICs and agent channel) until the serial
+#       console shows the `login:` prompt (getty, i.e. multi-user);
+#   (b) `testbed up --scale compute=1` of a one-node composition (the
+#       example without its ctl role, so the same compute image) to all-ready;
+#   (a) and (b) alternate $BOOTS times and the medians are compared;
+#   (c) `testbed up` of the whole example (ctl + 4 compute) to all-ready, once;
+#   then, on (c) left idle for $IDLE seconds, the host RSS of its QEMU
+#   processes per node, and the round trip of `testbed exec NODE -- true`
+#   against `testbed ssh NODE -- true` and plain `ssh -F CONFIG NODE true`.
+#
+# Prints every time and its ratio against the targets: up of one node
+# <= 1.25x one bare boot; up of N nodes <= 1.25 x ceil(N/cores) x one bare
+# boot; exec >= 5x faster than ssh (p50); <= 200 MiB RSS per idle node.
+#
+# Needs root for the first image build (mmdebstrap), like `testbed build`.
+# Before each boot it waits until no qemu-system process runs on the host
+# (other VMs would distort the numbers), at most $QUIET_WAIT seconds.
+#
+# A sampler notes any other qemu-system process seen during a measurement.
+#
+# Environment: BOOTS (rounds of (a) and (b), default 5), RUNS (round trips
+# per method, default 50), IDLE (seconds, default 10), NODE (default
+# compute1), QUIET_WAIT (default 1800),
+# KEEP=1 (keep the work folder with the console logs), TESTBED_STORE,
+# TESTBED_STATE_DIR, CARGO_TARGET_DIR.
+set -euo pipefail
+export LC_ALL=C # EPOCHREALTIME and printf with a "." decimal point
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+BOOTS=${BOOTS:-5}
+RUNS=${RUNS:-50}
+IDLE=${IDLE:-10}
+NODE=${NODE:-compute1}
+QUIET_WAIT=${QUIET_WAIT:-1800}
+QEMU=${TESTBED_QEMU:-qemu-system-x86_64}
+
+cargo build --quiet --release --locked --bin testbed --bin testbed-agent
+tb=$(realpath "$CARGO_TARGET_DIR/release/testbed")
+
+work=$(mktemp -d /tmp/tb-bench.XXXXXX)
+full=$work/full # the example as is: ctl + 4 compute
+one=$work/one   # the example without ctl: one compute node
+bare_pid=
+sampler_pid=
+
+cleanup() {
+    if [[ -n $bare_pid ]]; then kill "$bare_pid" 2>/dev/null || true; fi
+    if [[ -n $sampler_pid ]]; then kill "$sampler_pid" 2>/dev/null || true; fi
+    "$tb" down "$one" >/dev/null 2>&1 || true
+    "$tb" down "$full" >/dev/null 2>&1 || true
+    if [[ ${KEEP:-0} = 1 ]]; then
+        echo "work folder kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+say() { printf '%s\n' "$*" >&2; }
+# Microseconds since the epoch, without forking.
+now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
+secs() { awk -v us="$1" 'BEGIN { printf "%.1f", us / 1e6 }'; }
+ms() { awk -v us="$1" 'BEGIN { printf "%.0f", us / 1e3 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# Other engineers' VMs share these two cores: boot only on a quiet host.
+wait_quiet() {
+    local waited=0
+    while pgrep -f qemu-system >/dev/null; do
+        if ((waited >= QUIET_WAIT)); then
+            say "WARNING: qemu-system processes still running after ${QUIET_WAIT}s; measuring anyway (numbers distorted)"
+            notes+=("$1 ran while other VMs were running: $(pgrep -fc qemu-system) qemu-system processes")
+            return
+        fi
+        ((waited == 0)) && say "waiting for other VMs to finish before $1 ..."
+        sleep 20
+        waited=$((waited + 20))
+    done
+    # Compilers and tests without VMs compete for the cores too.
+    loads+=("$(cut -d' ' -f1 /proc/loadavg)")
+}
+loads=()
+notes=()
+
+# Our own QEMUs: the bare one, and the clusters' (their command lines name
+# their state directories, docs/cluster.md). Anything else that runs while
+# we measure is recorded with the phase it overlapped.
+state_root=${TESTBED_STATE_DIR:-${XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/testbed}}
+state_root=${state_root:-/tmp/testbed-$(id -u)}
+echo setup >"$work/phase"
+while sleep 5; do
+    phase=$(cat "$work/phase")
+    pgrep -af qemu-system | grep -v -e 'guest=bare,' -e "$state_root/slurm-" |
+        while read -r pid _; do echo "$phase|$pid"; done
+done >>"$work/foreign" 2>/dev/null &
+sampler_pid=$!
+phase() { echo "$1" >"$work/phase"; }
+
+# --- the two compositions ------------------------------------------------
+cp -r examples/slurm/. "$full"
+mkdir -p "$one"
+cp examples/slurm/testbed.lock "$one/"
+# Drop the [roles.ctl] table; the compute role and everything else stay
+# byte for byte, so its image (a function of packages, files and the lock,
+# never of role names or counts) is the same store entry.
+awk '/^\[/ { skip = ($0 == "[roles.ctl]") } !skip' examples/slurm/testbed.toml |
+    sed 's/^name = "slurm"$/name = "slurm-one"/' >"$one/testbed.toml"
+# slurmd needs a SlurmctldHost; point it at the node itself.
+sed 's/roles\.ctl\[0\]/roles.compute[0]/g' examples/slurm/slurm.conf.j2 >"$one/slurm.conf.j2"
+
+# --- build first (not measured) -------------------------------------------
+say "building images (a store hit costs nothing) ..."
+"$tb" build "$full" >&2
+"$tb" build "$one" >&2
+# The compute role's store entry; `build --json` is an array of objects.
+entry=$("$tb" build "$full" --json |
+    awk -F'"' '/"dir":/ { dir = $4 } /"role":/ { role = $4 }
+               /}/ { if (role == "compute") print dir; dir = ""; role = "" }')
+[[ -f $entry/kernel ]] || { say "no store entry for role compute: '$entry'"; exit 1; }
+one_entry=$("$tb" build "$one" --json | awk -F'"' '/"dir":/ { print $4 }')
+[[ $one_entry = "$entry" ]] || notes+=("the one-node composition's image differs from the example's compute image")
+# Memory and vCPUs of $NODE (a compute node), as the plan gives them.
+"$tb" plan "$full" --json >"$work/plan.json"
+node_field() {
+    awk -F'[:,]' -v node="\"$NODE\"" -v key="\"$1\"" '
+        $1 ~ /"name"$/ { gsub(/ /, "", $2); found = ($2 == node) }
+        found && $1 ~ key { gsub(/ /, "", $2); print $2; exit }' "$work/plan.json"
+}
+mem=$(node_field memory_mib)
+cpus=$(node_field cpus)
+[[ -n $mem && -n $cpus ]] || { say "node $NODE is not in the example's plan"; exit 1; }
+nodes=$(grep -c '"index":' "$work/plan.json")
+cores=$(nproc)
+
+# testbed's choice of accelerator (docs/qemu.md): KVM only when /dev/kvm
+# opens read-write and the CPU advertises vmx or svm.
+if [[ -r /dev/kvm && -w /dev/kvm ]] && grep -qwE 'vmx|svm' /proc/cpuinfo; then
+    accel=(-accel kvm -cpu host)
+    accel_name=KVM
+else
+    accel=(-accel tcg,thread=multi)
+    accel_name=TCG
+fi
+
+# --- (a) one bare QEMU boot to the login prompt ---------------------------
+# The flags of crates/runtime/tests/snapshots/two-nics-tcg.argv without the
+# NICs, the agent's virtio-serial port and QMP; the serial console goes to
+# stdout, where a perl filter (perl-base is Essential in Debian) stamps each
+# line with the seconds since QEMU started and exits at `login:`.
+bare_boot() {
+    local log=$work/bare-console-$1.log t0
+    wait_quiet "the bare boot"
+    phase "the bare boots"
+    t0=$(now_us)
+    "$QEMU" -name guest=bare,debug-threads=on -nodefaults -no-user-config -no-reboot \
+        -display none -msg timestamp=on -machine q35 "${accel[@]}" \
+        -m "${mem}M" -smp "$cpus" \
+        -kernel "$entry/kernel" -initrd "$entry/initramfs" \
+        -append 'console=ttyS0 panic=-1 quiet testbed.root=/dev/vda' \
+        -blockdev "driver=file,node-name=rootfs-file,filename=$entry/rootfs.erofs,read-only=on" \
+        -blockdev driver=raw,node-name=rootfs,file=rootfs-file,read-only=on \
+        -device virtio-blk-pci,drive=rootfs,id=rootfs-disk \
+        -device virtio-rng-pci \
+        -serial stdio </dev/null 2>"$work/bare-qemu.log" \
+        > >(perl -e '
+            $| = 1; my ($t0, $line, $buf) = ($ARGV[0] / 1e6, "", "");
+            use Time::HiRes qw(time);
+            while (sysread(STDIN, $buf, 4096)) {
+                $line .= $buf;
+                while ($line =~ s/^(.*?)\r?\n//) { printf "%7.2f %s\n", time - $t0, $1; }
+                if ($line =~ /login:/) { printf "%7.2f %s\n", time - $t0, $line; exit 0; }
+            }' "$t0" >"$log") &
+    bare_pid=$!
+    # The filter exits at the prompt; QEMU goes on until killed.
+    local deadline=$(($(now_us) + 900 * 1000000))
+    until grep -q 'login:' "$log" 2>/dev/null; do
+        if ! kill -0 "$bare_pid" 2>/dev/null; then
+            say "the bare QEMU exited before the login prompt; console:"
+            tail -20 "$log" >&2
+            cat "$work/bare-qemu.log" >&2
+            exit 1
+        fi
+        (($(now_us) < deadline)) || { say "no login prompt after 900s"; exit 1; }
+        sleep 0.05
+    done
+    kill "$bare_pid"
+    wait "$bare_pid" 2>/dev/null || true
+    bare_pid=
+    phase between
+    # The filter's own stamp of the prompt, not this loop's (coarser) one.
+    bare_us=$(awk 'END { printf "%.0f", $1 * 1e6 }' "$log")
+}
+
+# --- (b), (c) testbed up to all-ready ---------------------------------------
+# Sets up_us; the `up` log keeps each node's "ready (Xs after QEMU started)".
+# up_timed NAME PHASE ARGS...
+up_timed() {
+    local name=$1 what=$2 t0 t1
+    shift 2
+    wait_quiet "up ($name)"
+    phase "$what"
+    t0=$(now_us)
+    if ! "$tb" up "$@" >"$work/up-$name.out" 2>"$work/up-$name.log"; then
+        say "testbed up ($name) failed:"
+        cat "$work/up-$name.log" >&2
+        exit 1
+    fi
+    t1=$(now_us)
+    phase between
+    up_us=$((t1 - t0))
+}
+
+# The slowest node's "ready (X.Ys after QEMU started)" of an `up` log.
+slowest_ready() {
+    sed -n 's/.*ready (\([0-9.]*\)s after QEMU started).*/\1/p' "$work/up-$1.log" | sort -n | tail -1
+}
+
+# Round trips of a command, RUNS times after one warm-up run; sets lat_p50
+# and lat_p99 (nearest rank) in milliseconds.
+round_trips() {
+    local name=$1 i t0 t1
+    shift
+    "$@" </dev/null >/dev/null 2>&1 || { say "$name failed: $*"; "$@" </dev/null; exit 1; }
+    : >"$work/rtt-$name"
+    for ((i = 0; i < RUNS; i++)); do
+        t0=$(now_us)
+        "$@" </dev/null >/dev/null 2>&1 || { say "$name failed: $*"; exit 1; }
+        t1=$(now_us)
+        echo $((t1 - t0)) >>"$work/rtt-$name"
+    done
+    read -r lat_p50 lat_p99 < <(sort -n "$work/rtt-$name" | awk '
+        { v[NR] = $1 }
+        END { i50 = int(NR * 0.50); if (i50 < NR * 0.50) i50++
+              i99 = int(NR * 0.99); if (i99 < NR * 0.99) i99++
+              printf "%.0f %.0f\n", v[i50] / 1e3, v[i99] / 1e3 }')
+}
+
+median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+spread() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { printf "%.1f-%.1f", v[1] / 1e6, v[NR] / 1e6 }'; }
+
+bare_all=() one_all=() one_vm_all=()
+for ((round = 1; round <= BOOTS; round++)); do
+    bare_boot "$round"
+    bare_all+=("$bare_us")
+    say "round $round/$BOOTS: bare boot $(secs "$bare_us") s"
+    up_timed "one-$round" "the 1-node ups" "$one" --scale compute=1
+    one_all+=("$up_us")
+    one_vm_all+=("$(slowest_ready "one-$round")")
+    say "round $round/$BOOTS: up (1 node) $(secs "$up_us") s"
+    "$tb" down "$one" >/dev/null 2>&1
+done
+bare_us=$(median "${bare_all[@]}")
+one_us=$(median "${one_all[@]}")
+one_vm=$(median "${one_vm_all[@]}")
+
+up_timed full "the ${nodes}-node up" "$full"
+full_us=$up_us
+full_vm=$(slowest_ready full)
+say "up ($nodes nodes): $(secs $full_us) s"
+
+# --- host RSS per idle node -------------------------------------------------
+say "idling ${IDLE}s ..."
+phase "the idle RSS and the round trips"
+sleep "$IDLE"
+pids=$("$tb" status "$full" --json | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')
+rss_kib=0 anon_kib=0 thp_kib=0 npids=0
+for pid in $pids; do
+    rss_kib=$((rss_kib + $(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")))
+    anon_kib=$((anon_kib + $(awk '/^RssAnon:/ { print $2 }' "/proc/$pid/status")))
+    # QEMU asks for transparent huge pages for guest RAM and, under TCG,
+    # for its translation buffer (see bench/README.md).
+    thp_kib=$((thp_kib + $(awk '/^AnonHugePages:/ { print $2 }' "/proc/$pid/smaps_rollup")))
+    npids=$((npids + 1))
+done
+((npids == nodes)) || notes+=("status named $npids QEMU pids for $nodes nodes")
+per_node_mib() { awk -v k="$1" -v n="$npids" 'BEGIN { printf "%.0f", k / n / 1024 }'; }
+rss_node_mib=$(per_node_mib $rss_kib)
+anon_node_mib=$(per_node_mib $anon_kib)
+thp_node_mib=$(per_node_mib $thp_kib)
+
+# --- exec vs ssh round trips ------------------------------------------------
+"$tb" ssh-config "$full" >"$work/ssh.cfg"
+say "round trips to $NODE ($RUNS each) ..."
+round_trips exec "$tb" exec -f "$full" "$NODE" -- true
+exec_p50=$lat_p50 exec_p99=$lat_p99
+round_trips tbssh "$tb" ssh -f "$full" "$NODE" -- true
+tbssh_p50=$lat_p50 tbssh_p99=$lat_p99
+round_trips ssh ssh -F "$work/ssh.cfg" "$NODE" true
+ssh_p50=$lat_p50 ssh_p99=$lat_p99
+
+# Where a node's boot went (under the full cluster's contention).
+analyze=$("$tb" exec -f "$full" "$NODE" -- systemd-analyze 2>&1 | head -1 | sed "s/ *$//" || true)
+
+t0=$(now_us)
+"$tb" down "$full" >/dev/null 2>&1
+down_us=$(($(now_us) - t0))
+phase done
+kill "$sampler_pid" 2>/dev/null || true
+sampler_pid=
+while IFS='|' read -r p pids; do
+    notes+=("other VMs ran during $p: qemu-system pid(s) $pids")
+done < <(awk -F'|' '$1 != "between" && $1 != "setup" && $1 != "done" && !seen[$0]++ {
+             l[$1] = l[$1] (l[$1] == "" ? "" : " ") $2 } END { for (p in l) print p "|" l[p] }' "$work/foreign")
+
+# --- report ----------------------------------------------------------------
+# Each round's up against the bare boot just before it: neighbours in time
+# share whatever the host was doing then.
+round_ratios() {
+    local i out=()
+    for ((i = 0; i < BOOTS; i++)); do out+=("$(ratio "${one_all[i]}" "${bare_all[i]}")"); done
+    echo "${out[*]}"
+}
+waves=$(((nodes + cores - 1) / cores))
+cat <<EOF
+host:                 $cores cores, $accel_name; guests ${mem} MiB, $cpus vCPU
+bare boot to login:   $(secs $bare_us) s   (median of $BOOTS: $(spread "${bare_all[@]}") s; one QEMU, compute image, no NICs)
+up, 1 node ready:     $(secs $one_us) s   (median of $BOOTS: $(spread "${one_all[@]}") s; node ready ${one_vm} s after its QEMU started)
+up, $nodes nodes ready:    $(secs $full_us) s   (slowest node ready ${full_vm} s after its QEMU started)
+  1 node / bare:      $(ratio $one_us $bare_us)x (target <= 1.25x; per round: $(round_ratios))
+  $nodes nodes / (ceil($nodes/$cores) x bare): $(ratio $full_us $((waves * bare_us)))x (target <= 1.25x; ceil($nodes/$cores) = $waves)
+  $nodes nodes / bare:     $(ratio $full_us $bare_us)x
+host RSS per idle node: $rss_node_mib MiB (sum of $npids QEMU VmRSS after ${IDLE} s idle / $npids; target <= 200 MiB for ${mem} MiB guests)
+  of which anonymous: $anon_node_mib MiB, in transparent huge pages: $thp_node_mib MiB
+round trip to $NODE, $RUNS runs each (p50 / p99):
+  testbed exec -- true:     $exec_p50 / $exec_p99 ms
+  testbed ssh -- true:      $tbssh_p50 / $tbssh_p99 ms
+  ssh -F ssh-config true:   $ssh_p50 / $ssh_p99 ms
+  testbed ssh / exec (p50): $(ratio $tbssh_p50 $exec_p50)x (target >= 5x)
+  ssh / exec (p50):         $(ratio $ssh_p50 $exec_p50)x (target >= 5x)
+$NODE's systemd-analyze: ${analyze:-n/a}
+down ($nodes nodes):        $(secs $down_us) s
+EOF
+echo "load average (1 min) before each boot: ${loads[*]}"
+for n in "${notes[@]}"; do echo "note: $n"; done
