@@ -44,7 +44,8 @@ pub enum PowerAction {
     Shutdown,
     /// Instant power loss.
     Crash,
-    /// Hard reset; the node boots and is activated again.
+    /// Clean reboot through the agent (QEMU is quit if the node does not
+    /// stop in time); the node boots and is activated again.
     Reboot,
     /// Freeze the VM's CPUs.
     Pause,

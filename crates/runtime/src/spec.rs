@@ -188,8 +188,8 @@ pub fn write_ssh(dir: &StateDir, ssh: &SshMaterial, proxy: &[String]) -> Result<
     )?;
     let mut known = String::new();
     for (node, key) in &ssh.host_keys {
-        // `ssh_config` names hosts by node name and by `testbed-NODE`
-        // (HostKeyAlias keeps one entry valid for both).
+        // `ssh_config` sets `HostKeyAlias NODE`, so this is the name ssh
+        // looks the key up by.
         known.push_str(&format!("{node} {}\n", key.public_key));
     }
     state::write_atomic(&ssh_dir.join("known_hosts"), known.as_bytes(), 0o600)?;

@@ -26,7 +26,6 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -109,7 +108,6 @@ struct Shared {
     changed: Condvar,
     switch: Mutex<Switch>,
     spawner: Mutex<mpsc::Sender<SpawnCmd>>,
-    stopping: AtomicBool,
     log: Log,
 }
 
@@ -187,7 +185,6 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
         changed: Condvar::new(),
         switch: Mutex::new(switch),
         spawner: Mutex::new(tx),
-        stopping: AtomicBool::new(false),
         log,
     });
 
@@ -206,17 +203,15 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
         start_boot(&shared, &name);
     }
 
+    // Serves until a `down` request, which ends the process once the
+    // cluster is gone (see `serve`).
     for conn in listener.incoming() {
-        if shared.stopping.load(Ordering::SeqCst) {
-            break;
-        }
         let Ok(conn) = conn else { continue };
         let shared = Arc::clone(&shared);
         let _ = std::thread::Builder::new()
             .name("api".into())
             .spawn(move || serve(&shared, conn));
     }
-    (shared.log)("supervisor exiting");
     Ok(())
 }
 
@@ -372,11 +367,7 @@ impl Shared {
             .nodes
             .iter()
             .filter_map(|s| nodes.get(&s.name))
-            .map(node_status)
-            .map(|mut s| {
-                s.console_log = self.dir.node(&s.name).console_log();
-                s
-            })
+            .map(|n| node_status(&self.dir, n))
             .collect();
         ClusterStatus {
             cluster: self.spec.cluster.clone(),
@@ -421,7 +412,7 @@ impl Shared {
     }
 }
 
-fn node_status(n: &NodeRt) -> NodeStatus {
+fn node_status(dir: &StateDir, n: &NodeRt) -> NodeStatus {
     NodeStatus {
         name: n.spec.name.clone(),
         role: n.spec.role.clone(),
@@ -435,7 +426,7 @@ fn node_status(n: &NodeRt) -> NodeStatus {
         pid: n.pid,
         uptime_ms: n.started.map(|t| testbed_proto::millis(t.elapsed())),
         message: n.message.clone(),
-        console_log: PathBuf::new(),
+        console_log: dir.node(&n.spec.name).console_log(),
     }
 }
 
@@ -521,11 +512,8 @@ fn vm_config(shared: &Shared, spec: &NodeSpec) -> VmConfig {
             .nics
             .iter()
             .map(|nic| {
-                let (local, remote) =
-                    match switch::unix_transport(&shared.dir.net_dir(), &spec.name, &nic.network) {
-                        switch::Transport::Unix { bind, peer } => (peer, bind),
-                        switch::Transport::Udp { .. } => unreachable_transport(),
-                    };
+                let (remote, local) =
+                    switch::unix_paths(&shared.dir.net_dir(), &spec.name, &nic.network);
                 NicConfig {
                     mac: nic.mac.clone(),
                     local,
@@ -538,11 +526,6 @@ fn vm_config(shared: &Shared, spec: &NodeSpec) -> VmConfig {
         console_log: node_dir.console_log(),
         qmp_socket: node_dir.qmp_socket(),
     }
-}
-
-/// `unix_transport` only makes unix sockets.
-fn unreachable_transport() -> (PathBuf, PathBuf) {
-    (PathBuf::new(), PathBuf::new())
 }
 
 /// One boot: QEMU, the agent's hello, activation.
@@ -792,8 +775,7 @@ fn watch(shared: &Arc<Shared>, conn: &mut UnixStream) -> bool {
                 let Some(node) = nodes.get(&spec.name) else {
                     continue;
                 };
-                let mut status = node_status(node);
-                status.console_log = shared.dir.node(&spec.name).console_log();
+                let status = node_status(&shared.dir, node);
                 let differs = sent
                     .get(&spec.name)
                     .is_none_or(|s| s.state != status.state || s.message != status.message);
@@ -1123,7 +1105,6 @@ fn apply_fault(shared: &Shared, fault: Fault) -> Reply {
 
 /// Stops every VM and the switch and removes the state directory.
 fn down(shared: &Arc<Shared>) {
-    shared.stopping.store(true, Ordering::SeqCst);
     shared.log("down: stopping every node");
     let (tx, rx) = mpsc::channel();
     shared.spawn_cmd(SpawnCmd::KillAll { reply: tx });

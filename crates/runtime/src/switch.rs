@@ -729,8 +729,15 @@ impl Engine {
 /// Unix socket paths for a node's NIC on a network, inside `dir`: short,
 /// because socket paths are limited to 107 bytes.
 pub fn unix_transport(dir: &Path, node: &str, segment: &str) -> Transport {
-    Transport::Unix {
-        bind: dir.join(format!("sw-{node}-{segment}.sock")),
-        peer: dir.join(format!("nic-{node}-{segment}.sock")),
-    }
+    let (bind, peer) = unix_paths(dir, node, segment);
+    Transport::Unix { bind, peer }
+}
+
+/// The paths of [`unix_transport`]: `(switch's socket, NIC's socket)`, for
+/// the backend that attaches the NIC.
+pub fn unix_paths(dir: &Path, node: &str, segment: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("sw-{node}-{segment}.sock")),
+        dir.join(format!("nic-{node}-{segment}.sock")),
+    )
 }

@@ -820,12 +820,7 @@ pub fn supervise(dir: &Path) -> Outcome {
             .unwrap_or(0.0);
         eprintln!("{stamp:.3} +{:.1}s {line}", start.elapsed().as_secs_f64());
     });
-    testbed_runtime::supervisor::run(&StateDir::at(dir), log).map_err(|e| {
-        eprintln!("supervisor: {e}");
-        bail_failure(e)
-    })
-}
-
-fn bail_failure(e: impl std::error::Error + Send + Sync + 'static) -> Failure {
-    Failure::Runtime(anyhow::Error::new(e))
+    // The error is reported on stderr, which is the supervisor's log.
+    testbed_runtime::supervisor::run(&StateDir::at(dir), log)
+        .map_err(|e| Failure::Runtime(e.into()))
 }
