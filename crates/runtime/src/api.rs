@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use testbed_proto::{ExecRequest, ExitStatus};
 use thiserror::Error;
 
-use crate::switch::{FaultEvent, LinkRule};
+use crate::switch::{FaultEvent, LinkChange, LinkRule};
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -66,11 +66,26 @@ pub enum Fault {
         groups: Vec<Vec<String>>,
     },
     Heal,
+    /// Changes the rule of the link between `a` and `b` (both directions);
+    /// the reply is `link` with the resulting rule.
     Link {
         a: String,
         b: String,
-        rule: LinkRule,
+        #[serde(flatten)]
+        change: LinkChange,
     },
+}
+
+/// What a `wait` request waits for inside a node (through its agent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "for", rename_all = "snake_case")]
+pub enum WaitFor {
+    /// A systemd unit is active; fails at once if it fails.
+    Unit { unit: String },
+    /// A TCP connection to this port on 127.0.0.1 succeeds.
+    Port { port: u16 },
+    /// The path exists.
+    File { path: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,6 +120,14 @@ pub enum Request {
     Power {
         node: String,
         action: PowerAction,
+    },
+    /// Waits inside the node; `ok`, or `error` with the reason (for a
+    /// failed unit, its journal tail).
+    Wait {
+        node: String,
+        #[serde(flatten)]
+        what: WaitFor,
+        timeout_ms: u64,
     },
     Fault(Fault),
     /// The switch's fault history.
@@ -222,6 +245,10 @@ pub enum Reply {
     },
     History {
         events: Vec<FaultEvent>,
+    },
+    /// A link's rule after a `link` fault.
+    Link {
+        rule: LinkRule,
     },
     Ok,
     Error {
@@ -342,6 +369,21 @@ mod tests {
                 node: "n".into(),
                 action: PowerAction::Crash,
             },
+            Request::Wait {
+                node: "n".into(),
+                what: WaitFor::Unit {
+                    unit: "slurmd".into(),
+                },
+                timeout_ms: 1000,
+            },
+            Request::Fault(Fault::Link {
+                a: "a".into(),
+                b: "b".into(),
+                change: LinkChange {
+                    delay_ms: Some(50.0),
+                    ..LinkChange::default()
+                },
+            }),
         ];
         for request in requests {
             let mut buf = Vec::new();

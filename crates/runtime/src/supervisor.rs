@@ -34,7 +34,7 @@ use testbed_proto::{Client, ClientError, ClientOptions, ExecEvent, ExecRequest, 
 use thiserror::Error;
 
 use crate::api::{
-    self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request,
+    self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request, WaitFor,
 };
 use crate::qemu::{self, NicConfig, VmConfig, VmProcess};
 use crate::qmp::Qmp;
@@ -742,6 +742,16 @@ fn serve(shared: &Arc<Shared>, conn: UnixStream) {
                     return;
                 }
             }
+            Request::Wait {
+                node,
+                what,
+                timeout_ms,
+            } => {
+                let reply = wait_in(shared, &node, &what, Duration::from_millis(timeout_ms));
+                if !send(&mut conn, &reply) {
+                    return;
+                }
+            }
             Request::Fault(fault) => {
                 let reply = apply_fault(shared, fault);
                 if !send(&mut conn, &reply) {
@@ -1085,6 +1095,23 @@ fn wait_for(
     }
 }
 
+/// Waits for a unit, port or file inside `node` through its agent.
+fn wait_in(shared: &Shared, node: &str, what: &WaitFor, timeout: Duration) -> Reply {
+    let client = match shared.client(node) {
+        Ok(c) => c,
+        Err(reply) => return *reply,
+    };
+    let result = match what {
+        WaitFor::Unit { unit } => client.wait_unit(unit, timeout),
+        WaitFor::Port { port } => client.wait_port(*port, timeout),
+        WaitFor::File { path } => client.wait_file(path, timeout),
+    };
+    match result {
+        Ok(()) => Reply::Ok,
+        Err(e) => error(e.to_string(), Some(node)),
+    }
+}
+
 fn apply_fault(shared: &Shared, fault: Fault) -> Reply {
     let switch = lock(&shared.switch);
     let result = match fault {
@@ -1095,7 +1122,12 @@ fn apply_fault(shared: &Shared, fault: Fault) -> Reply {
             switch.heal();
             Ok(())
         }
-        Fault::Link { a, b, rule } => switch.set_link(&a, &b, rule),
+        Fault::Link { a, b, change } => {
+            return match switch.change_link(&a, &b, &change) {
+                Ok(rule) => Reply::Link { rule },
+                Err(e) => error(e.to_string(), None),
+            };
+        }
     };
     match result {
         Ok(()) => Reply::Ok,

@@ -153,6 +153,65 @@ impl LinkRule {
     }
 }
 
+/// A change to one link's rule: the fields given replace the current ones,
+/// the others stay (so `delay` then `loss` gives a link with both);
+/// `clear` starts from no rule at all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkChange {
+    /// Start from the default rule (no fault) before applying the rest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clear: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Added one-way delay, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<f64>,
+    /// Jitter, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    /// Bandwidth limit in bits per second; 0 removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_bps: Option<u64>,
+}
+
+impl LinkChange {
+    /// The rule that results from applying this change to `current`.
+    pub fn apply(&self, current: &LinkRule) -> Result<LinkRule, String> {
+        let mut rule = if self.clear {
+            LinkRule::default()
+        } else {
+            current.clone()
+        };
+        let ms = |v: f64, what: &str| {
+            Duration::try_from_secs_f64(v / 1000.0)
+                .map_err(|_| format!("{what} must be a non-negative number of milliseconds"))
+        };
+        if let Some(d) = self.down {
+            rule.down = d;
+        }
+        if let Some(l) = self.loss {
+            rule.loss = l;
+        }
+        if let Some(d) = self.delay_ms {
+            rule.delay = ms(d, "delay")?;
+            // A new delay without a jitter keeps the jitter only if it
+            // still fits.
+            if self.jitter_ms.is_none() && rule.jitter > rule.delay {
+                rule.jitter = Duration::ZERO;
+            }
+        }
+        if let Some(j) = self.jitter_ms {
+            rule.jitter = ms(j, "jitter")?;
+        }
+        if let Some(r) = self.rate_bps {
+            rule.rate_bps = (r > 0).then_some(r);
+        }
+        Ok(rule)
+    }
+}
+
 mod duration_ms {
     use std::time::Duration;
 
@@ -491,6 +550,25 @@ impl Switch {
         }
         self.record(desc);
         Ok(())
+    }
+
+    /// Applies `change` to the rule of the link between `a` and `b` and
+    /// returns the new rule.
+    pub fn change_link(
+        &self,
+        a: &str,
+        b: &str,
+        change: &LinkChange,
+    ) -> Result<LinkRule, SwitchError> {
+        let rule = change
+            .apply(&self.link(a, b))
+            .map_err(|reason| SwitchError::InvalidRule {
+                a: a.to_string(),
+                b: b.to_string(),
+                reason,
+            })?;
+        self.set_link(a, b, rule.clone())?;
+        Ok(rule)
     }
 
     /// The rule on the link between `a` and `b`.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use testbed_runtime::switch::{
-    reserve_udp_port, unix_transport, LinkRule, PortSpec, Switch, Transport,
+    reserve_udp_port, unix_transport, LinkChange, LinkRule, PortSpec, Switch, Transport,
 };
 
 /// A fake NIC: a socket bound where the VM would bind.
@@ -395,4 +395,63 @@ fn rate_limits_throughput() {
         "{:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn link_changes_add_up_and_clear_starts_over() {
+    let (sw, _nics) = udp_switch(&[("lan", "a"), ("lan", "b")]);
+    let delay = LinkChange {
+        delay_ms: Some(50.0),
+        jitter_ms: Some(5.0),
+        ..LinkChange::default()
+    };
+    sw.change_link("a", "b", &delay).expect("delay");
+    let loss = LinkChange {
+        loss: Some(0.25),
+        rate_bps: Some(10_000_000),
+        ..LinkChange::default()
+    };
+    let rule = sw.change_link("b", "a", &loss).expect("loss");
+    assert_eq!(rule.delay, Duration::from_millis(50));
+    assert_eq!(rule.jitter, Duration::from_millis(5));
+    assert_eq!(rule.loss, 0.25);
+    assert_eq!(rule.rate_bps, Some(10_000_000));
+    assert_eq!(
+        sw.link("a", "b"),
+        rule,
+        "the change is stored for both directions"
+    );
+
+    // A shorter delay drops a jitter that no longer fits; rate 0 is no limit.
+    let shorter = LinkChange {
+        delay_ms: Some(2.0),
+        rate_bps: Some(0),
+        ..LinkChange::default()
+    };
+    let rule = sw.change_link("a", "b", &shorter).expect("shorter");
+    assert_eq!(rule.jitter, Duration::ZERO);
+    assert_eq!(rule.rate_bps, None);
+    assert_eq!(rule.loss, 0.25);
+
+    let bad = LinkChange {
+        delay_ms: Some(-1.0),
+        ..LinkChange::default()
+    };
+    let e = sw.change_link("a", "b", &bad).unwrap_err();
+    assert!(
+        e.to_string().contains("delay must be a non-negative"),
+        "{e}"
+    );
+    assert_eq!(sw.link("a", "b"), rule, "a rejected change changes nothing");
+
+    let clear = LinkChange {
+        clear: true,
+        ..LinkChange::default()
+    };
+    assert_eq!(
+        sw.change_link("a", "b", &clear).expect("clear"),
+        LinkRule::default()
+    );
+    let history: Vec<String> = sw.history().into_iter().map(|e| e.change).collect();
+    assert_eq!(history.last().map(String::as_str), Some("link a-b clear"));
 }
