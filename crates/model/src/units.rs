@@ -127,6 +127,73 @@ pub fn parse_duration(text: &str) -> Result<Duration, Invalid> {
     Ok(Duration::from_secs(total))
 }
 
+/// Splits `"12.5ms"` into `(12.5, "ms")`.
+fn number_and_unit(t: &str) -> Option<(f64, &str)> {
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    n.is_finite().then_some((n, unit.trim()))
+}
+
+/// Parses a link delay or jitter: `"50ms"`, `"1.5s"`, `"200us"`, `"0"`.
+/// Unlike [`parse_duration`] it takes fractions and sub-second units, and
+/// zero (no delay).
+pub fn parse_delay(text: &str) -> Result<Duration, Invalid> {
+    const HELP: &str = "use a number with us, ms or s, e.g. \"50ms\" or \"1.5s\"";
+    let t = text.trim();
+    let (n, unit) =
+        number_and_unit(t).ok_or_else(|| invalid(format!("bad delay \"{text}\""), HELP))?;
+    let secs = match unit {
+        "us" => n / 1e6,
+        "ms" => n / 1e3,
+        "s" => n,
+        "" if n == 0.0 => 0.0,
+        "" => return Err(invalid(format!("delay \"{text}\" has no unit"), HELP)),
+        _ => return Err(invalid(format!("bad delay unit in \"{text}\""), HELP)),
+    };
+    if secs > 3600.0 {
+        return Err(invalid(
+            format!("delay \"{text}\" is too long"),
+            "use at most an hour",
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses a bandwidth in bits per second: `"10mbit"`, `"512kbit"`,
+/// `"1gbit"`, `"9600bit"`, as `tc` writes them. Byte units (`kbps`, which
+/// `tc` reads as kilo*bytes*) are refused rather than guessed.
+pub fn parse_rate(text: &str) -> Result<u64, Invalid> {
+    const HELP: &str = "use a number with bit, kbit, mbit or gbit, e.g. \"10mbit\"";
+    let t = text.trim();
+    let (n, unit) =
+        number_and_unit(t).ok_or_else(|| invalid(format!("bad rate \"{text}\""), HELP))?;
+    let factor = match unit.to_ascii_lowercase().as_str() {
+        "bit" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "" => return Err(invalid(format!("rate \"{text}\" has no unit"), HELP)),
+        other if other.ends_with("bps") || other.ends_with('b') => {
+            return Err(invalid(
+                format!("ambiguous rate unit in \"{text}\" (bits or bytes?)"),
+                HELP,
+            ))
+        }
+        _ => return Err(invalid(format!("bad rate unit in \"{text}\""), HELP)),
+    };
+    let bps = (n * factor).round();
+    if !(1.0..=1e12).contains(&bps) {
+        return Err(invalid(
+            format!("rate \"{text}\" is out of range"),
+            "use between 1bit and 1000gbit",
+        ));
+    }
+    Ok(bps as u64)
+}
+
 /// Parses an octal mode string such as `"0644"` or `"600"`.
 pub(crate) fn parse_mode(text: &str) -> Result<u32, Invalid> {
     const HELP: &str = "use octal digits as a string, e.g. \"0644\" or \"0400\"";
@@ -239,6 +306,39 @@ pub(crate) fn check_guest_path(text: &str) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delays_take_fractions_and_small_units() {
+        assert_eq!(parse_delay("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_delay("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_delay("200us"), Ok(Duration::from_micros(200)));
+        assert_eq!(parse_delay("0"), Ok(Duration::ZERO));
+        assert!(parse_delay("50").unwrap_err().message.contains("no unit"));
+        assert!(parse_delay("-5ms").is_err());
+        assert!(parse_delay("5 minutes").is_err());
+        assert!(parse_delay("2h").is_err());
+    }
+
+    #[test]
+    fn rates_are_bits_per_second() {
+        assert_eq!(parse_rate("10mbit"), Ok(10_000_000));
+        assert_eq!(parse_rate("512kbit"), Ok(512_000));
+        assert_eq!(parse_rate("1.5Gbit"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("9600bit"), Ok(9600));
+        assert!(parse_rate("10kbps")
+            .unwrap_err()
+            .message
+            .contains("bits or bytes"));
+        assert!(parse_rate("10MB")
+            .unwrap_err()
+            .message
+            .contains("bits or bytes"));
+        assert!(parse_rate("0bit")
+            .unwrap_err()
+            .message
+            .contains("out of range"));
+        assert!(parse_rate("10").unwrap_err().message.contains("no unit"));
+    }
 
     #[test]
     fn memory_sizes() {

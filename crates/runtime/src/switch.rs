@@ -535,7 +535,10 @@ impl Switch {
             desc.push_str(&format!(" loss={}", rule.loss));
         }
         if !rule.delay.is_zero() {
-            desc.push_str(&format!(" delay={:?} jitter={:?}", rule.delay, rule.jitter));
+            desc.push_str(&format!(" delay={:?}", rule.delay));
+            if !rule.jitter.is_zero() {
+                desc.push_str(&format!(" jitter={:?}", rule.jitter));
+            }
         }
         if let Some(r) = rule.rate_bps {
             desc.push_str(&format!(" rate={r}bit/s"));

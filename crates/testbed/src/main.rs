@@ -163,6 +163,10 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Inject network faults in the cluster's virtual switch: partition, heal, block, link delay/loss/rate
+    Fault(cmd::fault::FaultArgs),
+    /// Start, shut down, crash (power loss), reboot, pause or resume a node
+    Power(cmd::fault::PowerArgs),
     /// Stop every node and remove everything the cluster left on the host
     Down {
         #[command(flatten)]
@@ -226,6 +230,8 @@ fn main() -> ExitCode {
         Command::Logs { file, node, follow } => {
             cmd::cluster::logs(file.path.as_deref(), &node, follow)
         }
+        Command::Fault(args) => cmd::fault::fault(&args),
+        Command::Power(args) => cmd::fault::power(&args),
         Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),
         Command::Schema => {

@@ -31,11 +31,19 @@ impl Env {
     /// archive, like `tests/images.rs`), with `edit` applied to its
     /// testbed.toml.
     fn example(edit: impl Fn(String) -> String) -> Env {
+        Env::example_in("slurm", edit)
+    }
+
+    /// Like [`Env::example`], with the composition in a folder named
+    /// `folder` (the state directory is derived from the folder too).
+    fn example_in(folder: &str, edit: impl Fn(String) -> String) -> Env {
         let tmp = tempfile::tempdir().expect("tmp");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
-        let comp = tmp.path().join("slurm");
+        let comp = tmp.path().join(folder);
         std::fs::create_dir_all(&comp).expect("mkdir");
-        std::fs::copy(src.join("slurm.conf.j2"), comp.join("slurm.conf.j2")).expect("copy");
+        for file in ["slurm.conf.j2", "test.rhai"] {
+            std::fs::copy(src.join(file), comp.join(file)).expect("copy");
+        }
         let toml = std::fs::read_to_string(src.join("testbed.toml")).expect("read");
         std::fs::write(comp.join("testbed.toml"), edit(toml)).expect("write");
         let state = tmp.path().join("run");
@@ -206,6 +214,9 @@ fn example_cluster_comes_up_is_driven_and_survives_a_killed_supervisor() {
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("testbed-stage1"), "console log");
 
+    faults_are_seen_from_inside_the_guests(&env);
+    a_second_cluster_runs_beside_the_first(&env);
+
     // The supervisor dies with SIGKILL: its VMs die with it, and `down`
     // still removes everything.
     let pid = st["supervisor_pid"].as_u64().unwrap() as i32;
@@ -277,4 +288,149 @@ fn a_service_that_fails_fails_up_with_its_node_unit_and_journal() {
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     let left = env.state.read_dir().map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "the failed cluster's state is removed");
+}
+
+/// Pings `to` from `from` `count` times; returns (received, min RTT in ms).
+fn ping(env: &Env, from: &str, to: &str, count: u32) -> (u32, Option<f64>) {
+    let out = env.testbed(&[
+        "exec",
+        from,
+        "--",
+        "ping",
+        "-n",
+        "-q",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        to,
+    ]);
+    let stdout = text(&out.stdout);
+    // "5 packets transmitted, 5 received, 0% packet loss, time 803ms"
+    let received = stdout
+        .split(" received")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // "rtt min/avg/max/mdev = 0.512/0.700/0.901/0.120 ms"
+    let min = stdout
+        .split("= ")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|n| n.parse().ok());
+    (received, min)
+}
+
+/// Partition, heal, block, link delay and pause, each applied with the CLI
+/// in the virtual switch and observed with `ping` inside the guests.
+fn faults_are_seen_from_inside_the_guests(env: &Env) {
+    assert_eq!(ping(env, "compute1", "compute2", 2).0, 2, "baseline");
+
+    let out = env.testbed(&["fault", "partition", "ctl,compute1", "compute2"]);
+    assert!(out.status.success(), "partition: {}", text(&out.stderr));
+    assert_eq!(ping(env, "ctl", "compute1", 2).0, 2, "same side");
+    assert_eq!(ping(env, "ctl", "compute2", 2).0, 0, "across the partition");
+    assert_eq!(ping(env, "compute2", "compute1", 2).0, 0, "other way");
+    let out = env.testbed(&["fault", "heal"]);
+    assert!(out.status.success());
+    assert_eq!(ping(env, "ctl", "compute2", 2).0, 2, "healed");
+
+    let out = env.testbed(&["fault", "block", "compute1"]);
+    assert!(out.status.success());
+    assert_eq!(ping(env, "ctl", "compute1", 2).0, 0, "blocked");
+    assert_eq!(ping(env, "ctl", "compute2", 2).0, 2, "others unaffected");
+    let out = env.testbed(&["exec", "compute1", "--", "true"]);
+    assert!(out.status.success(), "a blocked node is still driven");
+    env.testbed(&["fault", "unblock", "compute1"]);
+    assert_eq!(ping(env, "ctl", "compute1", 2).0, 2, "unblocked");
+
+    // 100 ms each way: every round trip takes at least 200 ms.
+    let out = env.testbed(&["fault", "link", "compute1", "compute2", "--delay", "100ms"]);
+    assert!(out.status.success(), "link: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("delay 100ms"),
+        "{}",
+        text(&out.stderr)
+    );
+    let (got, min) = ping(env, "compute1", "compute2", 5);
+    assert_eq!(got, 5);
+    let min = min.expect("rtt");
+    assert!(min >= 200.0, "round trip {min} ms with 2 x 100 ms of delay");
+    let (_, other) = ping(env, "ctl", "compute2", 3);
+    assert!(other.expect("rtt") < 200.0, "only that link is slowed");
+    env.testbed(&["fault", "link", "compute1", "compute2", "--clear"]);
+    let (_, after) = ping(env, "compute1", "compute2", 3);
+    assert!(after.expect("rtt") < 200.0, "delay removed");
+
+    let out = env.testbed(&["fault", "history", "--json"]);
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history");
+    let changes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            "partition [ctl,compute1] [compute2]",
+            "heal",
+            "block compute1",
+            "unblock compute1",
+            "link compute1-compute2 delay=100ms",
+            "link compute1-compute2 clear",
+        ]
+    );
+    let out = env.testbed(&["fault", "partition", "ctl", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("unknown node \"nosuch\""));
+
+    // A paused node answers nothing, and catches up when resumed.
+    let out = env.testbed(&["power", "pause", "compute2"]);
+    assert!(out.status.success(), "pause: {}", text(&out.stderr));
+    let st = status(env);
+    assert_eq!(st["nodes"][2]["state"], "paused");
+    assert_eq!(ping(env, "ctl", "compute2", 1).0, 0, "paused");
+    let out = env.testbed(&["power", "resume", "compute2"]);
+    assert!(out.status.success(), "resume: {}", text(&out.stderr));
+    assert_eq!(ping(env, "ctl", "compute2", 2).0, 2, "resumed");
+}
+
+/// A copy of the same composition in another folder is another cluster
+/// (same name, its own state directory, switch and VMs); taking it down
+/// leaves the first one alone.
+fn a_second_cluster_runs_beside_the_first(first: &Env) {
+    let second = Env::example_in("other", |t| t);
+    let out = second.testbed(&["up", "--scale", "compute=1"]);
+    assert!(out.status.success(), "second up: {}", text(&out.stderr));
+    let names: Vec<String> = status(&second)["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["ctl", "compute"]);
+    assert_eq!(ping(&second, "ctl", "compute", 2).0, 2);
+    // The same addresses exist in both clusters; each reaches its own.
+    let out = second.testbed(&["exec", "ctl", "--", "getent", "hosts", "compute1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "compute1 is not in the second cluster"
+    );
+    let out = first.testbed(&["exec", "compute1", "--", "hostname"]);
+    assert_eq!(text(&out.stdout).trim(), "compute1");
+    assert_ne!(
+        status(first)["state_dir"],
+        status(&second)["state_dir"],
+        "separate state"
+    );
+    let out = second.testbed(&["down"]);
+    assert!(out.status.success(), "second down: {}", text(&out.stderr));
+    assert!(second.leftovers().is_empty(), "{:?}", second.leftovers());
+    assert_eq!(status(first)["nodes"].as_array().unwrap().len(), 3);
+    assert_eq!(ping(first, "ctl", "compute2", 2).0, 2, "first still works");
 }

@@ -86,14 +86,14 @@ fn target(path: Option<&Path>, scale: &[ScaleArg]) -> Result<Target, Failure> {
 /// The state directory of the composition at `path`, without validating
 /// templates (a running cluster's verbs must work even if the file was
 /// edited since `up`).
-fn state_dir(path: Option<&Path>) -> Result<(String, StateDir), Failure> {
+pub(crate) fn state_dir(path: Option<&Path>) -> Result<(String, StateDir), Failure> {
     let path = testbed_model::resolve_path(path);
     let comp = testbed_model::load(&path)?;
     let dir = StateDir::for_cluster(&comp.cluster.name, &comp.source.path);
     Ok((comp.cluster.name, dir))
 }
 
-fn connect(cluster: &str, dir: &StateDir) -> Result<ApiClient, Failure> {
+pub(crate) fn connect(cluster: &str, dir: &StateDir) -> Result<ApiClient, Failure> {
     ApiClient::connect(&dir.api_socket()).map_err(|e| match e {
         ApiError::NotRunning { .. } => Failure::Runtime(anyhow!(
             "cluster {cluster} is not running (start it with `testbed up`)"
@@ -102,7 +102,7 @@ fn connect(cluster: &str, dir: &StateDir) -> Result<ApiClient, Failure> {
     })
 }
 
-fn reply_error(reply: Reply) -> Failure {
+pub(crate) fn reply_error(reply: Reply) -> Failure {
     match reply {
         Reply::Error { message, .. } => Failure::Runtime(anyhow!(message)),
         other => Failure::Runtime(anyhow!("unexpected reply from the supervisor: {other:?}")),
