@@ -52,6 +52,7 @@ const MINIMAL_MOTD: &str = "This is {{ node.name }} ({{ node.ip }}), one of {{ n
 
 const SLURM_TOML: &str = include_str!("../../../../examples/slurm/testbed.toml");
 const SLURM_CONF: &str = include_str!("../../../../examples/slurm/slurm.conf.j2");
+const SLURM_TEST: &str = include_str!("../../../../examples/slurm/test.rhai");
 
 /// A cluster name derived from the target folder, or a neutral default when
 /// the folder's name is not a valid cluster name.
@@ -91,6 +92,7 @@ pub fn run(args: &Args) -> Outcome {
                 SLURM_TOML.replace("name = \"slurm\"", &format!("name = \"{name}\"")),
             ),
             ("slurm.conf.j2", SLURM_CONF.to_string()),
+            ("test.rhai", SLURM_TEST.to_string()),
         ],
     };
     // Refuse before writing anything, so a refusal leaves the folder as it was.
