@@ -193,10 +193,13 @@ pub fn up(path: Option<&Path>, scale: &[ScaleArg], args: &UpArgs) -> Outcome {
                 .collect();
             if failed.is_empty() {
                 eprintln!(
-                    "{} cluster {} is up: {} nodes ready",
+                    "{} cluster {} is up: {} ready",
                     elapsed(start),
                     status.cluster,
-                    status.nodes.len()
+                    match status.nodes.len() {
+                        1 => "1 node".to_owned(),
+                        n => format!("{n} nodes"),
+                    }
                 );
                 return print_status(&status, args.json);
             }
