@@ -98,16 +98,38 @@ fn serve_stdio(agent: &Arc<Agent>) -> ExitCode {
     }
 }
 
+/// The kernel's own device node for `/dev/virtio-ports/NAME`. That
+/// symlink is made by udev, which under TCG finishes its coldplug seconds
+/// after the agent starts; the node `/dev/vportNpM` itself comes from
+/// devtmpfs as soon as the port exists, and sysfs tells its name. `None`
+/// when `path` is not a named-port link or no port has that name (yet).
+fn by_sysfs_name(path: &Path, sysfs: &Path, dev: &Path) -> Option<PathBuf> {
+    if path.parent() != Some(Path::new("/dev/virtio-ports")) || path.exists() {
+        return None;
+    }
+    let name = path.file_name()?.to_str()?;
+    std::fs::read_dir(sysfs).ok()?.flatten().find_map(|entry| {
+        let port_name = std::fs::read_to_string(entry.path().join("name")).ok()?;
+        let node = dev.join(entry.file_name());
+        (port_name.trim_end() == name && node.exists()).then_some(node)
+    })
+}
+
 /// Sessions on a virtio-serial port, forever. The port reads end-of-file
 /// while no host is connected, so the loop pauses between sessions; the
 /// device may also not exist yet this early in boot.
 fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
     let mut reported = false;
     loop {
+        let device = by_sysfs_name(
+            path,
+            Path::new("/sys/class/virtio-ports"),
+            Path::new("/dev"),
+        );
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(path)
+            .open(device.as_deref().unwrap_or(path))
             .and_then(|file| Ok((file.try_clone()?, file)));
         match opened {
             Ok((reader, writer)) => {
@@ -125,5 +147,36 @@ fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_port_is_found_through_sysfs_before_udev_links_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (sysfs, dev) = (tmp.path().join("sys"), tmp.path().join("dev"));
+        for (port, name) in [
+            ("vport1p1", "org.qemu.guest_agent.0"),
+            ("vport1p2", "org.testbed.test-x"),
+        ] {
+            std::fs::create_dir_all(sysfs.join(port)).unwrap();
+            std::fs::write(sysfs.join(port).join("name"), format!("{name}\n")).unwrap();
+        }
+        std::fs::create_dir_all(&dev).unwrap();
+        std::fs::write(dev.join("vport1p2"), "").unwrap();
+        let link = Path::new("/dev/virtio-ports/org.testbed.test-x");
+        assert_eq!(
+            by_sysfs_name(link, &sysfs, &dev),
+            Some(dev.join("vport1p2"))
+        );
+        // No such name, no device node yet, or not a named-port path.
+        let other = Path::new("/dev/virtio-ports/org.testbed.test-y");
+        assert_eq!(by_sysfs_name(other, &sysfs, &dev), None);
+        std::fs::remove_file(dev.join("vport1p2")).unwrap();
+        assert_eq!(by_sysfs_name(link, &sysfs, &dev), None);
+        assert_eq!(by_sysfs_name(Path::new("/tmp/x"), &sysfs, &dev), None);
     }
 }
