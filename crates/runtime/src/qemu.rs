@@ -207,10 +207,7 @@ pub fn argv(config: &VmConfig) -> Vec<String> {
     // pages its guest touched rather than whole 2 MiB pages.
     push(&[
         "-object",
-        &format!(
-            "memory-backend-memfd,id=ram,size={}M",
-            config.memory_mib
-        ),
+        &format!("memory-backend-memfd,id=ram,size={}M", config.memory_mib),
     ]);
     push(&["-machine", "q35,memory-backend=ram"]);
     push(config.accel.qemu_args());
