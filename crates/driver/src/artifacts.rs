@@ -174,8 +174,9 @@ fn collect_node(
                 String::from_utf8_lossy(&output.stderr).trim()
             )),
             Err(e) => {
-                out.problems
-                    .push(format!("node {name}: cannot read the journal of {unit}: {e}"));
+                out.problems.push(format!(
+                    "node {name}: cannot read the journal of {unit}: {e}"
+                ));
                 // The agent is gone; the other units would fail the same way.
                 return;
             }

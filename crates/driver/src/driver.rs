@@ -104,10 +104,7 @@ impl Driver {
                     "the timeout factor must be above 0, got {f}"
                 )))
             }
-            None => timeout_factor(
-                &status.accel,
-                std::env::var(FACTOR_ENV).ok().as_deref(),
-            )?,
+            None => timeout_factor(&status.accel, std::env::var(FACTOR_ENV).ok().as_deref())?,
         };
         let timeouts = Timeouts {
             factor,

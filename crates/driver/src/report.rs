@@ -219,7 +219,10 @@ pub fn render_output(entries: &[Captured]) -> String {
                 error,
                 duration,
             } => {
-                let who = node.as_deref().map(|n| format!("{n}: ")).unwrap_or_default();
+                let who = node
+                    .as_deref()
+                    .map(|n| format!("{n}: "))
+                    .unwrap_or_default();
                 let how = match error {
                     None => "ok".to_owned(),
                     Some(e) => format!("failed: {e}"),

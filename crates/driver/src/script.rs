@@ -286,9 +286,9 @@ impl Runtime {
         match result {
             Ok(output) => {
                 if output.status.timed_out && capped {
-                    return Err(fail(self.time_limit_error(Some(&format!(
-                        "`{command}` on {node}"
-                    )))));
+                    return Err(fail(
+                        self.time_limit_error(Some(&format!("`{command}` on {node}"))),
+                    ));
                 }
                 Ok(output)
             }
@@ -343,7 +343,9 @@ impl Runtime {
             let mut pending = Vec::new();
             for name in names {
                 let Some(node) = status.nodes.iter().find(|n| &n.name == name) else {
-                    return Err(fail(format!("{during}: node {name} is gone from the cluster")));
+                    return Err(fail(format!(
+                        "{during}: node {name} is gone from the cluster"
+                    )));
                 };
                 match node.state {
                     NodeState::Ready => {}
@@ -643,7 +645,10 @@ pub(crate) fn script_error(err: &EvalAltResult, script: &Path) -> ScriptError {
 /// A syntax error as a [`ScriptError`].
 pub(crate) fn parse_error(err: &ParseError, script: &Path) -> ScriptError {
     ScriptError {
-        message: format!("syntax error: {}", lowercase_first(&err.err_type().to_string())),
+        message: format!(
+            "syntax error: {}",
+            lowercase_first(&err.err_type().to_string())
+        ),
         location: location(script, err.position()),
     }
 }
@@ -727,7 +732,10 @@ impl Node {
         let t = self.rt.timeout(timeout, self.rt.timeouts.command)?;
         let output = self.rt.run(&self.name, command, t)?;
         let mut map = Map::new();
-        map.insert("status".into(), Dynamic::from_int(status_code(&output.status)));
+        map.insert(
+            "status".into(),
+            Dynamic::from_int(status_code(&output.status)),
+        );
         map.insert("stdout".into(), text(&output.stdout).into());
         map.insert("stderr".into(), text(&output.stderr).into());
         Ok(map)
@@ -790,7 +798,12 @@ impl Node {
             };
             self.rt
                 .cluster
-                .put(&self.name, &guest, meta.permissions().mode() & 0o7777, &data)
+                .put(
+                    &self.name,
+                    &guest,
+                    meta.permissions().mode() & 0o7777,
+                    &data,
+                )
                 .map_err(|e| {
                     fail(format!(
                         "copy_to {guest} on node {}: {}",
@@ -820,13 +833,22 @@ impl Node {
             };
             if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent).map_err(|e| {
-                    fail(format!("copy_from: cannot create {}: {e}", parent.display()))
+                    fail(format!(
+                        "copy_from: cannot create {}: {e}",
+                        parent.display()
+                    ))
                 })?;
             }
             std::fs::write(&to, &data)
                 .map_err(|e| fail(format!("copy_from: cannot write {}: {e}", to.display())))?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode & 0o777))
-                .map_err(|e| fail(format!("copy_from: cannot set the mode of {}: {e}", to.display())))
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode & 0o777)).map_err(
+                |e| {
+                    fail(format!(
+                        "copy_from: cannot set the mode of {}: {e}",
+                        to.display()
+                    ))
+                },
+            )
         })
     }
 
@@ -834,9 +856,10 @@ impl Node {
         self.rt.action(Some(&self.name), label, || {
             self.rt.power(&self.name, action)?;
             match action {
-                PowerAction::Reboot => self
-                    .rt
-                    .wait_ready(&[self.name.to_string()], &format!("reboot of {}", self.name)),
+                PowerAction::Reboot => self.rt.wait_ready(
+                    &[self.name.to_string()],
+                    &format!("reboot of {}", self.name),
+                ),
                 _ => Ok(()),
             }
         })
@@ -844,10 +867,8 @@ impl Node {
 
     fn start(&self) -> RResult<()> {
         self.rt.action(Some(&self.name), "start", || {
-            self.rt.start_nodes(
-                &[self.name.to_string()],
-                &format!("start of {}", self.name),
-            )
+            self.rt
+                .start_nodes(&[self.name.to_string()], &format!("start of {}", self.name))
         })
     }
 
@@ -906,11 +927,7 @@ impl Link {
             }
         }
         let label = match j {
-            Some(j) => format!(
-                "delay {} jitter {}",
-                format_duration(d),
-                format_duration(j)
-            ),
+            Some(j) => format!("delay {} jitter {}", format_duration(d), format_duration(j)),
             None => format!("delay {}", format_duration(d)),
         };
         self.change(
@@ -1084,11 +1101,17 @@ fn register_node(engine: &mut Engine) {
         .register_fn("==", |a: Node, b: Node| a.name == b.name)
         .register_fn("!=", |a: Node, b: Node| a.name != b.name)
         .register_fn("succeed", |n: Node, c: &str| n.succeed(c, None))
-        .register_fn("succeed", |n: Node, c: &str, t: Dynamic| n.succeed(c, Some(&t)))
+        .register_fn("succeed", |n: Node, c: &str, t: Dynamic| {
+            n.succeed(c, Some(&t))
+        })
         .register_fn("fail", |n: Node, c: &str| n.fail_cmd(c, None))
-        .register_fn("fail", |n: Node, c: &str, t: Dynamic| n.fail_cmd(c, Some(&t)))
+        .register_fn("fail", |n: Node, c: &str, t: Dynamic| {
+            n.fail_cmd(c, Some(&t))
+        })
         .register_fn("execute", |n: Node, c: &str| n.execute(c, None))
-        .register_fn("execute", |n: Node, c: &str, t: Dynamic| n.execute(c, Some(&t)))
+        .register_fn("execute", |n: Node, c: &str, t: Dynamic| {
+            n.execute(c, Some(&t))
+        })
         .register_fn("wait_until_succeeds", |n: Node, c: &str| {
             n.wait_until(c, None, true)
         })
@@ -1141,11 +1164,15 @@ fn register_node(engine: &mut Engine) {
         .register_fn("shutdown", |n: Node| {
             n.power_action(PowerAction::Shutdown, "shutdown")
         })
-        .register_fn("crash", |n: Node| n.power_action(PowerAction::Crash, "crash"))
+        .register_fn("crash", |n: Node| {
+            n.power_action(PowerAction::Crash, "crash")
+        })
         .register_fn("reboot", |n: Node| {
             n.power_action(PowerAction::Reboot, "reboot")
         })
-        .register_fn("pause", |n: Node| n.power_action(PowerAction::Pause, "pause"))
+        .register_fn("pause", |n: Node| {
+            n.power_action(PowerAction::Pause, "pause")
+        })
         .register_fn("resume", |n: Node| {
             n.power_action(PowerAction::Resume, "resume")
         })
@@ -1169,7 +1196,9 @@ fn register_link(engine: &mut Engine) {
         .register_fn("to_string", |l: &mut Link| format!("link {}-{}", l.a, l.b))
         .register_fn("to_debug", |l: &mut Link| format!("link {}-{}", l.a, l.b))
         .register_fn("delay", |l: Link, d: Dynamic| l.delay(&d, None))
-        .register_fn("delay", |l: Link, d: Dynamic, j: Dynamic| l.delay(&d, Some(&j)))
+        .register_fn("delay", |l: Link, d: Dynamic, j: Dynamic| {
+            l.delay(&d, Some(&j))
+        })
         .register_fn("loss", |l: Link, v: Dynamic| l.loss(&v))
         .register_fn("rate", |l: Link, v: Dynamic| l.rate(&v))
         .register_fn("down", |l: Link| l.set_down(true))
@@ -1302,6 +1331,9 @@ fn register_globals(engine: &mut Engine, rt: &Arc<Runtime>) {
     let r = Arc::clone(rt);
     engine.register_fn("fault_history", move || -> RResult<Array> {
         let events = r.cluster.history().map_err(|e| fail(e.to_string()))?;
-        Ok(events.into_iter().map(|e| Dynamic::from(e.change)).collect())
+        Ok(events
+            .into_iter()
+            .map(|e| Dynamic::from(e.change))
+            .collect())
     });
 }

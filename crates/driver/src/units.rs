@@ -8,7 +8,9 @@ use std::time::Duration;
 /// `500ms`, `1.5s`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let bad = || format!("bad duration {text:?}: use seconds or a number with ms, s, m or h, e.g. \"500ms\", \"2s\", \"5m\"");
+    let bad = || {
+        format!("bad duration {text:?}: use seconds or a number with ms, s, m or h, e.g. \"500ms\", \"2s\", \"5m\"")
+    };
     if t.is_empty() {
         return Err(bad());
     }
@@ -34,7 +36,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             _ => return Err(bad()),
         };
-        total = total.checked_add(seconds(n * factor).ok_or_else(bad)?).ok_or_else(bad)?;
+        total = total
+            .checked_add(seconds(n * factor).ok_or_else(bad)?)
+            .ok_or_else(bad)?;
         rest = tail;
     }
     Ok(total)
@@ -53,7 +57,8 @@ pub fn seconds(secs: f64) -> Option<Duration> {
 /// `800bit` or a plain number of bits per second. `0` means no limit.
 pub fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim().to_ascii_lowercase();
-    let bad = || format!("bad rate {text:?}: use a number with bit, kbit, mbit or gbit, e.g. \"10mbit\"");
+    let bad =
+        || format!("bad rate {text:?}: use a number with bit, kbit, mbit or gbit, e.g. \"10mbit\"");
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());

@@ -64,12 +64,18 @@ fn nodes_are_variables_and_succeed_returns_stdout() {
 #[test]
 fn succeed_failure_names_node_command_status_and_output_at_the_call() {
     let c = cluster("kvm");
-    let report = run_on(&c, "let a = 1;\nlet out =   ctl.succeed(\"warn disk full\");\n");
+    let report = run_on(
+        &c,
+        "let a = 1;\nlet out =   ctl.succeed(\"warn disk full\");\n",
+    );
     let f = report.failure.clone().unwrap();
     let loc = f.location.clone().unwrap();
     assert_eq!((loc.line, loc.column), (2, 17), "{f}");
     let text = failure(&report);
-    assert!(text.starts_with("t.rhai:2:17: command `warn disk full` on node ctl failed: exit status 3"), "{text}");
+    assert!(
+        text.starts_with("t.rhai:2:17: command `warn disk full` on node ctl failed: exit status 3"),
+        "{text}"
+    );
     assert!(text.contains("stdout:\nsome output"), "{text}");
     assert!(text.contains("stderr:\ndisk full"), "{text}");
     // The failure outside any subtest is a case of its own.
@@ -110,12 +116,17 @@ fn wait_until_retries_and_times_out_with_the_last_attempt() {
         compute2.wait_until_fails("false", 5);
         "#,
     );
-    assert_eq!(c.state.lock().unwrap().runs[&("compute1".into(), "third-time".into())], 3);
+    assert_eq!(
+        c.state.lock().unwrap().runs[&("compute1".into(), "third-time".into())],
+        3
+    );
     let start = Instant::now();
     let text = failure(&run_on(&c, r#"ctl.wait_until_succeeds("false", "200ms")"#));
     assert!(start.elapsed() < Duration::from_secs(5));
     assert!(
-        text.contains("command `false` on node ctl did not succeed within 200ms; last attempt: exit status 1"),
+        text.contains(
+            "command `false` on node ctl did not succeed within 200ms; last attempt: exit status 1"
+        ),
         "{text}"
     );
     let text = failure(&run_on(&c, r#"ctl.wait_until_fails("true", 0.1)"#));
@@ -165,13 +176,27 @@ fn waits_go_to_the_agent_with_the_factor_applied() {
     assert_eq!(copied, b"payload");
 
     let text = failure(&run_on(&c, r#"ctl.wait_for_unit("slurmd", "1s")"#));
-    assert!(text.starts_with("t.rhai:1:5: wait_for_unit slurmd on node ctl (timeout 5s (timeout factor 5)):"), "{text}");
+    assert!(
+        text.starts_with(
+            "t.rhai:1:5: wait_for_unit slurmd on node ctl (timeout 5s (timeout factor 5)):"
+        ),
+        "{text}"
+    );
     let text = failure(&run_on(&c, "ctl.wait_for_open_port(70000)"));
-    assert!(text.contains("port must be within 1..65535, got 70000"), "{text}");
+    assert!(
+        text.contains("port must be within 1..65535, got 70000"),
+        "{text}"
+    );
     let text = failure(&run_on(&c, r#"ctl.copy_to("/nonexistent/x", "/x")"#));
-    assert!(text.contains("copy_to: cannot read /nonexistent/x"), "{text}");
+    assert!(
+        text.contains("copy_to: cannot read /nonexistent/x"),
+        "{text}"
+    );
     let text = failure(&run_on(&c, r#"ctl.copy_from("/missing", "/tmp/x")"#));
-    assert!(text.contains("copy_from /missing on node ctl: /missing: no such file"), "{text}");
+    assert!(
+        text.contains("copy_from /missing on node ctl: /missing: no such file"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -185,13 +210,19 @@ fn durations_accept_numbers_and_strings() {
     let text = failure(&run_on(&c, "sleep(-1)"));
     assert!(text.contains("sleep must not be negative"), "{text}");
     let text = failure(&run_on(&c, "ctl.succeed(\"true\", [1])"));
-    assert!(text.contains("timeout must be a number of seconds or a string"), "{text}");
+    assert!(
+        text.contains("timeout must be a number of seconds or a string"),
+        "{text}"
+    );
 }
 
 #[test]
 fn power_changes_wait_for_the_node() {
     let c = cluster("kvm");
-    let text = failure(&run_on(&c, "compute1.crash();\ncompute1.succeed(\"true\");"));
+    let text = failure(&run_on(
+        &c,
+        "compute1.crash();\ncompute1.succeed(\"true\");",
+    ));
     assert!(text.starts_with("t.rhai:2:10: cannot run `true` on node compute1: node compute1 is not running (stopped)"), "{text}");
     assert_eq!(c.state_of("compute1"), NodeState::Stopped);
     passes(
@@ -223,9 +254,15 @@ fn power_changes_wait_for_the_node() {
     );
     c.state.lock().unwrap().broken.insert("ctl".into());
     let text = failure(&run_on(&c, "ctl.reboot()"));
-    assert!(text.contains("node ctl did not come up (failed): unit x.service failed; console log: "), "{text}");
+    assert!(
+        text.contains("node ctl did not come up (failed): unit x.service failed; console log: "),
+        "{text}"
+    );
     let text = failure(&run_on(&c, "compute1.crash(); compute1.crash()"));
-    assert!(text.contains("node compute1 is not running (stopped)"), "{text}");
+    assert!(
+        text.contains("node compute1 is not running (stopped)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -255,8 +292,12 @@ fn faults_reach_the_switch() {
     assert_eq!(
         faults[..10],
         [
-            Fault::Block { node: "compute1".into() },
-            Fault::Unblock { node: "compute1".into() },
+            Fault::Block {
+                node: "compute1".into()
+            },
+            Fault::Unblock {
+                node: "compute1".into()
+            },
             Fault::Partition {
                 groups: vec![
                     vec!["ctl".into(), "compute1".into()],
@@ -264,11 +305,27 @@ fn faults_reach_the_switch() {
                 ]
             },
             Fault::Heal,
-            link(LinkChange { delay_ms: Some(50.0), jitter_ms: Some(10.0), ..d() }),
-            link(LinkChange { loss: Some(0.1), ..d() }),
-            link(LinkChange { rate_bps: Some(10_000_000), ..d() }),
-            link(LinkChange { down: Some(true), ..d() }),
-            link(LinkChange { down: Some(false), ..d() }),
+            link(LinkChange {
+                delay_ms: Some(50.0),
+                jitter_ms: Some(10.0),
+                ..d()
+            }),
+            link(LinkChange {
+                loss: Some(0.1),
+                ..d()
+            }),
+            link(LinkChange {
+                rate_bps: Some(10_000_000),
+                ..d()
+            }),
+            link(LinkChange {
+                down: Some(true),
+                ..d()
+            }),
+            link(LinkChange {
+                down: Some(false),
+                ..d()
+            }),
             link(LinkChange { clear: true, ..d() }),
         ]
     );
@@ -282,14 +339,32 @@ fn faults_reach_the_switch() {
     assert_eq!(change.rate_bps, Some(0));
 
     for (script, want) in [
-        (r#"link(ctl, ctl)"#, "link needs two different nodes, got ctl twice"),
-        (r#"link(ctl, "nope")"#, "no node nope in cluster fake (nodes: ctl, compute1, compute2, edge-1)"),
+        (
+            r#"link(ctl, ctl)"#,
+            "link needs two different nodes, got ctl twice",
+        ),
+        (
+            r#"link(ctl, "nope")"#,
+            "no node nope in cluster fake (nodes: ctl, compute1, compute2, edge-1)",
+        ),
         (r#"link(ctl, compute1).rate("fast")"#, "bad rate \"fast\""),
-        (r#"link(ctl, compute1).loss(2.0)"#, "loss must be a fraction from 0 to 1, got 2"),
-        (r#"link(ctl, compute1).delay("10ms", "1s")"#, "jitter (1s) must not exceed the delay (10ms)"),
+        (
+            r#"link(ctl, compute1).loss(2.0)"#,
+            "loss must be a fraction from 0 to 1, got 2",
+        ),
+        (
+            r#"link(ctl, compute1).delay("10ms", "1s")"#,
+            "jitter (1s) must not exceed the delay (10ms)",
+        ),
         (r#"partition([ctl])"#, "partition takes an array of groups"),
-        (r#"partition([[ctl, 3]])"#, "expected a node or a node's name, got i64"),
-        (r#"role("nope")"#, "no role nope in cluster fake (roles: ctl, compute, edge)"),
+        (
+            r#"partition([[ctl, 3]])"#,
+            "expected a node or a node's name, got i64",
+        ),
+        (
+            r#"role("nope")"#,
+            "no role nope in cluster fake (roles: ctl, compute, edge)",
+        ),
     ] {
         let text = failure(&run_on(&c, script));
         assert!(text.starts_with("t.rhai:1:"), "{text}");
@@ -329,7 +404,12 @@ fn subtests_become_cases_with_their_output() {
     // The failure inside "third" ends the script and is not reported twice.
     assert_eq!(
         names,
-        [("first", true), ("second/nested", true), ("second", true), ("third", false)]
+        [
+            ("first", true),
+            ("second/nested", true),
+            ("second", true),
+            ("third", false)
+        ]
     );
     let first = &report.cases[0];
     assert!(matches!(&first.output[0], Captured::Log { message, .. } if message == "inside first"));
@@ -340,13 +420,20 @@ fn subtests_become_cases_with_their_output() {
     assert!(matches!(&second.output[0], Captured::Log { message, .. } if message == "printed"));
     let third = &report.cases[3];
     let f = third.failure.as_deref().unwrap();
-    assert!(f.starts_with("dir/t.rhai:14:22: command `false` on node compute2 failed"), "{f}");
+    assert!(
+        f.starts_with("dir/t.rhai:14:22: command `false` on node compute2 failed"),
+        "{f}"
+    );
     assert_eq!(report.failure.as_ref().unwrap().to_string(), f);
     assert!(matches!(&report.output[0], Captured::Log { message, .. } if message == "before"));
 
     let events = events.lock().unwrap();
-    assert!(events.contains(&Event::SubtestStarted { name: "second/nested".into() }));
-    assert!(events.contains(&Event::Log { message: "before".into() }));
+    assert!(events.contains(&Event::SubtestStarted {
+        name: "second/nested".into()
+    }));
+    assert!(events.contains(&Event::Log {
+        message: "before".into()
+    }));
     assert!(events.iter().any(|e| matches!(e,
         Event::SubtestFinished { name, failure: Some(_), .. } if name == "third")));
     assert!(events.iter().any(|e| matches!(e,
@@ -366,14 +453,25 @@ fn a_passing_script_without_subtests_is_one_passing_case() {
 #[test]
 fn the_time_limit_stops_an_infinite_loop() {
     let c = cluster("kvm");
-    let (mut d, _) = driver_limited(Arc::clone(&c), "t.rhai".into(), Some(Duration::from_millis(300)));
+    let (mut d, _) = driver_limited(
+        Arc::clone(&c),
+        "t.rhai".into(),
+        Some(Duration::from_millis(300)),
+    );
     let start = Instant::now();
     let report = d.run("let x = 0;\nsubtest(\"spin\", || {\n    loop { x += 1; }\n});\n");
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     let text = failure(&report);
     // A stop inside a closure points at the call that ran the closure.
     assert!(text.starts_with("t.rhai:2:1: "), "{text}");
-    assert!(text.contains("the test exceeded its time limit of 300ms"), "{text}");
+    assert!(
+        text.contains("the test exceeded its time limit of 300ms"),
+        "{text}"
+    );
     assert_eq!(report.cases[0].name, "spin");
     assert!(!report.cases[0].passed);
 
@@ -381,9 +479,15 @@ fn the_time_limit_stops_an_infinite_loop() {
     let start = Instant::now();
     let report = d.run("sleep(60);");
     assert!(start.elapsed() < Duration::from_secs(5));
-    assert!(failure(&report).contains("the test exceeded its time limit of 300ms (during sleep 1m)"));
+    assert!(
+        failure(&report).contains("the test exceeded its time limit of 300ms (during sleep 1m)")
+    );
     let report = d.run(r#"ctl.wait_until_succeeds("false", 60);"#);
-    assert!(failure(&report).contains("exceeded its time limit"), "{}", failure(&report));
+    assert!(
+        failure(&report).contains("exceeded its time limit"),
+        "{}",
+        failure(&report)
+    );
     // A run after a stopped one starts with a fresh limit.
     assert!(d.run("sleep(0.05)").passed);
 }
@@ -396,12 +500,18 @@ fn errors_point_at_line_and_column() {
     assert!(text.contains("syntax error"), "{text}");
     // Strict variables: a typo in a node name is caught before anything runs.
     let text = failure(&run_on(&c, "ctl.succeed(\"true\");\ncomptue1.crash();\n"));
-    assert!(text.starts_with("t.rhai:2:1: syntax error: undefined variable: comptue1"), "{text}");
+    assert!(
+        text.starts_with("t.rhai:2:1: syntax error: undefined variable: comptue1"),
+        "{text}"
+    );
     assert!(c.state.lock().unwrap().commands.is_empty());
     let text = failure(&run_on(&c, "  assert(1 == 2, \"math\");"));
     assert_eq!(text, "t.rhai:1:3: assertion failed: math");
     let text = failure(&run_on(&c, "fn f(n) { n.frobnicate() }\nf(ctl);"));
-    assert!(text.starts_with("t.rhai:1:13: function not found: frobnicate"), "{text}");
+    assert!(
+        text.starts_with("t.rhai:1:13: function not found: frobnicate"),
+        "{text}"
+    );
     let text = failure(&run_on(&c, "throw \"custom\";"));
     assert_eq!(text, "t.rhai:1:1: custom");
     let text = failure(&run_on(&c, "node(\"ghost\")"));
@@ -411,9 +521,22 @@ fn errors_point_at_line_and_column() {
 #[test]
 fn scripts_are_checked_before_the_cluster_exists() {
     let nodes = vec!["ctl".to_string(), "edge-1".to_string()];
-    assert!(check_script("ctl.succeed(\"x\"); node(\"edge-1\").crash();", "t.rhai".as_ref(), &nodes).is_ok());
-    let e = check_script("ctl.succeed(\"x\");\nnope.crash();", "t.rhai".as_ref(), &nodes).unwrap_err();
-    assert_eq!(e.location.as_ref().map(|l| (l.line, l.column)), Some((2, 1)));
+    assert!(check_script(
+        "ctl.succeed(\"x\"); node(\"edge-1\").crash();",
+        "t.rhai".as_ref(),
+        &nodes
+    )
+    .is_ok());
+    let e = check_script(
+        "ctl.succeed(\"x\");\nnope.crash();",
+        "t.rhai".as_ref(),
+        &nodes,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.location.as_ref().map(|l| (l.line, l.column)),
+        Some((2, 1))
+    );
     assert!(check_script("subtest(\"x\", || {", "t.rhai".as_ref(), &nodes).is_err());
 }
 
@@ -425,7 +548,10 @@ fn the_repl_keeps_its_scope_and_knows_unfinished_input() {
     assert_eq!(d.eval("fn twice(v) { v * 2 }").unwrap(), None);
     assert_eq!(d.eval("x + 2").unwrap().as_deref(), Some("42"));
     assert_eq!(d.eval("twice(x)").unwrap().as_deref(), Some("80"));
-    assert_eq!(d.eval("ctl.succeed(\"echo hi\")").unwrap().as_deref(), Some("hi\n"));
+    assert_eq!(
+        d.eval("ctl.succeed(\"echo hi\")").unwrap().as_deref(),
+        Some("hi\n")
+    );
     assert_eq!(d.eval("ctl").unwrap().as_deref(), Some("ctl"));
     let e = d.eval("ctl.succeed(\"false\")").unwrap_err();
     assert!(e.message.contains("failed: exit status 1"), "{e}");

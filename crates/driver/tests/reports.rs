@@ -12,10 +12,13 @@ use testbed_driver::artifacts;
 use testbed_driver::Timeouts;
 use testbed_runtime::api::NodeState;
 
+/// An element's name and attributes.
+type Tag = (String, Vec<(String, String)>);
+
 /// Parses `xml` completely; returns (element name, attributes) of every
 /// start tag and the unescaped text of every element named `system-out`
 /// or `failure`.
-fn parse(xml: &str) -> (Vec<(String, Vec<(String, String)>)>, Vec<String>) {
+fn parse(xml: &str) -> (Vec<Tag>, Vec<String>) {
     let mut reader = Reader::from_str(xml);
     let mut tags = Vec::new();
     let mut texts = Vec::new();
@@ -43,7 +46,9 @@ fn parse(xml: &str) -> (Vec<(String, Vec<(String, String)>)>, Vec<String>) {
                 depth -= 1;
                 in_text = false;
             }
-            Ok(Xml::Text(t)) if in_text => texts.push(t.unescape().expect("valid text").into_owned()),
+            Ok(Xml::Text(t)) if in_text => {
+                texts.push(t.unescape().expect("valid text").into_owned())
+            }
             Ok(Xml::Eof) => break,
             Ok(_) => {}
             Err(e) => panic!("invalid XML at {}: {e}\n{xml}", reader.buffer_position()),
@@ -102,13 +107,17 @@ fn junit_xml_is_valid_and_escapes_everything() {
     assert_eq!(cases, ["a <b> & \"c\"", "breaks"]);
     let failure = tags.iter().find(|(n, _)| n == "failure").unwrap();
     assert!(
-        attr(&failure.1, "message").starts_with("t.rhai:3:36: command `nasty & <cmd>` on node ctl failed"),
+        attr(&failure.1, "message")
+            .starts_with("t.rhai:3:36: command `nasty & <cmd>` on node ctl failed"),
         "{:?}",
         failure.1
     );
     let all = texts.join("\n");
     assert!(all.contains("</system-out>"), "{all}");
-    assert!(all.contains("<tag attr=\"x\"> & ]]> \u{FFFD}[31mred\u{FFFD}"), "{all}");
+    assert!(
+        all.contains("<tag attr=\"x\"> & ]]> \u{FFFD}[31mred\u{FFFD}"),
+        "{all}"
+    );
     assert!(all.contains("'quoted' \u{FFFD}bell"), "{all}");
     assert!(all.contains("ctl$ echo <x>"), "{all}");
 }
@@ -117,7 +126,8 @@ fn junit_xml_is_valid_and_escapes_everything() {
 fn json_report_round_trips() {
     let c = cluster("tcg");
     let (mut d, _) = driver(Arc::clone(&c), "t.rhai".into());
-    let report = d.run(r#"subtest("one", || { ctl.succeed("echo hi"); }); compute1.succeed("false");"#);
+    let report =
+        d.run(r#"subtest("one", || { ctl.succeed("echo hi"); }); compute1.succeed("false");"#);
     let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
     assert_eq!(v["passed"], false);
     assert_eq!(v["accel"], "tcg");
@@ -145,7 +155,8 @@ fn artifacts_cope_with_a_node_that_is_down() {
                 (0, format!("journal of {node}: {cmd}\n"), String::new())
             }
         });
-    fake.services.insert("ctl".into(), vec!["munge.service".into()]);
+    fake.services
+        .insert("ctl".into(), vec!["munge.service".into()]);
     fake.services
         .insert("compute1".into(), vec!["slurmd".into()]);
     let c = Arc::new(fake);
@@ -179,15 +190,25 @@ fn artifacts_cope_with_a_node_that_is_down() {
     c.set_state("compute1", NodeState::Ready);
     let a = artifacts::collect(c.as_ref(), &dir, &Timeouts::default()).unwrap();
     assert_eq!(a.problems.len(), 1, "{:?}", a.problems);
-    assert!(a.problems[0].starts_with("node compute1: journalctl -u slurmd ended with exit status 1: no journal files"));
+    assert!(a.problems[0].starts_with(
+        "node compute1: journalctl -u slurmd ended with exit status 1: no journal files"
+    ));
     c.set_state("ctl", NodeState::Failed);
     std::fs::remove_file(c.dir.path().join("ctl.console.log")).unwrap();
     let a = artifacts::collect(c.as_ref(), &dir, &Timeouts::default()).unwrap();
-    assert!(a.problems.iter().any(|p| p.starts_with("node ctl: cannot read the console log")), "{:?}", a.problems);
+    assert!(
+        a.problems
+            .iter()
+            .any(|p| p.starts_with("node ctl: cannot read the console log")),
+        "{:?}",
+        a.problems
+    );
     assert!(a.problems.iter().any(|p| p.starts_with("node ctl: cannot read the journal of testbed-agent.service: node ctl is not running (failed)")), "{:?}", a.problems);
 }
 
 #[test]
 fn the_agent_unit_is_the_one_images_install() {
-    assert!(testbed_image::rootfs::AGENT_UNIT_PATH.ends_with(&format!("/{}", artifacts::AGENT_UNIT)));
+    assert!(
+        testbed_image::rootfs::AGENT_UNIT_PATH.ends_with(&format!("/{}", artifacts::AGENT_UNIT))
+    );
 }

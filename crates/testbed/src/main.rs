@@ -163,6 +163,15 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Run the test script against the cluster (brought up if needed) and report
+    Test {
+        #[command(flatten)]
+        comp: CompositionArg,
+        #[command(flatten)]
+        scale: ScaleArgs,
+        #[command(flatten)]
+        args: cmd::test::TestArgs,
+    },
     /// Stop every node and remove everything the cluster left on the host
     Down {
         #[command(flatten)]
@@ -225,6 +234,9 @@ fn main() -> ExitCode {
         Command::Console { file, node } => cmd::cluster::console(file.path.as_deref(), &node),
         Command::Logs { file, node, follow } => {
             cmd::cluster::logs(file.path.as_deref(), &node, follow)
+        }
+        Command::Test { comp, scale, args } => {
+            cmd::test::run(comp.path.as_deref(), &scale.scale, &args)
         }
         Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use testbed_driver::{Cluster, ClusterError, CommandOutput, Driver, DriverOptions, Event, Timeouts};
+use testbed_driver::{
+    Cluster, ClusterError, CommandOutput, Driver, DriverOptions, Event, Timeouts,
+};
 use testbed_proto::{ExecRequest, ExitStatus};
 use testbed_runtime::api::{ClusterStatus, Fault, NodeState, NodeStatus, PowerAction, WaitFor};
 use testbed_runtime::switch::{FaultEvent, LinkRule};
@@ -234,7 +236,10 @@ impl Cluster for FakeCluster {
             Ok(())
         } else {
             Err(failed(
-                format!("node {node}: {what:?} not reached within {}ms", timeout.as_millis()),
+                format!(
+                    "node {node}: {what:?} not reached within {}ms",
+                    timeout.as_millis()
+                ),
                 Some(node),
             ))
         }

@@ -5,3 +5,4 @@ pub mod cluster;
 pub mod image;
 pub mod init;
 pub mod plan;
+pub mod test;
