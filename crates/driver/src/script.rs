@@ -147,6 +147,9 @@ impl Runtime {
     }
 
     pub fn log(&self, message: &str) {
+        // Command output logged as is ends with a newline the line does
+        // not need.
+        let message = message.strip_suffix('\n').unwrap_or(message);
         self.emit(Event::Log {
             message: message.to_owned(),
         });

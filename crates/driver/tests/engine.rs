@@ -443,10 +443,14 @@ fn subtests_become_cases_with_their_output() {
 #[test]
 fn a_passing_script_without_subtests_is_one_passing_case() {
     let c = cluster("kvm");
-    let report = passes(&c, r#"ctl.succeed("true"); log("done");"#);
+    let report = passes(&c, r#"ctl.succeed("true"); log(ctl.succeed("echo done"));"#);
     assert_eq!(report.cases.len(), 1);
     assert!(report.cases[0].passed);
-    assert_eq!(report.cases[0].output.len(), 2);
+    assert_eq!(report.cases[0].output.len(), 3);
+    // Logged command output loses its final newline.
+    assert!(
+        matches!(&report.cases[0].output[2], Captured::Log { message, .. } if message == "done")
+    );
     assert!(report.output.is_empty());
 }
 

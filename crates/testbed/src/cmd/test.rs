@@ -255,7 +255,12 @@ fn drive(
     start: Instant,
 ) -> Outcome {
     let api = Arc::new(ApiCluster::open(dir));
-    let script_path = script.clone().unwrap_or_else(|| PathBuf::from("<stdin>"));
+    // At the prompt, errors point into what was typed, and relative host
+    // paths start from the current folder.
+    let script_path = match &script {
+        Some(s) if !args.interactive => s.clone(),
+        _ => PathBuf::from("<stdin>"),
+    };
     let mut options = DriverOptions::new(script_path);
     options.time_limit = Some(time_limit);
     let mut driver = Driver::new(api.clone(), options, printer(start))
@@ -411,7 +416,11 @@ fn evaluate(driver: &mut Driver, code: &str) {
     match driver.eval(code) {
         Ok(Some(value)) => {
             let mut out = io::stdout().lock();
-            let _ = writeln!(out, "{value}");
+            // Command output already ends with a newline.
+            let _ = write!(out, "{value}");
+            if !value.ends_with('\n') {
+                let _ = writeln!(out);
+            }
             let _ = out.flush();
         }
         Ok(None) => {}
