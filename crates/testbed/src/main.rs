@@ -167,6 +167,15 @@ enum Command {
     Fault(cmd::fault::FaultArgs),
     /// Start, shut down, crash (power loss), reboot, pause or resume a node
     Power(cmd::fault::PowerArgs),
+    /// Run the test script against the cluster (brought up if needed) and report
+    Test {
+        #[command(flatten)]
+        comp: CompositionArg,
+        #[command(flatten)]
+        scale: ScaleArgs,
+        #[command(flatten)]
+        args: cmd::test::TestArgs,
+    },
     /// Stop every node and remove everything the cluster left on the host
     Down {
         #[command(flatten)]
@@ -232,6 +241,9 @@ fn main() -> ExitCode {
         }
         Command::Fault(args) => cmd::fault::fault(&args),
         Command::Power(args) => cmd::fault::power(&args),
+        Command::Test { comp, scale, args } => {
+            cmd::test::run(comp.path.as_deref(), &scale.scale, &args)
+        }
         Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),
         Command::Schema => {

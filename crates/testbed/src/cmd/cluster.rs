@@ -115,6 +115,17 @@ fn elapsed(start: Instant) -> String {
 
 /// `testbed up`.
 pub fn up(path: Option<&Path>, scale: &[ScaleArg], args: &UpArgs) -> Outcome {
+    let status = bring_up(path, scale, args)?;
+    print_status(&status, args.json)
+}
+
+/// What `up` does short of printing the final status (`testbed test`
+/// brings its cluster up this way): the status once every node is ready.
+pub fn bring_up(
+    path: Option<&Path>,
+    scale: &[ScaleArg],
+    args: &UpArgs,
+) -> Result<ClusterStatus, Failure> {
     let start = Instant::now();
     let t = target(path, scale)?;
     let Backend::Qemu = args.backend;
@@ -130,7 +141,7 @@ pub fn up(path: Option<&Path>, scale: &[ScaleArg], args: &UpArgs) -> Outcome {
                 )));
             }
             eprintln!("cluster {} is already up", t.plan.cluster);
-            return print_status(&status, args.json);
+            return Ok(status);
         }
     }
     if t.dir.exists() {
@@ -201,7 +212,7 @@ pub fn up(path: Option<&Path>, scale: &[ScaleArg], args: &UpArgs) -> Outcome {
                         n => format!("{n} nodes"),
                     }
                 );
-                return print_status(&status, args.json);
+                return Ok(status);
             }
             let mut message = String::new();
             for node in &failed {
@@ -406,7 +417,7 @@ pub fn status(path: Option<&Path>, json: bool) -> Outcome {
 
 /// Asks the supervisor to stop; tears the state down by hand when it does
 /// not answer. Returns what happened, for the message.
-fn stop(cluster: &str, dir: &StateDir) -> String {
+pub fn stop(cluster: &str, dir: &StateDir) -> String {
     if let Ok(mut client) = ApiClient::connect(&dir.api_socket()) {
         let _ = client.set_read_timeout(Some(Duration::from_secs(90)));
         if let Ok(Reply::Ok) = client.call(&Request::Down) {

@@ -6,3 +6,4 @@ pub mod fault;
 pub mod image;
 pub mod init;
 pub mod plan;
+pub mod test;

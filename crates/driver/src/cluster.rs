@@ -1,0 +1,292 @@
+//! The driver's view of a running cluster ([`Cluster`]) and its real
+//! implementation over the supervisor's API ([`ApiCluster`]).
+//!
+//! The script engine only ever talks to a `dyn Cluster`, so it can be
+//! tested against an in-memory fake; the CLI always hands it an
+//! [`ApiCluster`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use testbed_proto::{ExecRequest, ExitStatus};
+use testbed_runtime::api::{
+    ApiClient, ApiError, ClusterStatus, Fault, PowerAction, Reply, Request, WaitFor,
+};
+use testbed_runtime::spec::ClusterSpec;
+use testbed_runtime::state::StateDir;
+use testbed_runtime::switch::{FaultEvent, LinkRule};
+use thiserror::Error;
+
+/// Why a request to the cluster failed.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// The supervisor could not be reached or broke the protocol.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The supervisor answered with an error (an unknown node, a node that
+    /// is not running, a failed unit, an agent error...).
+    #[error("{message}")]
+    Failed {
+        message: String,
+        node: Option<String>,
+    },
+    /// A reply that does not belong to the request.
+    #[error("unexpected reply from the supervisor to {request}: {reply}")]
+    Unexpected {
+        request: &'static str,
+        reply: String,
+    },
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// A running cluster, as the driver uses it. Every call blocks until the
+/// cluster answered; implementations must be usable from several threads.
+pub trait Cluster: Send + Sync {
+    /// The cluster's name, accelerator and nodes with their states.
+    fn status(&self) -> Result<ClusterStatus, ClusterError>;
+    /// Runs a command to completion (the request carries its timeout).
+    fn exec(&self, node: &str, request: ExecRequest) -> Result<CommandOutput, ClusterError>;
+    /// Writes a file in the node (parent folders are created).
+    fn put(&self, node: &str, path: &str, mode: u32, data: &[u8]) -> Result<(), ClusterError>;
+    /// Reads a file from the node: its mode and contents.
+    fn get(&self, node: &str, path: &str) -> Result<(u32, Vec<u8>), ClusterError>;
+    /// Waits inside the node for a unit, a port or a file.
+    fn wait(&self, node: &str, what: &WaitFor, timeout: Duration) -> Result<(), ClusterError>;
+    /// Changes a node's power; `Start` and `Reboot` return while the node
+    /// boots (watch [`Cluster::status`] for `ready`).
+    fn power(&self, node: &str, action: PowerAction) -> Result<(), ClusterError>;
+    /// Applies a fault in the switch; a link change returns the link's new
+    /// rule.
+    fn fault(&self, fault: &Fault) -> Result<Option<LinkRule>, ClusterError>;
+    /// The switch's history of fault changes.
+    fn history(&self) -> Result<Vec<FaultEvent>, ClusterError>;
+    /// How long a node may take to boot and activate, as `up` set it for
+    /// this cluster (it already depends on the accelerator).
+    fn boot_timeout(&self) -> Duration;
+    /// The services a node's activation starts, in order.
+    fn services(&self, node: &str) -> Vec<String>;
+    /// The node's serial console log on the host.
+    fn console_log(&self, node: &str) -> Option<PathBuf> {
+        let status = self.status().ok()?;
+        status
+            .nodes
+            .into_iter()
+            .find(|n| n.name == node)
+            .map(|n| n.console_log)
+    }
+}
+
+/// Extra time the supervisor may take beyond a request's own timeout
+/// before the driver stops waiting for its reply.
+const REPLY_MARGIN: Duration = Duration::from_secs(60);
+
+/// A reply to a short request (status, faults, files).
+const SHORT_REPLY: Duration = Duration::from_secs(120);
+
+/// A cluster reached through its supervisor's API socket, one connection
+/// per call.
+pub struct ApiCluster {
+    socket: PathBuf,
+    boot_timeout: Duration,
+    services: BTreeMap<String, Vec<String>>,
+}
+
+impl fmt::Debug for ApiCluster {
+    // The spec holds secrets; only the socket is worth showing.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiCluster")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Used when the spec cannot be read: the longest boot `up` ever allows
+/// by default (TCG), plus activation.
+const FALLBACK_BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
+
+impl ApiCluster {
+    /// The cluster whose state directory is `dir`. The spec is read once,
+    /// for the boot timeout and the nodes' services; a missing spec is not
+    /// an error here (the first call will say the cluster is not running).
+    pub fn open(dir: &StateDir) -> ApiCluster {
+        let spec = ClusterSpec::read(&dir.spec()).ok();
+        Self::with_spec(&dir.api_socket(), spec.as_ref())
+    }
+
+    fn with_spec(socket: &Path, spec: Option<&ClusterSpec>) -> ApiCluster {
+        let (boot_timeout, services) = match spec {
+            Some(spec) => (
+                spec.boot_timeout() + spec.activation_timeout(),
+                spec.nodes
+                    .iter()
+                    .map(|n| (n.name.clone(), n.activation.services.clone()))
+                    .collect(),
+            ),
+            None => (FALLBACK_BOOT_TIMEOUT, BTreeMap::new()),
+        };
+        ApiCluster {
+            socket: socket.to_path_buf(),
+            boot_timeout,
+            services,
+        }
+    }
+
+    fn client(&self, read_timeout: Duration) -> Result<ApiClient, ClusterError> {
+        let client = ApiClient::connect(&self.socket)?;
+        client.set_read_timeout(Some(read_timeout))?;
+        Ok(client)
+    }
+
+    /// One request, one reply; an `error` reply becomes an error.
+    fn call(&self, request: &Request, read_timeout: Duration) -> Result<Reply, ClusterError> {
+        match self.client(read_timeout)?.call(request)? {
+            Reply::Error { message, node } => Err(ClusterError::Failed { message, node }),
+            other => Ok(other),
+        }
+    }
+}
+
+fn unexpected(request: &'static str, reply: &Reply) -> ClusterError {
+    ClusterError::Unexpected {
+        request,
+        reply: format!("{reply:?}"),
+    }
+}
+
+impl Cluster for ApiCluster {
+    fn status(&self) -> Result<ClusterStatus, ClusterError> {
+        match self.call(&Request::Status, SHORT_REPLY)? {
+            Reply::Status(status) => Ok(status),
+            other => Err(unexpected("status", &other)),
+        }
+    }
+
+    fn exec(&self, node: &str, request: ExecRequest) -> Result<CommandOutput, ClusterError> {
+        let limit = request
+            .timeout_ms
+            .map_or(Duration::from_secs(24 * 3600), Duration::from_millis)
+            + REPLY_MARGIN;
+        let mut client = self.client(limit)?;
+        client.send(&Request::Exec {
+            node: node.to_owned(),
+            exec: request,
+        })?;
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        loop {
+            match client.recv()? {
+                Reply::Stdout { data } => stdout.extend_from_slice(&data),
+                Reply::Stderr { data } => stderr.extend_from_slice(&data),
+                Reply::Exited { status } => {
+                    return Ok(CommandOutput {
+                        status,
+                        stdout,
+                        stderr,
+                    })
+                }
+                Reply::Error { message, node } => {
+                    return Err(ClusterError::Failed { message, node })
+                }
+                other => return Err(unexpected("exec", &other)),
+            }
+        }
+    }
+
+    fn put(&self, node: &str, path: &str, mode: u32, data: &[u8]) -> Result<(), ClusterError> {
+        let request = Request::Put {
+            node: node.to_owned(),
+            path: path.to_owned(),
+            mode,
+            owner: None,
+            data: data.to_vec(),
+        };
+        match self.call(&request, SHORT_REPLY)? {
+            Reply::Ok => Ok(()),
+            other => Err(unexpected("put", &other)),
+        }
+    }
+
+    fn get(&self, node: &str, path: &str) -> Result<(u32, Vec<u8>), ClusterError> {
+        let request = Request::Get {
+            node: node.to_owned(),
+            path: path.to_owned(),
+        };
+        match self.call(&request, SHORT_REPLY)? {
+            Reply::File { mode, data } => Ok((mode, data)),
+            other => Err(unexpected("get", &other)),
+        }
+    }
+
+    fn wait(&self, node: &str, what: &WaitFor, timeout: Duration) -> Result<(), ClusterError> {
+        let request = Request::Wait {
+            node: node.to_owned(),
+            what: what.clone(),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        match self.call(&request, timeout + REPLY_MARGIN)? {
+            Reply::Ok => Ok(()),
+            other => Err(unexpected("wait", &other)),
+        }
+    }
+
+    fn power(&self, node: &str, action: PowerAction) -> Result<(), ClusterError> {
+        // A clean shutdown or reboot may wait for the guest up to the boot
+        // timeout before the supervisor quits QEMU.
+        let limit = self.boot_timeout + REPLY_MARGIN;
+        let request = Request::Power {
+            node: node.to_owned(),
+            action,
+        };
+        match self.call(&request, limit)? {
+            Reply::Ok => Ok(()),
+            other => Err(unexpected("power", &other)),
+        }
+    }
+
+    fn fault(&self, fault: &Fault) -> Result<Option<LinkRule>, ClusterError> {
+        match self.call(&Request::Fault(fault.clone()), SHORT_REPLY)? {
+            Reply::Ok => Ok(None),
+            Reply::Link { rule } => Ok(Some(rule)),
+            other => Err(unexpected("fault", &other)),
+        }
+    }
+
+    fn history(&self) -> Result<Vec<FaultEvent>, ClusterError> {
+        match self.call(&Request::History, SHORT_REPLY)? {
+            Reply::History { events } => Ok(events),
+            other => Err(unexpected("history", &other)),
+        }
+    }
+
+    fn boot_timeout(&self) -> Duration {
+        self.boot_timeout
+    }
+
+    fn services(&self, node: &str) -> Vec<String> {
+        self.services.get(node).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_that_is_not_running_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ApiCluster::open(&StateDir::at(dir.path()));
+        assert_eq!(cluster.boot_timeout(), FALLBACK_BOOT_TIMEOUT);
+        assert!(cluster.services("n1").is_empty());
+        let err = cluster.status().unwrap_err();
+        assert!(err.to_string().contains("not running"), "{err}");
+        assert!(format!("{cluster:?}").contains("api.sock"));
+    }
+}

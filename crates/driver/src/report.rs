@@ -1,0 +1,283 @@
+//! The result of a test run and its JUnit XML and JSON forms.
+//!
+//! A report has one case per subtest, plus a case named after the script
+//! when the script failed outside any subtest or has no subtest at all.
+//! What happened outside subtests is kept as the suite's own output.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+/// Where in the script something happened (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// A script error (syntax or runtime) with the place it points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScriptError {
+    pub message: String,
+    pub location: Option<Location>,
+}
+
+impl fmt::Display for ScriptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(loc) => write!(f, "{loc}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ScriptError {}
+
+/// One entry of a case's captured output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Captured {
+    /// A `log(...)` or `print(...)` line.
+    Log {
+        /// Seconds since the test started.
+        at: f64,
+        message: String,
+    },
+    /// A command run on a node, with what it printed.
+    Command {
+        at: f64,
+        node: String,
+        command: String,
+        /// `exit status 0`, `killed by signal 9`, or why it could not run.
+        status: String,
+        stdout: String,
+        stderr: String,
+        #[serde(serialize_with = "secs")]
+        duration: Duration,
+    },
+    /// A power change, fault, wait or copy.
+    Action {
+        at: f64,
+        node: Option<String>,
+        action: String,
+        error: Option<String>,
+        #[serde(serialize_with = "secs")]
+        duration: Duration,
+    },
+}
+
+fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+/// One subtest (or the script itself).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestCase {
+    pub name: String,
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+    pub passed: bool,
+    /// Why it failed, with the script location.
+    pub failure: Option<String>,
+    pub output: Vec<Captured>,
+}
+
+/// The outcome of one script run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TestReport {
+    /// The suite's name: the cluster's.
+    pub name: String,
+    pub script: PathBuf,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    pub timeout_factor: f64,
+    /// Seconds since the Unix epoch.
+    pub started_at: f64,
+    #[serde(serialize_with = "secs")]
+    pub duration: Duration,
+    pub passed: bool,
+    /// The error that ended the script, if any.
+    pub failure: Option<ScriptError>,
+    pub cases: Vec<TestCase>,
+    /// What happened outside subtests.
+    pub output: Vec<Captured>,
+}
+
+impl TestReport {
+    pub fn failures(&self) -> usize {
+        self.cases.iter().filter(|c| !c.passed).count()
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        // Every field serializes to plain JSON values; this cannot fail.
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The report as JUnit XML: one `testsuite` with a `testcase` per case.
+    pub fn to_junit(&self) -> String {
+        let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let tests = self.cases.len();
+        let failures = self.failures();
+        let time = format!("{:.3}", self.duration.as_secs_f64());
+        x.push_str(&format!(
+            "<testsuites name=\"testbed\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" time=\"{time}\">\n"
+        ));
+        x.push_str(&format!(
+            "  <testsuite name=\"{}\" tests=\"{tests}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{time}\">\n",
+            escape(&self.name)
+        ));
+        x.push_str("    <properties>\n");
+        for (name, value) in [
+            ("script", self.script.display().to_string()),
+            ("accel", self.accel.clone()),
+            ("timeout_factor", self.timeout_factor.to_string()),
+        ] {
+            x.push_str(&format!(
+                "      <property name=\"{name}\" value=\"{}\"/>\n",
+                escape(&value)
+            ));
+        }
+        x.push_str("    </properties>\n");
+        for case in &self.cases {
+            x.push_str(&format!(
+                "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\">\n",
+                escape(&case.name),
+                escape(&self.name),
+                case.duration.as_secs_f64()
+            ));
+            if let Some(failure) = &case.failure {
+                let first = failure.lines().next().unwrap_or_default();
+                x.push_str(&format!(
+                    "      <failure message=\"{}\" type=\"failure\">{}</failure>\n",
+                    escape(first),
+                    escape(failure)
+                ));
+            }
+            if !case.output.is_empty() {
+                x.push_str(&format!(
+                    "      <system-out>{}</system-out>\n",
+                    escape(&render_output(&case.output))
+                ));
+            }
+            x.push_str("    </testcase>\n");
+        }
+        if !self.output.is_empty() {
+            x.push_str(&format!(
+                "    <system-out>{}</system-out>\n",
+                escape(&render_output(&self.output))
+            ));
+        }
+        x.push_str("  </testsuite>\n</testsuites>\n");
+        x
+    }
+}
+
+/// Captured output as plain text, one entry after another.
+pub fn render_output(entries: &[Captured]) -> String {
+    let mut out = String::new();
+    for entry in entries {
+        match entry {
+            Captured::Log { at, message } => {
+                out.push_str(&format!("[{at:8.3}s] {message}\n"));
+            }
+            Captured::Command {
+                at,
+                node,
+                command,
+                status,
+                stdout,
+                stderr,
+                duration,
+            } => {
+                out.push_str(&format!(
+                    "[{at:8.3}s] {node}$ {command}\n    {status} after {:.3}s\n",
+                    duration.as_secs_f64()
+                ));
+                for (name, text) in [("stdout", stdout), ("stderr", stderr)] {
+                    if !text.is_empty() {
+                        out.push_str(&format!("    {name}:\n"));
+                        for line in text.lines() {
+                            out.push_str(&format!("      {line}\n"));
+                        }
+                    }
+                }
+            }
+            Captured::Action {
+                at,
+                node,
+                action,
+                error,
+                duration,
+            } => {
+                let who = node
+                    .as_deref()
+                    .map(|n| format!("{n}: "))
+                    .unwrap_or_default();
+                let how = match error {
+                    None => "ok".to_owned(),
+                    Some(e) => format!("failed: {e}"),
+                };
+                out.push_str(&format!(
+                    "[{at:8.3}s] {who}{action}: {how} after {:.3}s\n",
+                    duration.as_secs_f64()
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Escapes text for XML attributes and content, and replaces characters
+/// XML 1.0 cannot carry at all (most control characters) with U+FFFD.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_covers_markup_and_control_characters() {
+        assert_eq!(
+            escape("a<b>&\"c\"'d'\u{1b}[0m\u{0}\n"),
+            "a&lt;b&gt;&amp;&quot;c&quot;&apos;d&apos;\u{FFFD}[0m\u{FFFD}\n"
+        );
+    }
+
+    #[test]
+    fn script_errors_point_at_the_script() {
+        let e = ScriptError {
+            message: "boom".into(),
+            location: Some(Location {
+                file: "t.rhai".into(),
+                line: 3,
+                column: 7,
+            }),
+        };
+        assert_eq!(e.to_string(), "t.rhai:3:7: boom");
+    }
+}

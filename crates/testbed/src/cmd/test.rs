@@ -1,0 +1,429 @@
+//! `testbed test`: brings the cluster up if needed, runs the test script
+//! with `testbed-driver`, prints progress and a summary, writes JUnit/JSON
+//! reports, keeps artifacts of a failure, and takes the cluster down again
+//! unless it was already running or `--keep` is given. `--interactive`
+//! swaps the script for a prompt with the same API.
+
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use testbed_driver::{
+    artifacts, check_script, ApiCluster, Driver, DriverOptions, Event, EventSink, TestReport,
+};
+use testbed_model::{Scale, ScaleArg};
+use testbed_runtime::api::{ApiClient, Reply, Request};
+use testbed_runtime::state::StateDir;
+
+use super::cluster::{self, parse_duration, AccelChoice, Backend, UpArgs};
+use crate::output::{Failure, Outcome};
+
+/// The limit of a whole test when the composition has no `[test]`.
+const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// The test script [default: the composition's `[test] script`]
+    #[arg(long, value_name = "FILE")]
+    pub script: Option<PathBuf>,
+    /// Leave the cluster running afterwards (passed or failed)
+    #[arg(long)]
+    pub keep: bool,
+    /// Write a JUnit XML report here
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+    /// Write a JSON report here
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Time limit of the whole script [default: `[test] timeout`, else 30m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Where to keep logs and journals of a failed run [default: testbed-artifacts/ beside the composition]
+    #[arg(long, value_name = "DIR")]
+    pub artifacts: Option<PathBuf>,
+    /// A prompt with the script API instead of the script (`.exit` or Ctrl-D leaves)
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Accelerator, if the cluster has to be brought up
+    #[arg(long, value_enum, default_value = "auto")]
+    pub accel: AccelChoice,
+}
+
+fn elapsed(start: Instant) -> String {
+    format!("{:>6.1}s", start.elapsed().as_secs_f64())
+}
+
+fn short(text: &str, max: usize) -> String {
+    let one_line = text.replace('\n', "; ");
+    if one_line.chars().count() <= max {
+        return one_line;
+    }
+    let mut s: String = one_line.chars().take(max).collect();
+    s.push('…');
+    s
+}
+
+/// Prints events on stderr; repeated identical commands (the retries of a
+/// `wait_until_*`) are folded into a count.
+fn printer(start: Instant) -> EventSink {
+    let last: Mutex<Option<(String, u32)>> = Mutex::new(None);
+    Arc::new(move |event: &Event| {
+        let t = elapsed(start);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let line = match event {
+            Event::CommandStarted { .. } | Event::ActionStarted { .. } => return,
+            Event::CommandFinished {
+                node,
+                command,
+                result,
+                duration,
+            } => {
+                let how = match result {
+                    Ok(status) => status.to_string(),
+                    Err(e) => format!("not run: {e}"),
+                };
+                let key = format!("{node}$ {} -> {how}", short(command, 70));
+                if let Some((prev, n)) = last.as_mut() {
+                    if *prev == key {
+                        *n += 1;
+                        return;
+                    }
+                }
+                flush_repeats(&mut last);
+                *last = Some((key.clone(), 0));
+                format!("{t} {key} ({:.1}s)", duration.as_secs_f64())
+            }
+            Event::SubtestStarted { name } => format!("{t} subtest: {name}"),
+            Event::SubtestFinished {
+                name,
+                duration,
+                failure,
+            } => match failure {
+                None => format!("{t} ok: {name} ({:.1}s)", duration.as_secs_f64()),
+                Some(_) => format!("{t} FAILED: {name} ({:.1}s)", duration.as_secs_f64()),
+            },
+            Event::Log { message } => format!("{t} log: {message}"),
+            Event::ActionFinished {
+                node,
+                action,
+                duration,
+                error,
+            } => {
+                let who = node
+                    .as_deref()
+                    .map(|n| format!("{n}: "))
+                    .unwrap_or_default();
+                match error {
+                    None => format!("{t} {who}{action} ({:.1}s)", duration.as_secs_f64()),
+                    Some(e) => format!("{t} {who}{action} failed: {}", short(e, 200)),
+                }
+            }
+        };
+        flush_repeats(&mut last);
+        *last = None;
+        eprintln!("{line}");
+    })
+}
+
+fn flush_repeats(last: &mut Option<(String, u32)>) {
+    if let Some((_, n)) = last.as_ref() {
+        if *n > 0 {
+            eprintln!(
+                "        (the same {n} more time{})",
+                if *n == 1 { "" } else { "s" }
+            );
+        }
+    }
+    *last = None;
+}
+
+/// A path relative to the current folder when it is inside it, for
+/// shorter messages.
+fn display_path(path: &Path) -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            std::path::absolute(path)
+                .ok()?
+                .strip_prefix(cwd)
+                .ok()
+                .map(Path::to_path_buf)
+        })
+        .unwrap_or_else(|| path.to_path_buf())
+}
+
+fn running(dir: &StateDir) -> bool {
+    ApiClient::connect(&dir.api_socket())
+        .and_then(|mut c| c.call(&Request::Status))
+        .is_ok_and(|r| matches!(r, Reply::Status(_)))
+}
+
+/// `testbed test`.
+pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome {
+    let start = Instant::now();
+    let comp_path = testbed_model::resolve_path(path);
+    let scale_set: Scale = scale.iter().cloned().collect();
+    let (comp, plan) = testbed_model::check(&comp_path, &scale_set)?;
+    let dir = StateDir::for_cluster(&plan.cluster, &comp.source.path);
+    let comp_dir = comp
+        .source
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+
+    let script = match (
+        &args.script,
+        comp.test.as_ref().and_then(|t| t.script.clone()),
+    ) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(s)) => Some(s),
+        (None, None) if args.interactive => None,
+        (None, None) => {
+            return Err(Failure::Usage(format!(
+                "no test script: set `[test] script` in {} or pass --script FILE",
+                comp.source.path.display()
+            )))
+        }
+    };
+    let source = match &script {
+        None => None,
+        Some(s) => Some(std::fs::read_to_string(s).map_err(|e| {
+            Failure::Usage(format!("cannot read the test script {}: {e}", s.display()))
+        })?),
+    };
+    let script_name = script.as_deref().map(display_path);
+    let nodes: Vec<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+    if let (Some(source), Some(name)) = (&source, &script_name) {
+        // Before any VM boots: a typo should not cost a boot.
+        check_script(source, name, &nodes).map_err(|e| Failure::Usage(e.to_string()))?;
+    }
+    let time_limit = args
+        .timeout
+        .or(comp.test.as_ref().map(|t| t.timeout))
+        .unwrap_or(DEFAULT_TIME_LIMIT);
+
+    let was_running = running(&dir);
+    if !was_running {
+        let up = UpArgs {
+            backend: Backend::Qemu,
+            accel: args.accel,
+            timeout: None,
+            keep_failed: args.keep,
+            json: false,
+        };
+        cluster::bring_up(path, scale, &up)?;
+    } else {
+        eprintln!(
+            "{} cluster {} is already running; it stays up afterwards",
+            elapsed(start),
+            plan.cluster
+        );
+    }
+    let teardown = !args.keep && !was_running;
+    let result = drive(
+        args,
+        &dir,
+        script_name,
+        source,
+        time_limit,
+        &comp_dir,
+        start,
+    );
+    if teardown {
+        eprintln!("{} {}", elapsed(start), cluster::stop(&plan.cluster, &dir));
+    } else {
+        eprintln!(
+            "{} cluster {} is left running; `testbed down` removes it",
+            elapsed(start),
+            plan.cluster
+        );
+    }
+    result
+}
+
+/// Runs the script (or the prompt) on the running cluster.
+fn drive(
+    args: &TestArgs,
+    dir: &StateDir,
+    script: Option<PathBuf>,
+    source: Option<String>,
+    time_limit: Duration,
+    comp_dir: &Path,
+    start: Instant,
+) -> Outcome {
+    let api = Arc::new(ApiCluster::open(dir));
+    // At the prompt, errors point into what was typed, and relative host
+    // paths start from the current folder.
+    let script_path = match &script {
+        Some(s) if !args.interactive => s.clone(),
+        _ => PathBuf::from("<stdin>"),
+    };
+    let mut options = DriverOptions::new(script_path);
+    options.time_limit = Some(time_limit);
+    let mut driver = Driver::new(api.clone(), options, printer(start))
+        .context("cannot start the test driver")?;
+    let (Some(source), false) = (source, args.interactive) else {
+        return repl(&mut driver);
+    };
+    eprintln!(
+        "{} running {} (time limit {}, timeout factor {})",
+        elapsed(start),
+        script.as_deref().unwrap_or(Path::new("")).display(),
+        testbed_driver::units::format_duration(time_limit),
+        driver.timeout_factor()
+    );
+    let report = driver.run(&source);
+    print_summary(&report);
+    let mut problems = Vec::new();
+    for (path, text) in [
+        (&args.junit, report.to_junit()),
+        (&args.json, report.to_json()),
+    ] {
+        if let Some(path) = path {
+            match write_report(path, &text) {
+                Ok(()) => eprintln!("report written to {}", path.display()),
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+    }
+    if !report.passed {
+        let dest = match &args.artifacts {
+            Some(d) => d.clone(),
+            None => {
+                let d = comp_dir.join("testbed-artifacts");
+                // Ours alone: an earlier run's leftovers would mislead.
+                let _ = std::fs::remove_dir_all(&d);
+                d
+            }
+        };
+        let timeouts = testbed_driver::Timeouts {
+            factor: driver.timeout_factor(),
+            ..testbed_driver::Timeouts::default()
+        };
+        eprintln!("{} collecting artifacts", elapsed(start));
+        match artifacts::collect(api.as_ref(), &dest, &timeouts) {
+            Ok(a) => {
+                for p in &a.problems {
+                    eprintln!("  note: {p}");
+                }
+                eprintln!(
+                    "artifacts (console logs, journals, fault history) are in {}",
+                    display_path(&dest).display()
+                );
+            }
+            Err(e) => problems.push(format!("cannot collect artifacts: {e}")),
+        }
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        return Err(Failure::Reported(1));
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(Failure::Reported(1))
+    }
+}
+
+fn write_report(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn print_summary(report: &TestReport) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out);
+    for case in &report.cases {
+        let mark = if case.passed { "ok    " } else { "FAILED" };
+        let _ = writeln!(
+            out,
+            "{mark} {} ({:.1}s)",
+            case.name,
+            case.duration.as_secs_f64()
+        );
+    }
+    if let Some(failure) = &report.failure {
+        let _ = writeln!(out, "\nerror: {failure}");
+    }
+    let failed = report.failures();
+    let _ = writeln!(
+        out,
+        "\n{}: {} passed, {} failed in {:.1}s",
+        if report.passed {
+            "test passed"
+        } else {
+            "test FAILED"
+        },
+        report.cases.len() - failed,
+        failed,
+        report.duration.as_secs_f64()
+    );
+}
+
+/// A prompt on stdin: each complete piece of input is evaluated in a
+/// scope that persists; input that is cut short (an open block or string)
+/// waits for more lines, and an empty line forces evaluation.
+fn repl(driver: &mut Driver) -> Outcome {
+    let stdin = io::stdin();
+    let tty = stdin.is_terminal();
+    eprintln!(
+        "test driver prompt; nodes: {}; `.exit` or Ctrl-D leaves",
+        driver.nodes().join(", ")
+    );
+    let mut pending = String::new();
+    let mut input = stdin.lock();
+    loop {
+        if tty {
+            eprint!("{}", if pending.is_empty() { "> " } else { ". " });
+            let _ = io::stderr().flush();
+        }
+        let mut line = String::new();
+        match input.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Failure::Runtime(anyhow!("cannot read standard input: {e}"))),
+        }
+        if pending.is_empty() && line.trim() == ".exit" {
+            return Ok(());
+        }
+        let blank = line.trim().is_empty();
+        pending.push_str(&line);
+        if pending.trim().is_empty() {
+            pending.clear();
+            continue;
+        }
+        if !blank && driver.is_incomplete(&pending) {
+            continue;
+        }
+        evaluate(driver, &pending);
+        pending.clear();
+    }
+    if !pending.trim().is_empty() {
+        evaluate(driver, &pending);
+    }
+    Ok(())
+}
+
+fn evaluate(driver: &mut Driver, code: &str) {
+    match driver.eval(code) {
+        Ok(Some(value)) => {
+            let mut out = io::stdout().lock();
+            // Command output already ends with a newline.
+            let _ = write!(out, "{value}");
+            if !value.ends_with('\n') {
+                let _ = writeln!(out);
+            }
+            let _ = out.flush();
+        }
+        Ok(None) => {}
+        Err(e) => eprintln!("error: {e}"),
+    }
+}
