@@ -1,0 +1,243 @@
+//! `testbed test` on a real cluster: the example's own script passes and
+//! writes a valid JUnit report; a deliberately failing script exits 1,
+//! names its failing line and leaves every node's console log in the
+//! artifacts directory. Boots the example with `--scale compute=2` (twice:
+//! once brought up by `test` itself and torn down after, once by the
+//! failing run) under TCG here, so this takes minutes.
+
+#![allow(clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn store() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    comp: PathBuf,
+    state: PathBuf,
+}
+
+impl Env {
+    /// A copy of examples/slurm without its lock (locked against today's
+    /// archive, like the other tests of this crate).
+    fn example() -> Env {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
+        let comp = tmp.path().join("slurm");
+        std::fs::create_dir_all(&comp).expect("mkdir");
+        for file in ["testbed.toml", "slurm.conf.j2", "test.rhai"] {
+            std::fs::copy(src.join(file), comp.join(file)).expect("copy");
+        }
+        let state = tmp.path().join("run");
+        Env {
+            _tmp: tmp,
+            comp,
+            state,
+        }
+    }
+
+    fn testbed(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
+            .args(args)
+            .current_dir(&self.comp)
+            .env("NO_COLOR", "1")
+            .env("TESTBED_STORE", store())
+            .env("TESTBED_STATE_DIR", &self.state)
+            .output()
+            .expect("run testbed");
+        eprintln!(
+            "$ testbed {}\n-> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    fn running(&self) -> bool {
+        self.state
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.testbed(&["down"]);
+        }
+    }
+}
+
+/// The attribute `name="..."` of an XML start tag.
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let end = tag[start..].find('"')? + start;
+    Some(&tag[start..end])
+}
+
+#[test]
+fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
+    let env = &Env::example();
+
+    // The example's own script, on a cluster `test` brings up and takes down.
+    let junit = env.comp.join("report.xml");
+    let json = env.comp.join("report.json");
+    let out = env.testbed(&[
+        "test",
+        "--scale",
+        "compute=2",
+        "--junit",
+        junit.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(!env.running(), "the cluster is taken down after the test");
+
+    let xml = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    let suite = xml
+        .split("<testsuite ")
+        .nth(1)
+        .and_then(|s| s.split('>').next())
+        .expect("a testsuite element");
+    assert_eq!(attr(suite, "tests"), Some("4"), "{suite}");
+    assert_eq!(attr(suite, "failures"), Some("0"), "{suite}");
+    for name in [
+        "every compute node is idle in sinfo",
+        "a job runs on every compute node",
+        "a crashed node is noticed and comes back",
+        "a partitioned node loses its controller until healed",
+    ] {
+        assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
+    }
+    well_formed(&xml);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    assert_eq!(report["passed"], true, "{report}");
+
+    // A failing script: exit 1, the failing line, the artifacts.
+    let bad = env.comp.join("bad.rhai");
+    std::fs::write(
+        &bad,
+        "start_all();\n\
+         subtest(\"fine\", || ctl.succeed(\"true\"));\n\
+         subtest(\"broken\", || {\n\
+         \x20   compute1.succeed(\"echo out-text; echo err-text >&2; exit 3\");\n\
+         });\n",
+    )
+    .unwrap();
+    let artifacts = env.comp.join("artifacts");
+    let out = env.testbed(&[
+        "test",
+        "--scale",
+        "compute=2",
+        "--script",
+        bad.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.rhai:4:"), "names the failing line: {err}");
+    assert!(err.contains("compute1"), "names the node: {err}");
+    assert!(err.contains("err-text"), "quotes stderr: {err}");
+    assert!(
+        err.contains(&artifacts.display().to_string()),
+        "says where the artifacts are: {err}"
+    );
+    assert!(!env.running(), "taken down after the failure");
+    let mut files = Vec::new();
+    collect(&artifacts, &mut files);
+    for node in ["ctl", "compute1", "compute2"] {
+        let console = files.iter().find(|f| {
+            let s = f.to_string_lossy();
+            s.contains(node) && s.contains("console")
+        });
+        let console = console.unwrap_or_else(|| panic!("no console log of {node} in {files:?}"));
+        let log = std::fs::read_to_string(console).expect("console log");
+        assert!(
+            log.contains("testbed-stage1"),
+            "{node}'s console holds its boot"
+        );
+    }
+}
+
+/// Checks that every element is closed in order, attributes are quoted and
+/// text holds no raw `<` or stray `&` (what a JUnit consumer's parser
+/// would reject).
+fn well_formed(xml: &str) {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut rest = xml;
+    while let Some(open) = rest.find('<') {
+        let text = &rest[..open];
+        check_text(text, xml);
+        rest = &rest[open..];
+        if let Some(body) = rest.strip_prefix("<![CDATA[") {
+            let end = body.find("]]>").expect("CDATA closed");
+            rest = &body[end + 3..];
+            continue;
+        }
+        let close = rest.find('>').expect("tag closed");
+        let tag = &rest[1..close];
+        rest = &rest[close + 1..];
+        if tag.starts_with('?') || tag.starts_with('!') {
+            continue;
+        }
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                stack.pop(),
+                Some(name.trim()),
+                "mismatched </{name}> in {xml}"
+            );
+        } else {
+            assert_eq!(
+                tag.matches('"').count() % 2,
+                0,
+                "unbalanced quotes in <{tag}>"
+            );
+            let name = tag.split_whitespace().next().expect("tag name");
+            if !tag.ends_with('/') {
+                stack.push(name);
+            }
+        }
+    }
+    check_text(rest, xml);
+    assert!(stack.is_empty(), "unclosed {stack:?} in {xml}");
+}
+
+fn check_text(text: &str, xml: &str) {
+    for (i, _) in text.match_indices('&') {
+        let entity = &text[i..];
+        assert!(
+            ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;", "&#"]
+                .iter()
+                .any(|e| entity.starts_with(e)),
+            "stray & in {xml}"
+        );
+    }
+}
+
+fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+    {
+        let p = entry.path();
+        if p.is_dir() {
+            collect(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
