@@ -419,9 +419,17 @@ pub fn status(path: Option<&Path>, json: bool) -> Outcome {
 /// not answer. Returns what happened, for the message.
 pub fn stop(cluster: &str, dir: &StateDir) -> String {
     if let Ok(mut client) = ApiClient::connect(&dir.api_socket()) {
+        let supervisor = fs::read_to_string(dir.supervisor_pid())
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
         let _ = client.set_read_timeout(Some(Duration::from_secs(90)));
         if let Ok(Reply::Ok) = client.call(&Request::Down) {
-            // The supervisor removed the directory before answering.
+            // The supervisor removed the directory before answering and
+            // exits right after; `down` returns once it is gone, so that
+            // nothing of the cluster outlives the command.
+            if let Some(pid) = supervisor {
+                wait_gone(pid, Duration::from_secs(10));
+            }
             if !dir.exists() {
                 return format!("cluster {cluster} is down");
             }
@@ -445,6 +453,28 @@ pub fn stop(cluster: &str, dir: &StateDir) -> String {
         }
         Ok(_) => format!("cluster {cluster} is not running"),
         Err(e) => format!("cluster {cluster}: {e}"),
+    }
+}
+
+/// Waits until process `pid` has exited (a zombie counts as exited: only
+/// its parent can reap it).
+fn wait_gone(pid: u32, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // "PID (comm) STATE ...": the state follows the last ')'.
+            Ok(stat)
+                if !stat
+                    .rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z') =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => return,
+        }
     }
 }
 
