@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: set up the host, build testbed and its
-# guest agent, boot the bundled Slurm example (ctl + 4 compute nodes),
+# guest agent, boot the bundled Slurm example (ctl, nfs, 4 compute nodes),
 # drive it, run its test script, and take it down again.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,7 +17,7 @@ set -x
 status=$("$tb" status examples/slurm --json)
 echo "$status"
 ready=$(grep -c '"state": "ready"' <<<"$status")
-[[ $ready -eq 5 ]] || { echo "expected 5 ready nodes, got $ready" >&2; exit 1; }
+[[ $ready -eq 6 ]] || { echo "expected 6 ready nodes, got $ready" >&2; exit 1; }
 state_dir=$(sed -n 's/^  "state_dir": "\(.*\)",$/\1/p' <<<"$status")
 # The example's test script (examples/slurm/test.rhai) on the running
 # cluster, which it leaves running; a JUnit report for CI systems.

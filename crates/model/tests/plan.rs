@@ -61,7 +61,7 @@ fn example_plan_snapshot() {
     let names: Vec<&str> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(
         names,
-        ["ctl", "compute1", "compute2", "compute3", "compute4"]
+        ["ctl", "nfs", "compute1", "compute2", "compute3", "compute4"]
     );
     assert_unique(&plan);
     let json = serde_json::to_string_pretty(&plan).expect("json");
@@ -116,7 +116,7 @@ fn templates_follow_the_topology() {
     assert!(text.contains("for compute3"), "{text}");
     assert!(text.contains("SlurmctldHost=ctl(10.44.0.11)"), "{text}");
     assert!(
-        text.contains("NodeName=compute8 NodeAddr=10.44.0.19 CPUs=1 RealMemory=384"),
+        text.contains("NodeName=compute8 NodeAddr=10.44.0.20 CPUs=1 RealMemory=384"),
         "{text}"
     );
     assert!(

@@ -32,7 +32,7 @@ fn plan_json_lists_the_example_nodes_and_is_stable() {
     let names: Vec<&str> = nodes.iter().filter_map(|n| n["name"].as_str()).collect();
     assert_eq!(
         names,
-        ["ctl", "compute1", "compute2", "compute3", "compute4"]
+        ["ctl", "nfs", "compute1", "compute2", "compute3", "compute4"]
     );
     for (i, n) in nodes.iter().enumerate() {
         let nic = &n["nics"][0];
@@ -61,11 +61,11 @@ fn plan_scale_and_folder_argument() {
     assert!(table.status.success(), "{}", text(&table.stderr));
     let t = text(&table.stdout);
     assert!(
-        t.starts_with("cluster slurm (debian/bookworm): 5 nodes, 1 network"),
+        t.starts_with("cluster slurm (debian/bookworm): 6 nodes, 1 network"),
         "{t}"
     );
     assert!(
-        t.contains("compute4  compute  1     512MiB  lan      10.44.0.15/24  52:54:00:2c:00:0f"),
+        t.contains("compute4  compute  1     512MiB  lan      10.44.0.16/24  52:54:00:2c:00:10"),
         "{t}"
     );
 }
@@ -141,7 +141,7 @@ fn check_json_reports_diagnostics() {
             v["nodes"].as_u64(),
             v["templates"].as_u64()
         ),
-        (Some(true), Some(5), Some(2))
+        (Some(true), Some(6), Some(3))
     );
 }
 

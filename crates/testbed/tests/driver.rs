@@ -32,7 +32,13 @@ impl Env {
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
         let comp = tmp.path().join("slurm");
         std::fs::create_dir_all(&comp).expect("mkdir");
-        for file in ["testbed.toml", "slurm.conf.j2", "test.rhai"] {
+        for file in [
+            "testbed.toml",
+            "slurm.conf.j2",
+            "exports.j2",
+            "mpi-hello.py",
+            "test.rhai",
+        ] {
             std::fs::copy(src.join(file), comp.join(file)).expect("copy");
         }
         let state = tmp.path().join("run");
@@ -111,12 +117,14 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
         .nth(1)
         .and_then(|s| s.split('>').next())
         .expect("a testsuite element");
-    assert_eq!(attr(suite, "tests"), Some("4"), "{suite}");
+    assert_eq!(attr(suite, "tests"), Some("6"), "{suite}");
     assert_eq!(attr(suite, "failures"), Some("0"), "{suite}");
     for name in [
         "every compute node is idle in sinfo",
-        "a job runs on every compute node",
-        "a crashed node is noticed and comes back",
+        "/home is shared over NFS",
+        "an array job spreads over every compute node and writes to /home",
+        "an MPI job runs across nodes",
+        "a crashed node goes down, its job is requeued, and it comes back",
         "a partitioned node loses its controller until healed",
     ] {
         assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
@@ -159,10 +167,11 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
     assert!(!env.running(), "taken down after the failure");
     let mut files = Vec::new();
     collect(&artifacts, &mut files);
-    for node in ["ctl", "compute1", "compute2"] {
+    for node in ["ctl", "nfs", "compute1", "compute2"] {
         let console = files.iter().find(|f| {
             let s = f.to_string_lossy();
-            s.contains(node) && s.contains("console")
+            f.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new(node))
+                && s.contains("console")
         });
         let console = console.unwrap_or_else(|| panic!("no console log of {node} in {files:?}"));
         let log = std::fs::read_to_string(console).expect("console log");

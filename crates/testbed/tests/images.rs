@@ -70,7 +70,13 @@ fn example_copy(dir: &Path) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
     let dst = dir.join("slurm");
     std::fs::create_dir_all(&dst).expect("mkdir");
-    for f in ["testbed.toml", "slurm.conf.j2", "test.rhai"] {
+    for f in [
+        "testbed.toml",
+        "slurm.conf.j2",
+        "exports.j2",
+        "mpi-hello.py",
+        "test.rhai",
+    ] {
         std::fs::copy(src.join(f), dst.join(f)).expect("copy");
     }
     dst

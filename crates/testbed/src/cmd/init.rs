@@ -53,6 +53,8 @@ const MINIMAL_MOTD: &str = "This is {{ node.name }} ({{ node.ip }}), one of {{ n
 const SLURM_TOML: &str = include_str!("../../../../examples/slurm/testbed.toml");
 const SLURM_CONF: &str = include_str!("../../../../examples/slurm/slurm.conf.j2");
 const SLURM_TEST: &str = include_str!("../../../../examples/slurm/test.rhai");
+const SLURM_EXPORTS: &str = include_str!("../../../../examples/slurm/exports.j2");
+const SLURM_MPI_HELLO: &str = include_str!("../../../../examples/slurm/mpi-hello.py");
 
 /// A cluster name derived from the target folder, or a neutral default when
 /// the folder's name is not a valid cluster name.
@@ -92,6 +94,8 @@ pub fn run(args: &Args) -> Outcome {
                 SLURM_TOML.replace("name = \"slurm\"", &format!("name = \"{name}\"")),
             ),
             ("slurm.conf.j2", SLURM_CONF.to_string()),
+            ("exports.j2", SLURM_EXPORTS.to_string()),
+            ("mpi-hello.py", SLURM_MPI_HELLO.to_string()),
             ("test.rhai", SLURM_TEST.to_string()),
         ],
     };
