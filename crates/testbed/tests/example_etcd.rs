@@ -91,9 +91,14 @@ impl Drop for Env {
     }
 }
 
-/// The attribute `name="..."` of an XML start tag.
+/// The attribute `name="..."` of an XML start tag (without its `<tag`).
 fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let key = format!("{name}=\"");
+    let start = if tag.starts_with(&key) {
+        key.len()
+    } else {
+        tag.find(&format!(" {key}"))? + key.len() + 1
+    };
     let end = tag[start..].find('"')? + start;
     Some(&tag[start..end])
 }
