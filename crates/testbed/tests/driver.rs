@@ -1,9 +1,8 @@
 //! `testbed test` on a real cluster: the example's own script passes and
 //! writes a valid JUnit report; a deliberately failing script exits 1,
 //! names its failing line and leaves every node's console log in the
-//! artifacts directory. Boots the example with `--scale compute=2` (twice:
-//! once brought up by `test` itself and torn down after, once by the
-//! failing run) under TCG here, so this takes minutes.
+//! artifacts directory. Boots the example once with `--scale compute=2`
+//! (4 nodes) under TCG here, so this takes minutes.
 
 #![allow(clippy::print_stderr)]
 
@@ -95,20 +94,70 @@ fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
 fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
     let env = &Env::example();
 
-    // The example's own script, on a cluster `test` brings up and takes down.
+    // One boot for both runs (CI time): `testbed test` on a running
+    // cluster uses it and leaves it running. Bringing a cluster up and
+    // down around a test is shown by the other examples' tests.
+    let out = env.testbed(&["up", "--scale", "compute=2"]);
+    assert!(out.status.success(), "up: {}", text(&out.stderr));
+
+    // A failing script: exit 1, the failing line, the artifacts.
+    let bad = env.comp.join("bad.rhai");
+    std::fs::write(
+        &bad,
+        "start_all();\n\
+         subtest(\"fine\", || ctl.succeed(\"true\"));\n\
+         subtest(\"broken\", || {\n\
+         \x20   compute1.succeed(\"echo out-text; echo err-text >&2; exit 3\");\n\
+         });\n",
+    )
+    .unwrap();
+    let artifacts = env.comp.join("artifacts");
+    let out = env.testbed(&[
+        "test",
+        "--script",
+        bad.to_str().unwrap(),
+        "--artifacts",
+        artifacts.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.rhai:4:"), "names the failing line: {err}");
+    assert!(err.contains("compute1"), "names the node: {err}");
+    assert!(err.contains("err-text"), "quotes stderr: {err}");
+    assert!(
+        err.contains(&artifacts.display().to_string()),
+        "says where the artifacts are: {err}"
+    );
+    assert!(env.running(), "a cluster that was running is left running");
+    let mut files = Vec::new();
+    collect(&artifacts, &mut files);
+    for node in ["ctl", "nfs", "compute1", "compute2"] {
+        let console = files.iter().find(|f| {
+            let s = f.to_string_lossy();
+            f.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new(node))
+                && s.contains("console")
+        });
+        let console = console.unwrap_or_else(|| panic!("no console log of {node} in {files:?}"));
+        let log = std::fs::read_to_string(console).expect("console log");
+        assert!(
+            log.contains("testbed-stage1"),
+            "{node}'s console holds its boot"
+        );
+    }
+
+    // The example's own script, on the running cluster: it passes and the
+    // cluster, running before, is left running.
     let junit = env.comp.join("report.xml");
     let json = env.comp.join("report.json");
     let out = env.testbed(&[
         "test",
-        "--scale",
-        "compute=2",
         "--junit",
         junit.to_str().unwrap(),
         "--json",
         json.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(!env.running(), "the cluster is taken down after the test");
+    assert!(env.running(), "a cluster that was running is left running");
 
     let xml = std::fs::read_to_string(&junit).expect("junit written");
     assert!(xml.starts_with("<?xml"), "{xml}");
@@ -134,52 +183,9 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
     assert_eq!(report["passed"], true, "{report}");
 
-    // A failing script: exit 1, the failing line, the artifacts.
-    let bad = env.comp.join("bad.rhai");
-    std::fs::write(
-        &bad,
-        "start_all();\n\
-         subtest(\"fine\", || ctl.succeed(\"true\"));\n\
-         subtest(\"broken\", || {\n\
-         \x20   compute1.succeed(\"echo out-text; echo err-text >&2; exit 3\");\n\
-         });\n",
-    )
-    .unwrap();
-    let artifacts = env.comp.join("artifacts");
-    let out = env.testbed(&[
-        "test",
-        "--scale",
-        "compute=2",
-        "--script",
-        bad.to_str().unwrap(),
-        "--artifacts",
-        artifacts.to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
-    assert!(err.contains("bad.rhai:4:"), "names the failing line: {err}");
-    assert!(err.contains("compute1"), "names the node: {err}");
-    assert!(err.contains("err-text"), "quotes stderr: {err}");
-    assert!(
-        err.contains(&artifacts.display().to_string()),
-        "says where the artifacts are: {err}"
-    );
-    assert!(!env.running(), "taken down after the failure");
-    let mut files = Vec::new();
-    collect(&artifacts, &mut files);
-    for node in ["ctl", "nfs", "compute1", "compute2"] {
-        let console = files.iter().find(|f| {
-            let s = f.to_string_lossy();
-            f.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new(node))
-                && s.contains("console")
-        });
-        let console = console.unwrap_or_else(|| panic!("no console log of {node} in {files:?}"));
-        let log = std::fs::read_to_string(console).expect("console log");
-        assert!(
-            log.contains("testbed-stage1"),
-            "{node}'s console holds its boot"
-        );
-    }
+    let out = env.testbed(&["down"]);
+    assert!(out.status.success(), "down: {}", text(&out.stderr));
+    assert!(!env.running());
 }
 
 /// Checks that every element is closed in order, attributes are quoted and
