@@ -8,16 +8,22 @@
         ones if they never are.
 
     spread.py [--scheduler ADDRESS] run TASKS [--delay SECONDS]
+              [--ready PATH --go PATH] [--output PATH]
         Runs TASKS small tasks (each sleeps, then returns the host name of
-        the worker that ran it) and prints:
+        the worker that ran it) and prints (or writes to --output, once
+        complete):
             assigned NAME NAME ...   every worker the scheduler gave a task
             ran NAME COUNT           one line per worker that returned results
             total COUNT              results gathered
         A worker can be assigned tasks and still return none: when the
         scheduler drops it, its tasks are rerun on the others.
+        With --ready and --go, it creates the first file once connected and
+        submits only when the second exists, so a test can start it (slow
+        under emulation) ahead of time and have it submit at a chosen moment.
 """
 
 import argparse
+import os
 import socket
 import sys
 import time
@@ -64,6 +70,11 @@ def cmd_workers(client, args):
 
 
 def cmd_run(client, args):
+    if args.go:
+        if args.ready:
+            open(args.ready, "w").close()
+        while not os.path.exists(args.go):
+            time.sleep(0.2)
     futures = client.map(where, range(args.tasks), delay=args.delay, pure=False)
     keys = {f.key for f in futures}
     # Watch which workers hold our tasks until every result is in: a worker
@@ -77,10 +88,16 @@ def cmd_run(client, args):
                 assigned.add(names.get(addr, addr))
         time.sleep(0.5)
     hosts = client.gather(futures)
-    print("assigned " + " ".join(sorted(assigned)))
-    for host, count in sorted(Counter(hosts).items()):
-        print(f"ran {host} {count}")
-    print(f"total {len(hosts)}")
+    lines = ["assigned " + " ".join(sorted(assigned))]
+    lines += [f"ran {host} {n}" for host, n in sorted(Counter(hosts).items())]
+    lines.append(f"total {len(hosts)}")
+    text = "".join(line + "\n" for line in lines)
+    if args.output:
+        with open(args.output + ".tmp", "w") as f:
+            f.write(text)
+        os.rename(args.output + ".tmp", args.output)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -93,6 +110,9 @@ def main():
     run = sub.add_parser("run", help="run small tasks, say where they ran")
     run.add_argument("tasks", type=int)
     run.add_argument("--delay", type=float, default=0.5)
+    run.add_argument("--ready", help="created once connected (with --go)")
+    run.add_argument("--go", help="submit only once this file exists")
+    run.add_argument("--output", help="write the result here, not to stdout")
     parser.add_argument("--scheduler", default=SCHEDULER, help=f"default: {SCHEDULER}")
     args = parser.parse_args()
     # Under software emulation the first connection can take a while.
