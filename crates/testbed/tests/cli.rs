@@ -1,23 +1,14 @@
 //! The CLI as a user runs it: exit codes, output formats, `init` → `check`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use support::{repo, testbed_command, text};
 
 fn testbed(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run testbed")
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    testbed_command(args, cwd).output().expect("run testbed")
 }
 
 #[test]

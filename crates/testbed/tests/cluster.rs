@@ -4,103 +4,23 @@
 //! test binaries of this crate) and boot VMs, so they take minutes; the
 //! clusters are kept small (`--scale compute=2`) for 2-core CI machines.
 
-#![allow(clippy::print_stderr)]
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use support::{text, wait_until, Env};
 
 /// The tests of this file boot VMs one cluster at a time: two clusters
 /// side by side on 2 emulated cores would only make both slow.
 static ONE_CLUSTER_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn store() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    /// The composition's folder.
-    comp: PathBuf,
-    state: PathBuf,
-}
-
-impl Env {
-    /// A copy of examples/slurm without its lock (locked against today's
-    /// archive, like `tests/images.rs`), with `edit` applied to its
-    /// testbed.toml.
-    fn example(edit: impl Fn(String) -> String) -> Env {
-        Env::example_in("slurm", edit)
-    }
-
-    /// Like [`Env::example`], with the composition in a folder named
-    /// `folder` (the state directory is derived from the folder too).
-    fn example_in(folder: &str, edit: impl Fn(String) -> String) -> Env {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
-        let comp = tmp.path().join(folder);
-        std::fs::create_dir_all(&comp).expect("mkdir");
-        for file in ["slurm.conf.j2", "exports.j2", "mpi-hello.py", "test.rhai"] {
-            std::fs::copy(src.join(file), comp.join(file)).expect("copy");
-        }
-        let toml = std::fs::read_to_string(src.join("testbed.toml")).expect("read");
-        std::fs::write(comp.join("testbed.toml"), edit(toml)).expect("write");
-        let state = tmp.path().join("run");
-        Env {
-            _tmp: tmp,
-            comp,
-            state,
-        }
-    }
-
-    fn testbed(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(args)
-            .current_dir(&self.comp)
-            .env("NO_COLOR", "1")
-            .env("TESTBED_STORE", store())
-            .env("TESTBED_STATE_DIR", &self.state)
-            .output()
-            .expect("run testbed");
-        eprintln!(
-            "$ testbed {}\n-> {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
-    }
-
-    /// Every process whose command line mentions the state directory.
-    fn leftovers(&self) -> Vec<String> {
-        let marker = self.state.to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(&marker) {
-                found.push(format!(
-                    "{} {}",
-                    entry.file_name().to_string_lossy(),
-                    cmdline
-                ));
-            }
-        }
-        found
-    }
-}
-
-impl Drop for Env {
-    /// A failed assertion must not leave VMs running.
-    fn drop(&mut self) {
-        if self.state.exists() {
-            let _ = self.testbed(&["down"]);
-        }
-    }
+/// A copy of examples/slurm without its lock (locked against today's
+/// archive, like `tests/images.rs`), with `edit` applied to its
+/// testbed.toml.
+fn slurm(edit: impl Fn(String) -> String) -> Env {
+    Env::edited_example("slurm", "slurm", edit)
 }
 
 /// The example without its NFS server: these tests are about the runtime,
@@ -114,21 +34,6 @@ fn without_nfs(t: String) -> String {
     format!("{}{}", &t[..start], &t[end..])
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
-
 fn status(env: &Env) -> serde_json::Value {
     let out = env.testbed(&["status", "--json"]);
     assert!(out.status.success(), "status: {}", text(&out.stderr));
@@ -140,7 +45,7 @@ fn example_cluster_comes_up_is_driven_and_survives_a_killed_supervisor() {
     let _one = ONE_CLUSTER_AT_A_TIME
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let env = Env::example(without_nfs);
+    let env = slurm(without_nfs);
 
     let out = env.testbed(&["up", "--scale", "compute=2"]);
     assert!(out.status.success(), "up failed:\n{}", text(&out.stderr));
@@ -267,7 +172,7 @@ fn a_service_that_fails_fails_up_with_its_node_unit_and_journal() {
         .unwrap_or_else(|e| e.into_inner());
     // The compute role without its slurm.conf: slurmd cannot start. Same
     // packages as the example's compute role, so the image is shared.
-    let env = Env::example(|t| {
+    let env = slurm(|t| {
         let t = t.replace(
             "files.\"/etc/slurm/slurm.conf\" = { template = \"slurm.conf.j2\" }\nfiles.\"/usr/local/bin/mpi-hello\"",
             "files.\"/usr/local/bin/mpi-hello\"",
@@ -414,7 +319,7 @@ fn faults_are_seen_from_inside_the_guests(env: &Env) {
 /// (same name, its own state directory, switch and VMs); taking it down
 /// leaves the first one alone.
 fn a_second_cluster_runs_beside_the_first(first: &Env) {
-    let second = Env::example_in("other", without_nfs);
+    let second = Env::edited_example("slurm", "other", without_nfs);
     let out = second.testbed(&["up", "--scale", "compute=1"]);
     assert!(out.status.success(), "second up: {}", text(&out.stderr));
     let names: Vec<String> = status(&second)["nodes"]

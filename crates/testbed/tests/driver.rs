@@ -4,95 +4,15 @@
 //! artifacts directory. Boots the example once with `--scale compute=2`
 //! (4 nodes) under TCG here, so this takes minutes.
 
-#![allow(clippy::print_stderr)]
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn store() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    comp: PathBuf,
-    state: PathBuf,
-}
-
-impl Env {
-    /// A copy of examples/slurm without its lock (locked against today's
-    /// archive, like the other tests of this crate).
-    fn example() -> Env {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
-        let comp = tmp.path().join("slurm");
-        std::fs::create_dir_all(&comp).expect("mkdir");
-        for file in [
-            "testbed.toml",
-            "slurm.conf.j2",
-            "exports.j2",
-            "mpi-hello.py",
-            "test.rhai",
-        ] {
-            std::fs::copy(src.join(file), comp.join(file)).expect("copy");
-        }
-        let state = tmp.path().join("run");
-        Env {
-            _tmp: tmp,
-            comp,
-            state,
-        }
-    }
-
-    fn testbed(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(args)
-            .current_dir(&self.comp)
-            .env("NO_COLOR", "1")
-            .env("TESTBED_STORE", store())
-            .env("TESTBED_STATE_DIR", &self.state)
-            .output()
-            .expect("run testbed");
-        eprintln!(
-            "$ testbed {}\n-> {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
-    }
-
-    fn running(&self) -> bool {
-        self.state
-            .read_dir()
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.testbed(&["down"]);
-        }
-    }
-}
-
-/// The attribute `name="..."` of an XML start tag.
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
-    let end = tag[start..].find('"')? + start;
-    Some(&tag[start..end])
-}
+use support::{attr, start_tag, text, Env};
 
 #[test]
 fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
-    let env = &Env::example();
+    let env = &Env::example("slurm");
 
     // One boot for both runs (CI time): `testbed test` on a running
     // cluster uses it and leaves it running. Bringing a cluster up and
@@ -148,25 +68,13 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
 
     // The example's own script, on the running cluster: it passes and the
     // cluster, running before, is left running.
-    let junit = env.comp.join("report.xml");
-    let json = env.comp.join("report.json");
-    let out = env.testbed(&[
-        "test",
-        "--junit",
-        junit.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let (out, junit, json) = env.test_with_reports();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(env.running(), "a cluster that was running is left running");
 
     let xml = std::fs::read_to_string(&junit).expect("junit written");
     assert!(xml.starts_with("<?xml"), "{xml}");
-    let suite = xml
-        .split("<testsuite ")
-        .nth(1)
-        .and_then(|s| s.split('>').next())
-        .expect("a testsuite element");
+    let suite = start_tag(&xml, "testsuite").expect("a testsuite element");
     assert_eq!(attr(suite, "tests"), Some("6"), "{suite}");
     assert_eq!(attr(suite, "failures"), Some("0"), "{suite}");
     for name in [

@@ -6,108 +6,18 @@
 //! against today's archive like the other tests of this crate. Builds two
 //! images and boots four VMs (under TCG here), so this takes minutes.
 
-#![allow(clippy::print_stderr)]
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// The store shared by this crate's tests, so images are built once.
-fn store() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-struct Env {
-    _tmp: tempfile::TempDir,
-    comp: PathBuf,
-    state: PathBuf,
-}
-
-impl Env {
-    /// A copy of every file of examples/dask except its lock.
-    fn example() -> Env {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/dask");
-        let comp = tmp.path().join("dask");
-        std::fs::create_dir_all(&comp).expect("mkdir");
-        let mut copied = Vec::new();
-        for entry in std::fs::read_dir(&src).expect("examples/dask").flatten() {
-            let name = entry.file_name();
-            if name == "testbed.lock" || !entry.path().is_file() {
-                continue;
-            }
-            std::fs::copy(entry.path(), comp.join(&name)).expect("copy");
-            copied.push(name.to_string_lossy().into_owned());
-        }
-        for needed in ["testbed.toml", "test.rhai", "spread.py"] {
-            assert!(copied.iter().any(|c| c == needed), "{needed} in {copied:?}");
-        }
-        let state = tmp.path().join("run");
-        Env {
-            _tmp: tmp,
-            comp,
-            state,
-        }
-    }
-
-    fn testbed(&self, args: &[&str]) -> Output {
-        let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-            .args(args)
-            .current_dir(&self.comp)
-            .env("NO_COLOR", "1")
-            .env("TESTBED_STORE", store())
-            .env("TESTBED_STATE_DIR", &self.state)
-            .output()
-            .expect("run testbed");
-        eprintln!(
-            "$ testbed {}\n-> {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        out
-    }
-
-    fn running(&self) -> bool {
-        self.state
-            .read_dir()
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        if self.running() {
-            let _ = self.testbed(&["down"]);
-        }
-    }
-}
-
-/// The value of `name="..."` among the attributes of an XML start tag.
-fn attr(attrs: &str, name: &str) -> Option<String> {
-    let attrs = format!(" {attrs}");
-    let start = attrs.find(&format!(" {name}=\""))? + name.len() + 3;
-    let end = attrs[start..].find('"')? + start;
-    Some(attrs[start..end].to_owned())
-}
+use support::{attr, start_tag, start_tags, text, Env};
 
 #[test]
 fn the_dask_example_passes_every_subtest() {
-    let env = &Env::example();
-    let junit = env.comp.join("report.xml");
-    let json = env.comp.join("report.json");
-    let out = env.testbed(&[
-        "test",
-        "--junit",
-        junit.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let env = &Env::example("dask");
+    for needed in ["testbed.toml", "test.rhai", "spread.py"] {
+        let copied = &env.copied;
+        assert!(copied.iter().any(|c| c == needed), "{needed} in {copied:?}");
+    }
+    let (out, junit, json) = env.test_with_reports();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!env.running(), "the cluster is taken down after the test");
     assert!(
@@ -124,19 +34,13 @@ fn the_dask_example_passes_every_subtest() {
 /// The JUnit and JSON reports of a passed run: four subtests, by name, all
 /// passed.
 fn check_reports(xml: &str, json: &[u8]) {
-    let suite = xml
-        .split("<testsuite ")
-        .nth(1)
-        .and_then(|s| s.split('>').next())
-        .expect("a testsuite element");
-    assert_eq!(attr(suite, "name").as_deref(), Some("dask"), "{suite}");
-    assert_eq!(attr(suite, "tests").as_deref(), Some("4"), "{suite}");
-    assert_eq!(attr(suite, "failures").as_deref(), Some("0"), "{suite}");
-    assert_eq!(attr(suite, "errors").as_deref(), Some("0"), "{suite}");
-    let cases: Vec<String> = xml
-        .split("<testcase ")
-        .skip(1)
-        .filter_map(|c| c.split('>').next())
+    let suite = start_tag(xml, "testsuite").expect("a testsuite element");
+    assert_eq!(attr(suite, "name"), Some("dask"), "{suite}");
+    assert_eq!(attr(suite, "tests"), Some("4"), "{suite}");
+    assert_eq!(attr(suite, "failures"), Some("0"), "{suite}");
+    assert_eq!(attr(suite, "errors"), Some("0"), "{suite}");
+    let cases: Vec<&str> = start_tags(xml, "testcase")
+        .into_iter()
         .filter_map(|attrs| attr(attrs, "name"))
         .collect();
     assert_eq!(

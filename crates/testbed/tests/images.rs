@@ -5,17 +5,21 @@
 //! rebuilds it in a fresh store and compares every output, which is the
 //! reproducibility proof of the example's images.
 
+mod support;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use support::{copy_example, testbed_command, text};
+
+/// `testbed ARGS` in `cwd` with its own store (these tests measure what a
+/// build puts there), the agent found the way an installed testbed finds
+/// it.
 fn testbed(args: &[&str], cwd: &Path, store: &Path) -> Output {
     agent_binary();
-    Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
+    testbed_command(args, cwd)
         .env("TESTBED_STORE", store)
         // The CLI must find the agent beside itself, as an installed
         // testbed does.
@@ -58,28 +62,6 @@ fn agent_binary() -> &'static Path {
         assert!(agent.is_file(), "no agent at {}", agent.display());
         agent
     })
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// A copy of examples/slurm without its lock, so the test locks against
-/// today's archive and does not break when Debian publishes a point release.
-fn example_copy(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
-    let dst = dir.join("slurm");
-    std::fs::create_dir_all(&dst).expect("mkdir");
-    for f in [
-        "testbed.toml",
-        "slurm.conf.j2",
-        "exports.j2",
-        "mpi-hello.py",
-        "test.rhai",
-    ] {
-        std::fs::copy(src.join(f), dst.join(f)).expect("copy");
-    }
-    dst
 }
 
 /// One entry of a `rootfs.tar`: its type, mode and link target.
@@ -210,7 +192,11 @@ fn unknown_package_fails_with_suggestions_and_leaves_the_store_alone() {
 fn build_example_then_nothing_to_rebuild_and_verify_finds_it_identical() {
     let dir = tempfile::tempdir().expect("tmp");
     let store = dir.path().join("store");
-    let comp = example_copy(dir.path());
+    // A copy of examples/slurm without its lock, so the test locks against
+    // today's archive and does not break when Debian publishes a point
+    // release.
+    let comp = dir.path().join("slurm");
+    copy_example("slurm", &comp, |t| t);
 
     let first = testbed(&["build", "--json"], &comp, &store);
     assert!(first.status.success(), "{}", text(&first.stderr));

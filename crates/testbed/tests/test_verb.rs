@@ -1,14 +1,15 @@
 //! `testbed test` before any VM boots: a missing or broken script is a
 //! usage error (exit 2) that names the script's line and column.
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use support::testbed_command;
 
 fn testbed(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
+    testbed_command(args, cwd)
         .env("TESTBED_STATE_DIR", cwd.join("state"))
         .output()
         .expect("run testbed")

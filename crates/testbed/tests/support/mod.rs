@@ -1,0 +1,219 @@
+//! Test infrastructure for the CLI's integration tests, which run the
+//! `testbed` binary as a user does:
+//!
+//! - [`testbed_command`]: the binary under test, in a given folder, without
+//!   colours; each test adds the environment it needs.
+//! - [`Env`]: a copy of one of `examples/` in a temporary directory, without
+//!   its lock (so it is locked against today's archive and does not break
+//!   when Debian publishes a point release), with its own state directory
+//!   and the store shared by this crate's tests (so images are built once).
+//!   [`Env::testbed`] runs a verb there and echoes it with its output on
+//!   stderr; dropping the `Env` takes down whatever it left running.
+//! - [`copy_example`]: the copy alone, for tests with their own store.
+//! - [`wait_until`], [`text`], and [`start_tag`], [`start_tags`] and [`attr`] to read the
+//!   JUnit reports of `testbed test`.
+
+// Each test binary uses part of this module; `Env::testbed` echoes every
+// command and its output on stderr, which is what a failed VM test's log
+// needs.
+#![allow(dead_code, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// The store shared by this crate's tests, so images are built once.
+pub fn store() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
+}
+
+/// The repository's root (where `examples/` is).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Bytes of a command's output as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `testbed ARGS` run in `cwd` with `NO_COLOR`, so that its output can be
+/// compared with plain strings.
+pub fn testbed_command(args: &[&str], cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
+    cmd.args(args).current_dir(cwd).env("NO_COLOR", "1");
+    cmd
+}
+
+/// Polls `cond` every 100 ms until it holds, at most `timeout`; the last
+/// answer of `cond` decides.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+/// Copies every file of `examples/NAME` but its lock (and a local run's
+/// `testbed-artifacts`) into `dst`, with `edit` applied to its
+/// testbed.toml; returns the names of the files copied.
+pub fn copy_example(name: &str, dst: &Path, edit: impl Fn(String) -> String) -> Vec<String> {
+    let src = repo().join("examples").join(name);
+    std::fs::create_dir_all(dst).expect("mkdir");
+    let mut copied = Vec::new();
+    for entry in std::fs::read_dir(&src)
+        .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
+        .flatten()
+    {
+        let file = entry.file_name();
+        let skip = file == "testbed.lock" || file == "testbed-artifacts";
+        if skip || !entry.path().is_file() {
+            continue;
+        }
+        std::fs::copy(entry.path(), dst.join(&file)).expect("copy");
+        copied.push(file.to_string_lossy().into_owned());
+    }
+    let toml = dst.join("testbed.toml");
+    let text = std::fs::read_to_string(&toml).expect("read");
+    std::fs::write(&toml, edit(text)).expect("write");
+    copied
+}
+
+/// A copy of an example in a temporary directory, and the state directory
+/// of the clusters started from it.
+#[derive(Debug)]
+pub struct Env {
+    _tmp: tempfile::TempDir,
+    /// The composition's folder.
+    pub comp: PathBuf,
+    /// `TESTBED_STATE_DIR` of every command run by [`Env::testbed`].
+    pub state: PathBuf,
+    /// The names of the files copied from the example.
+    pub copied: Vec<String>,
+}
+
+impl Env {
+    /// A copy of `examples/NAME` without its lock, in a folder named NAME.
+    pub fn example(name: &str) -> Env {
+        Env::edited_example(name, name, |t| t)
+    }
+
+    /// Like [`Env::example`], with `edit` applied to its testbed.toml and
+    /// the composition in a folder named `folder` (the state directory is
+    /// derived from the folder too).
+    pub fn edited_example(name: &str, folder: &str, edit: impl Fn(String) -> String) -> Env {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let comp = tmp.path().join(folder);
+        let copied = copy_example(name, &comp, edit);
+        let state = tmp.path().join("run");
+        Env {
+            _tmp: tmp,
+            comp,
+            state,
+            copied,
+        }
+    }
+
+    /// `testbed ARGS` in the composition's folder, with the shared store
+    /// and this environment's state directory; the command, its exit code
+    /// and its output are echoed on stderr.
+    pub fn testbed(&self, args: &[&str]) -> Output {
+        let out = testbed_command(args, &self.comp)
+            .env("TESTBED_STORE", store())
+            .env("TESTBED_STATE_DIR", &self.state)
+            .output()
+            .expect("run testbed");
+        eprintln!(
+            "$ testbed {}\n-> {:?}\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        out
+    }
+
+    /// `testbed test --junit report.xml --json report.json`, the reports in
+    /// the composition's folder: the output and the two reports' paths.
+    pub fn test_with_reports(&self) -> (Output, PathBuf, PathBuf) {
+        let junit = self.comp.join("report.xml");
+        let json = self.comp.join("report.json");
+        let out = self.testbed(&[
+            "test",
+            "--junit",
+            junit.to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        (out, junit, json)
+    }
+
+    /// Whether a cluster of this environment has state left (is running,
+    /// or died without being taken down).
+    pub fn running(&self) -> bool {
+        self.state
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    }
+
+    /// Every process whose command line mentions the state directory.
+    pub fn leftovers(&self) -> Vec<String> {
+        let marker = self.state.to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&marker) {
+                found.push(format!(
+                    "{} {}",
+                    entry.file_name().to_string_lossy(),
+                    cmdline
+                ));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Env {
+    /// A failed assertion must not leave VMs running.
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.testbed(&["down"]);
+        }
+    }
+}
+
+/// The attributes of every `<ELEMENT ...>` start tag of `xml` (the text
+/// between the element's name and `>`), in order.
+pub fn start_tags<'a>(xml: &'a str, element: &str) -> Vec<&'a str> {
+    xml.split(&format!("<{element} "))
+        .skip(1)
+        .map(|c| c.split('>').next().unwrap_or(""))
+        .collect()
+}
+
+/// The attributes of the first `<ELEMENT ...>` start tag of `xml`.
+pub fn start_tag<'a>(xml: &'a str, element: &str) -> Option<&'a str> {
+    start_tags(xml, element).into_iter().next()
+}
+
+/// The value of `name="..."` among the attributes of an XML start tag
+/// (with or without its `<tag`).
+pub fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("{name}=\"");
+    let start = if attrs.starts_with(&key) {
+        key.len()
+    } else {
+        attrs.find(&format!(" {key}"))? + key.len() + 1
+    };
+    let end = attrs[start..].find('"')? + start;
+    Some(&attrs[start..end])
+}
