@@ -208,7 +208,7 @@ fn build_example_then_nothing_to_rebuild_and_verify_finds_it_identical() {
     let built: serde_json::Value = serde_json::from_slice(&first.stdout).expect("json");
     let built = built.as_array().expect("array");
     let roles: Vec<&str> = built.iter().filter_map(|b| b["role"].as_str()).collect();
-    assert_eq!(roles, ["ctl", "compute"]);
+    assert_eq!(roles, ["ctl", "nfs", "compute"]);
     for b in built {
         let role = b["role"].as_str().expect("role");
         let entry = PathBuf::from(b["dir"].as_str().expect("dir"));
@@ -291,8 +291,8 @@ fn build_example_then_nothing_to_rebuild_and_verify_finds_it_identical() {
     // A role package the lock does not know makes the lock stale.
     let toml = std::fs::read_to_string(comp.join("testbed.toml")).expect("read");
     let edited = toml.replace(
-        "packages = [\"slurmd\", \"dbus\"]",
-        "packages = [\"slurmd\", \"dbus\", \"hwloc\"]",
+        "packages = [\"nfs-kernel-server\"]",
+        "packages = [\"nfs-kernel-server\", \"hwloc\"]",
     );
     assert_ne!(edited, toml, "the example changed; update this test");
     std::fs::write(comp.join("testbed.toml"), edited).expect("write");
@@ -307,5 +307,5 @@ fn build_example_then_nothing_to_rebuild_and_verify_finds_it_identical() {
     let ls = testbed(&["store", "ls", "--json"], &comp, &store);
     assert!(ls.status.success(), "{}", text(&ls.stderr));
     let entries: serde_json::Value = serde_json::from_slice(&ls.stdout).expect("json");
-    assert_eq!(entries.as_array().map(Vec::len), Some(2));
+    assert_eq!(entries.as_array().map(Vec::len), Some(3));
 }
