@@ -726,6 +726,16 @@ impl Node {
                 self.name,
                 self.rt.describe_timeout(t)
             )))
+        } else if let Some(code @ (126 | 127)) = output.status.code {
+            // The shell's "not executable" / "not found": the command never
+            // ran, so its failure proves nothing (a missing tool would make
+            // any `fail` pass).
+            Err(fail(format!(
+                "command `{command}` on node {} could not run (exit status {code}: {}); fail() expects a command that runs and fails: {}",
+                self.name,
+                if code == 127 { "not found" } else { "not executable" },
+                describe_output(&output)
+            )))
         } else {
             Ok(text(&output.stdout))
         }

@@ -103,6 +103,13 @@ fn fail_and_execute() {
     );
     let text = failure(&run_on(&c, r#"ctl.fail("hang", "2s")"#));
     assert!(text.contains("killed after its timeout of 2s"), "{text}");
+    // A command the shell cannot find did not fail: it never ran.
+    let text = failure(&run_on(&c, r#"ctl.fail("sinfo")"#));
+    assert!(
+        text.contains("command `sinfo` on node ctl could not run (exit status 127: not found)"),
+        "{text}"
+    );
+    assert!(text.contains("sh: sinfo: not found"), "{text}");
 }
 
 #[test]
