@@ -402,17 +402,22 @@ fn print_status(status: &ClusterStatus, json: bool) -> Outcome {
     Ok(())
 }
 
-/// `testbed status`.
-pub fn status(path: Option<&Path>, json: bool) -> Outcome {
-    let (cluster, dir) = state_dir(path)?;
-    let mut client = connect(&cluster, &dir)?;
+/// The running cluster's status, from its supervisor.
+pub(crate) fn fetch_status(cluster: &str, dir: &StateDir) -> Result<ClusterStatus, Failure> {
+    let mut client = connect(cluster, dir)?;
     match client
         .call(&Request::Status)
         .map_err(|e| Failure::Runtime(e.into()))?
     {
-        Reply::Status(status) => print_status(&status, json),
+        Reply::Status(status) => Ok(status),
         other => Err(reply_error(other)),
     }
+}
+
+/// `testbed status`.
+pub fn status(path: Option<&Path>, json: bool) -> Outcome {
+    let (cluster, dir) = state_dir(path)?;
+    print_status(&fetch_status(&cluster, &dir)?, json)
 }
 
 /// Asks the supervisor to stop; tears the state down by hand when it does

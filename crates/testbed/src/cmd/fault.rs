@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context};
 use testbed_runtime::api::{Fault, NodeState, PowerAction, Reply, Request};
 use testbed_runtime::switch::LinkChange;
 
-use super::cluster::{connect, reply_error, state_dir};
+use super::cluster::{connect, fetch_status, reply_error, state_dir};
 use crate::output::{Failure, Outcome};
 
 #[derive(Debug, clap::Args)]
@@ -288,14 +288,7 @@ fn wait_node_ready(
     let start = Instant::now();
     let mut last = None;
     loop {
-        let mut client = connect(cluster, dir)?;
-        let status = match client
-            .call(&Request::Status)
-            .map_err(|e| Failure::Runtime(e.into()))?
-        {
-            Reply::Status(s) => s,
-            other => return Err(reply_error(other)),
-        };
+        let status = fetch_status(cluster, dir)?;
         let n = status
             .nodes
             .iter()
