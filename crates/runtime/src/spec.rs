@@ -378,7 +378,7 @@ mod tests {
     }
 
     fn images() -> BTreeMap<String, ImageFiles> {
-        ["ctl", "compute"]
+        ["ctl", "nfs", "compute"]
             .iter()
             .map(|r| {
                 (
@@ -396,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn the_example_becomes_five_activations_with_shared_secrets_and_own_keys() {
+    fn the_example_becomes_six_activations_with_shared_secrets_and_own_keys() {
         let (comp, plan) = example();
         let scratch = tempfile::tempdir().unwrap();
         let options = Options {
@@ -409,7 +409,7 @@ mod tests {
         let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(
             names,
-            ["ctl", "compute1", "compute2", "compute3", "compute4"]
+            ["ctl", "nfs", "compute1", "compute2", "compute3", "compute4"]
         );
         let ctl = spec.node("ctl").unwrap();
         let c3 = spec.node("compute3").unwrap();
@@ -418,7 +418,7 @@ mod tests {
         assert_eq!(ctl.activation.hostname, "ctl");
         assert_eq!(
             ctl.activation.services,
-            ["ssh.service", "munge", "slurmctld"]
+            ["ssh.service", "munge", "slurmctld", "home.automount"]
         );
         // One munge key for the whole cluster.
         assert_eq!(ctl.activation.secrets.len(), 1);
@@ -436,7 +436,7 @@ mod tests {
             .hosts
             .contains(&format!("{}\tcompute3 compute3.lan", c3.nics[0].ip)));
         // Every node has its own host key; all trust the one client key.
-        assert_eq!(ssh.host_keys.len(), 5);
+        assert_eq!(ssh.host_keys.len(), 6);
         let ctl_ssh = ctl.activation.ssh.as_ref().unwrap();
         let c3_ssh = c3.activation.ssh.as_ref().unwrap();
         assert_ne!(
