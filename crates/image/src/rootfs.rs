@@ -511,11 +511,20 @@ fn install_agent_unit(role: &str, rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The runlevel folders whose `S??name` links make systemd's SysV
+/// generator start an init script that has no native unit (Debian's
+/// `gridengine-master`, `exim4`) in `multi-user.target` or
+/// `graphical.target`.
+const SYSV_START_DIRS: &[&str] = &["etc/rc2.d", "etc/rc3.d", "etc/rc4.d", "etc/rc5.d"];
+
 /// Disables every unit enabled by maintainer scripts except
-/// [`KEEP_ENABLED`]; returns the disabled links (guest paths), sorted.
+/// [`KEEP_ENABLED`], and every SysV init script's start links (those
+/// `update-rc.d` made), so a package's daemon never starts at boot before
+/// activation has written its configuration; returns the removed links
+/// (guest paths), sorted.
 fn disable_services(rootfs: &Path) -> Result<Vec<String>> {
+    let mut removed = disable_sysv_start_links(rootfs)?;
     let system = rootfs.join("etc/systemd/system");
-    let mut removed = Vec::new();
     let Ok(dirs) = fs::read_dir(&system) else {
         return Ok(removed);
     };
@@ -552,6 +561,33 @@ fn disable_services(rootfs: &Path) -> Result<Vec<String>> {
             .unwrap_or(false)
         {
             fs::remove_dir(&dir).at("cannot remove", &dir)?;
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// Removes the `S??name` links of [`SYSV_START_DIRS`]; the `K` links and the
+/// scripts stay, so `systemctl start name` still works at activation.
+fn disable_sysv_start_links(rootfs: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for dir in SYSV_START_DIRS {
+        let path = rootfs.join(dir);
+        let Ok(entries) = fs::read_dir(&path) else {
+            continue;
+        };
+        let mut links: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        links.sort();
+        for link in links {
+            let name = link
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let is_link = link.symlink_metadata().map(|m| m.file_type().is_symlink());
+            if name.starts_with('S') && is_link.unwrap_or(false) {
+                fs::remove_file(&link).at("cannot remove", &link)?;
+                removed.push(format!("/{dir}/{name}"));
+            }
         }
     }
     Ok(removed)
@@ -946,6 +982,23 @@ mod tests {
         for (link, target) in links {
             symlink(target, system.join(link)).expect("link");
         }
+        // A SysV-only daemon enabled by update-rc.d: its start link goes,
+        // its stop link and script stay.
+        fs::create_dir_all(root.join("etc/init.d")).expect("mkdir");
+        fs::write(root.join("etc/init.d/gridengine-master"), "#!/bin/sh\n").expect("w");
+        for dir in ["rc2.d", "rc0.d"] {
+            fs::create_dir_all(root.join("etc").join(dir)).expect("mkdir");
+        }
+        symlink(
+            "../init.d/gridengine-master",
+            root.join("etc/rc2.d/S01gridengine-master"),
+        )
+        .expect("link");
+        symlink(
+            "../init.d/gridengine-master",
+            root.join("etc/rc0.d/K01gridengine-master"),
+        )
+        .expect("link");
         fs::create_dir_all(root.join("etc/munge")).expect("mkdir");
         fs::write(root.join("etc/munge/munge.key"), "random").expect("w");
         fs::create_dir_all(root.join("etc/ssh")).expect("mkdir");
@@ -998,6 +1051,15 @@ mod tests {
             .symlink_metadata()
             .is_ok());
         assert!(system.join("sshd.service").symlink_metadata().is_ok());
+        assert!(root
+            .join("etc/rc2.d/S01gridengine-master")
+            .symlink_metadata()
+            .is_err());
+        assert!(root
+            .join("etc/rc0.d/K01gridengine-master")
+            .symlink_metadata()
+            .is_ok());
+        assert!(root.join("etc/init.d/gridengine-master").is_file());
         for unit in MASKED {
             assert_eq!(
                 fs::read_link(system.join(unit)).expect("masked"),
