@@ -48,6 +48,7 @@ fn main() -> Result<(), Error> {
             mirror: None,
             kernel: "linux-image-cloud-amd64".into(),
             packages: packages.clone(),
+            debconf: vec![],
             files: vec![],
             agent: None,
         })

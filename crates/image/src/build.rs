@@ -349,6 +349,7 @@ fn build_one(
                 sources,
                 lists: &apt_root.lists_dir(),
                 network,
+                debconf: &job.spec.debconf,
             },
             &tree,
             &work,

@@ -438,6 +438,7 @@ mod tests {
             mirror: None,
             kernel: "linux-image-cloud-amd64".into(),
             packages: packages.iter().map(|p| p.to_string()).collect(),
+            debconf: vec![],
             files: vec![],
             agent: None,
         }

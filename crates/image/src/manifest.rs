@@ -46,6 +46,10 @@ pub struct KeyInputs {
     pub source_date_epoch: u64,
     /// Every installed package, from the lock.
     pub packages: Vec<LockedPackage>,
+    /// The debconf answers, in order (absent from the hashed JSON when
+    /// there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub debconf: Vec<String>,
     /// The static files, sorted by path.
     pub files: Vec<FileInput>,
     /// SHA-256 of the agent binary, if one is installed.
@@ -95,6 +99,7 @@ impl KeyInputs {
             always: ALWAYS.iter().map(|s| s.to_string()).collect(),
             source_date_epoch: lock.source_date_epoch,
             packages,
+            debconf: spec.debconf.clone(),
             files,
             agent,
         })
@@ -189,6 +194,7 @@ impl Manifest {
                 always: vec![],
                 source_date_epoch: 0,
                 packages: vec![],
+                debconf: vec![],
                 files: vec![],
                 agent: None,
             },
@@ -243,6 +249,7 @@ mod tests {
             mirror: None,
             kernel: "linux-image-cloud-amd64".into(),
             packages: vec!["munge".into()],
+            debconf: vec![],
             files: vec![StaticFile {
                 path: "/etc/a".into(),
                 content: b"a".to_vec(),
@@ -272,6 +279,15 @@ mod tests {
         let mut s = spec("ctl");
         s.files[0].owner = Some("munge".into());
         assert_ne!(KeyInputs::new(&s, &lock()).expect("inputs").key(), base);
+        let mut s = spec("ctl");
+        s.debconf = vec!["gridengine-common shared/gridengineconfig boolean false".into()];
+        let with_answer = KeyInputs::new(&s, &lock()).expect("inputs").key();
+        assert_ne!(with_answer, base);
+        s.debconf = vec!["gridengine-common shared/gridengineconfig boolean true".into()];
+        assert_ne!(
+            KeyInputs::new(&s, &lock()).expect("inputs").key(),
+            with_answer
+        );
         let mut l = lock();
         l.packages[0].version = "2".into();
         assert_ne!(

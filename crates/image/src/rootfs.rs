@@ -75,6 +75,9 @@ pub(crate) struct Bootstrap<'a> {
     pub sources: &'a [SourceLine],
     pub lists: &'a Path,
     pub network: &'a [String],
+    /// Lines for `debconf-set-selections`, given once the essential
+    /// packages are in and before the role's packages are configured.
+    pub debconf: &'a [String],
 }
 
 /// Single-quotes `s` for `sh`.
@@ -121,6 +124,18 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
         .arg(format!(
             "--setup-hook=cp -a {lists_q}/. \"$1/var/lib/apt/lists/\""
         ));
+    if !b.debconf.is_empty() {
+        let answers = work.join("debconf");
+        let mut text = b.debconf.join("\n");
+        text.push('\n');
+        fs::write(&answers, text).at("cannot write", &answers)?;
+        // The hook runs on the host, so the redirection reads the host's
+        // file; debconf is among the essential packages of every variant.
+        cmd.arg(format!(
+            "--essential-hook=chroot \"$1\" debconf-set-selections < {}",
+            sh_quote(&answers.to_string_lossy())
+        ));
+    }
     for line in b.network {
         cmd.arg(format!("--aptopt={line}"));
     }

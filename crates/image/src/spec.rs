@@ -22,6 +22,9 @@ pub struct ImageSpec {
     pub kernel: String,
     /// The role's packages (defaults merged in), sorted and deduplicated.
     pub packages: Vec<String>,
+    /// Lines of `debconf-set-selections` given before the packages are
+    /// installed (`package question type value`), in the composition's order.
+    pub debconf: Vec<String>,
     /// Static files baked into the image (templates are *not* here: they are
     /// rendered per node at activation).
     pub files: Vec<StaticFile>,

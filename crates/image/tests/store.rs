@@ -25,6 +25,7 @@ fn spec(role: &str, packages: &[&str]) -> ImageSpec {
         mirror: None,
         kernel: "linux-image-cloud-amd64".into(),
         packages: packages.iter().map(|p| p.to_string()).collect(),
+        debconf: vec![],
         files: vec![StaticFile {
             path: "/etc/testbed/role.conf".into(),
             content: b"answer = 42\n".to_vec(),

@@ -82,6 +82,9 @@ pub struct Role {
     pub cpus: u32,
     /// Packages, defaults first, without duplicates.
     pub packages: Vec<String>,
+    /// Lines of `debconf-set-selections` given before the packages are
+    /// installed, defaults first, without duplicates.
+    pub debconf: Vec<String>,
     /// systemd units started at activation, defaults first, without duplicates.
     pub services: Vec<String>,
     /// The networks the role's nodes attach to, in the composition's network order.

@@ -94,6 +94,12 @@ pub struct RawRole {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub packages: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Answers to Debian's install-time questions, as lines of
+    /// `debconf-set-selections` (`"package question type value"`), given
+    /// before the role's packages are installed; merged with `[defaults]`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub debconf: Option<Spanned<Vec<Spanned<String>>>>,
     /// systemd units started after activation; readiness waits on them.
     /// Merged with `[defaults]`.
     #[serde(default)]

@@ -266,6 +266,65 @@ pub(crate) fn check_package(text: &str) -> Result<(), Invalid> {
     Err(invalid(format!("bad package name \"{text}\""), help))
 }
 
+/// The debconf types `debconf-set-selections` accepts.
+const DEBCONF_TYPES: &[&str] = &[
+    "boolean",
+    "string",
+    "select",
+    "multiselect",
+    "note",
+    "text",
+    "password",
+    "title",
+    "error",
+];
+
+/// One line of `debconf-set-selections`: `package question type value`
+/// (the value may be empty or hold spaces; a boolean is `true` or `false`).
+pub(crate) fn check_debconf(text: &str) -> Result<(), Invalid> {
+    const FORM: &str = "write \"package question type value\", e.g. \"gridengine-common shared/gridengineconfig boolean false\"";
+    if text.contains(['\n', '\r']) {
+        return Err(invalid(
+            format!("debconf answer {text:?} spans several lines"),
+            "give one answer per list item",
+        ));
+    }
+    let mut fields = text.split_whitespace();
+    let (Some(owner), Some(question), Some(kind)) = (fields.next(), fields.next(), fields.next())
+    else {
+        return Err(invalid(
+            format!("debconf answer \"{text}\" is missing fields"),
+            FORM,
+        ));
+    };
+    if check_package(owner).is_err() {
+        return Err(invalid(
+            format!("debconf answer \"{text}\": \"{owner}\" is not a package name"),
+            FORM,
+        ));
+    }
+    if !question.contains('/') || question.starts_with('/') || question.ends_with('/') {
+        return Err(invalid(
+            format!("debconf answer \"{text}\": \"{question}\" is not a question name"),
+            "questions are named like \"shared/gridengineconfig\" or \"postfix/main_mailer_type\"",
+        ));
+    }
+    if !DEBCONF_TYPES.contains(&kind) {
+        return Err(invalid(
+            format!("debconf answer \"{text}\": unknown type \"{kind}\""),
+            format!("use one of: {}", DEBCONF_TYPES.join(", ")),
+        ));
+    }
+    let value: Vec<&str> = fields.collect();
+    if kind == "boolean" && !matches!(value.as_slice(), ["true"] | ["false"]) {
+        return Err(invalid(
+            format!("debconf answer \"{text}\": a boolean is true or false"),
+            FORM,
+        ));
+    }
+    Ok(())
+}
+
 /// systemd unit names; a name without a suffix means `.service`.
 pub(crate) fn check_unit(text: &str) -> Result<(), Invalid> {
     let ok = !text.is_empty()

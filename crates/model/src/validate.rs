@@ -433,6 +433,16 @@ fn role(
             .map(|l| string_list(cx, l, "package", units::check_package))
             .unwrap_or_default(),
     );
+    let debconf = merge_unique(
+        defaults
+            .and_then(|d| d.debconf.as_ref())
+            .map(quiet_list)
+            .unwrap_or_default(),
+        raw.debconf
+            .as_ref()
+            .map(|l| string_list(cx, l, "debconf answer", units::check_debconf))
+            .unwrap_or_default(),
+    );
     let services = merge_unique(
         defaults
             .and_then(|d| d.services.as_ref())
@@ -514,6 +524,7 @@ fn role(
         memory_mib: memory?,
         cpus: cpus?,
         packages,
+        debconf,
         services,
         networks,
         files: files.into_values().collect(),
@@ -767,6 +778,9 @@ pub(crate) fn check_defaults(src: &SourceFile, dir: &Path, raw: &RawRole) -> Vec
     };
     if let Some(l) = &raw.packages {
         string_list(&mut cx, l, "package", units::check_package);
+    }
+    if let Some(l) = &raw.debconf {
+        string_list(&mut cx, l, "debconf answer", units::check_debconf);
     }
     if let Some(l) = &raw.services {
         string_list(&mut cx, l, "service", units::check_unit);

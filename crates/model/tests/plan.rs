@@ -165,3 +165,32 @@ fn default_subnets_are_distinct_and_avoid_explicit_ones() {
     assert_eq!((s.network().octets()[0], s.prefix()), (10, 24));
     assert!((100..200).contains(&s.network().octets()[1]));
 }
+
+#[test]
+fn debconf_answers_merge_from_the_defaults_in_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let toml = "[defaults]\n\
+                debconf = [\"gridengine-common shared/gridengineconfig boolean false\"]\n\
+                [roles.master]\n\
+                debconf = [\"postfix postfix/mailname string master.lan\", \
+                \"gridengine-common shared/gridengineconfig boolean false\"]\n\
+                [roles.exec]\n";
+    let (comp, _) = check(&write(dir.path(), toml), &Scale::default()).expect("valid");
+    let master = comp
+        .roles
+        .iter()
+        .find(|r| r.name == "master")
+        .expect("master");
+    let exec = comp.roles.iter().find(|r| r.name == "exec").expect("exec");
+    assert_eq!(
+        master.debconf,
+        [
+            "gridengine-common shared/gridengineconfig boolean false",
+            "postfix postfix/mailname string master.lan"
+        ]
+    );
+    assert_eq!(
+        exec.debconf,
+        ["gridengine-common shared/gridengineconfig boolean false"]
+    );
+}

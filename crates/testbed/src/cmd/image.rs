@@ -83,6 +83,7 @@ fn specs_with(comp: &Composition, agent: Option<PathBuf>) -> anyhow::Result<Vec<
                 mirror: comp.cluster.mirror.clone(),
                 kernel: comp.cluster.kernel.clone(),
                 packages,
+                debconf: role.debconf.clone(),
                 files,
                 agent: agent.clone(),
             })
