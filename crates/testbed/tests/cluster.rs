@@ -185,18 +185,41 @@ fn a_service_that_fails_fails_up_with_its_node_unit_and_journal() {
             !t.contains("count = 4"),
             "the example changed; update this test"
         );
-        // Only the broken role: no ctl, no nfs.
+        // Only the broken role, no ctl, no nfs; and a copy of it (same
+        // packages and static files, so the same image) whose service
+        // never finishes starting: `up` must not wait for it once compute
+        // has failed.
         let start = t.find("[roles.ctl]").unwrap();
         let end = t.find("[roles.compute]").unwrap();
         let t = format!("{}{}", &t[..start], &t[end..]);
+        let block_end = t.find("[secrets.munge]").unwrap();
+        let block = &t[t.find("[roles.compute]").unwrap()..block_end];
+        let services = block
+            .lines()
+            .find(|l| l.starts_with("services = "))
+            .unwrap();
+        let waiter = block.replace("[roles.compute]", "[roles.waiter]").replace(
+            services,
+            "services = [\"hang\"]\nfiles.\"/etc/systemd/system/hang.service\" = { template = \"hang.service.j2\" }",
+        );
+        let t = format!("{}{waiter}{}", &t[..block_end], &t[block_end..]);
         t.replace("name = \"slurm\"", "name = \"broken\"")
     });
+    std::fs::write(
+        env.comp.join("hang.service.j2"),
+        "[Unit]\nDescription=never finishes starting\n[Service]\nType=oneshot\nExecStart=/bin/sleep infinity\nTimeoutStartSec=infinity\n",
+    )
+    .unwrap();
     let out = env.testbed(&["up"]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
         err.contains("node compute (compute) failed: service slurmd"),
         "{err}"
+    );
+    assert!(
+        err.contains("node waiter (waiter) was still"),
+        "up gives up at the first failure: {err}"
     );
     assert!(err.contains("slurmd"), "names the unit: {err}");
     assert!(err.contains("journal"), "quotes the journal: {err}");

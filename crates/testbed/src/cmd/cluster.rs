@@ -192,7 +192,10 @@ pub fn bring_up(
     t.dir.create().map_err(|e| Failure::Runtime(e.into()))?;
     let result = launch(&t, &images, accel, boot_timeout, service_timeout);
     let status = match result {
-        Ok(()) => wait_ready(&t, start),
+        // With --keep-failed every node gets its chance, to be inspected;
+        // otherwise the first failure ends the wait, since the cluster
+        // cannot be ready anyway.
+        Ok(()) => wait_ready(&t, start, !args.keep_failed),
         Err(e) => Err(e),
     };
     match status {
@@ -216,6 +219,13 @@ pub fn bring_up(
             }
             let mut message = String::new();
             for node in &failed {
+                if !matches!(node.state, NodeState::Failed | NodeState::Stopped) {
+                    message.push_str(&format!(
+                        "node {} ({}) was still {} when up gave up\n",
+                        node.name, node.role, node.state,
+                    ));
+                    continue;
+                }
                 let detail = node.message.as_deref().unwrap_or("no details");
                 // Agent errors already start with the node's name.
                 let detail = detail
@@ -322,8 +332,9 @@ fn launch(
     }
 }
 
-/// Follows the supervisor's `watch` stream, printing each change.
-fn wait_ready(t: &Target, start: Instant) -> Result<ClusterStatus, Failure> {
+/// Follows the supervisor's `watch` stream, printing each change, until
+/// every node is settled or, with `fail_fast`, one has failed.
+fn wait_ready(t: &Target, start: Instant, fail_fast: bool) -> Result<ClusterStatus, Failure> {
     let mut client = connect(&t.plan.cluster, &t.dir)?;
     client
         .send(&Request::Watch)
@@ -346,6 +357,9 @@ fn wait_ready(t: &Target, start: Instant) -> Result<ClusterStatus, Failure> {
                     node.state,
                     detail
                 );
+                if node.state == NodeState::Failed && fail_fast {
+                    return fetch_status(&t.plan.cluster, &t.dir);
+                }
             }
             Reply::Settled(status) => return Ok(status),
             other => return Err(reply_error(other)),
