@@ -189,7 +189,7 @@ const CASES: &[Case] = &[
         name: "toml syntax error",
         toml: "[roles.ctl\ncount = 1\n",
         files: &[],
-        message: "invalid table header",
+        message: "unclosed table, expected `]`",
         line: 1,
         column: 11,
         help: "",

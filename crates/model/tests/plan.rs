@@ -194,3 +194,18 @@ fn debconf_answers_merge_from_the_defaults_in_order() {
         ["gridengine-common shared/gridengineconfig boolean false"]
     );
 }
+
+#[test]
+fn files_may_be_written_with_dotted_keys() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let toml = "[roles.a]\n\
+                files.\"/etc/x\".content = \"hello\"\n\
+                files.\"/etc/x\".mode = \"0600\"\n\
+                files.\"/etc/y\".content = \"\"\"\nmulti\nline\n\"\"\"\n";
+    let (comp, _) = check(&write(dir.path(), toml), &Scale::default()).expect("valid");
+    let files = &comp.roles[0].files;
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(files[0].path, "/etc/x");
+    assert_eq!(files[0].mode, 0o600);
+    assert_eq!(files[1].path, "/etc/y");
+}
