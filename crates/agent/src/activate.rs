@@ -175,7 +175,21 @@ pub fn apply(
     if writes_units {
         system::daemon_reload().map_err(system_error)?;
     }
-    if let Err(e) = system::start_units(&activation.services) {
+    // systemctl talks to systemd over D-Bus, which may not answer within
+    // its 25 s while systemd is busy (under TCG, with a node's units all
+    // starting): such a failure is asked again, a few times for the start
+    // (queueing the same start jobs again is harmless) and until the
+    // service deadline for the state.
+    let mut started = system::start_units(&activation.services);
+    for _ in 0..2 {
+        match &started {
+            Err(e) if e.to_string().contains("timed out") => {
+                started = system::start_units(&activation.services);
+            }
+            _ => break,
+        }
+    }
+    if let Err(e) = started {
         // Name the first unit systemd does not know, if that is the cause.
         for unit in &activation.services {
             if let Ok(status) = system::unit_status(unit) {
@@ -193,7 +207,16 @@ pub fn apply(
     for unit in &activation.services {
         let deadline = Instant::now() + timeout;
         loop {
-            let status = system::unit_status(unit).map_err(system_error)?;
+            let status = match system::unit_status(unit) {
+                Ok(status) => status,
+                Err(_) if Instant::now() < deadline => {
+                    if cancelled(Duration::from_millis(500)) {
+                        return Err(ActivationError::Cancelled { hostname });
+                    }
+                    continue;
+                }
+                Err(e) => return Err(system_error(e)),
+            };
             if status.is_up() {
                 break;
             }
