@@ -8,7 +8,7 @@
 
 mod support;
 
-use support::{attr, start_tag, start_tags, text, Env};
+use support::{text, Env};
 
 #[test]
 fn the_dask_example_passes_every_subtest() {
@@ -25,42 +25,16 @@ fn the_dask_example_passes_every_subtest() {
         "the copy was locked against today's archive"
     );
 
-    check_reports(
-        &std::fs::read_to_string(&junit).expect("junit written"),
-        &std::fs::read(&json).expect("json written"),
-    );
-}
-
-/// The JUnit and JSON reports of a passed run: four subtests, by name, all
-/// passed.
-fn check_reports(xml: &str, json: &[u8]) {
-    let suite = start_tag(xml, "testsuite").expect("a testsuite element");
-    assert_eq!(attr(suite, "name"), Some("dask"), "{suite}");
-    assert_eq!(attr(suite, "tests"), Some("4"), "{suite}");
-    assert_eq!(attr(suite, "failures"), Some("0"), "{suite}");
-    assert_eq!(attr(suite, "errors"), Some("0"), "{suite}");
-    let cases: Vec<&str> = start_tags(xml, "testcase")
-        .into_iter()
-        .filter_map(|attrs| attr(attrs, "name"))
-        .collect();
-    assert_eq!(
-        cases,
-        [
+    let cases = support::check_passed_reports(
+        &junit,
+        &json,
+        "dask",
+        &[
             "every worker registers with the scheduler by name",
             "a computation spreads its tasks over every worker",
             "a partitioned worker is dropped and its tasks rerun elsewhere",
             "the worker reconnects after heal and runs tasks again",
         ],
-        "{xml}"
-    );
-    assert!(!xml.contains("<failure"), "{xml}");
-
-    let report: serde_json::Value = serde_json::from_slice(json).expect("json");
-    assert_eq!(report["passed"], true, "{report}");
-    let cases = report["cases"].as_array().expect("cases");
-    assert!(
-        cases.iter().all(|c| c["passed"] == true),
-        "every subtest passed: {report}"
     );
     // The partition subtest saw the cut-off worker given tasks that the
     // others then ran (what `spread.py run` prints, logged by the script).

@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{attr, start_tag, start_tags, text, Env};
+use support::{text, Env};
 
 /// The subtests of examples/etcd/test.rhai, in order.
 const SUBTESTS: [&str; 5] = [
@@ -25,26 +25,5 @@ fn the_etcd_example_passes_every_subtest() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!env.running(), "the cluster is taken down after the test");
 
-    let xml = std::fs::read_to_string(&junit).expect("junit written");
-    let suite = start_tag(&xml, "testsuite").expect("a testsuite element");
-    assert_eq!(attr(suite, "name"), Some("etcd"), "{suite}");
-    assert_eq!(
-        attr(suite, "tests"),
-        Some(SUBTESTS.len().to_string().as_str()),
-        "{suite}"
-    );
-    assert_eq!(attr(suite, "failures"), Some("0"), "{suite}");
-    let cases = start_tags(&xml, "testcase");
-    let names: Vec<&str> = cases.iter().filter_map(|c| attr(c, "name")).collect();
-    assert_eq!(names, SUBTESTS, "{xml}");
-    assert!(!xml.contains("<failure"), "{xml}");
-
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
-    assert_eq!(report["passed"], true, "{report}");
-    let cases = report["cases"].as_array().expect("cases");
-    assert_eq!(cases.len(), SUBTESTS.len(), "{report}");
-    for case in cases {
-        assert_eq!(case["passed"], true, "{case}");
-    }
+    support::check_passed_reports(&junit, &json, "etcd", &SUBTESTS);
 }

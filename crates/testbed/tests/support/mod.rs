@@ -217,3 +217,38 @@ pub fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
     let end = attrs[start..].find('"')? + start;
     Some(&attrs[start..end])
 }
+
+/// Checks the reports `testbed test` wrote for an example that passed: a
+/// JUnit suite named `suite` whose test cases are `subtests`, in order,
+/// none failed, and a JSON report that says it passed, case by case.
+/// Returns the JSON report's cases, for checks of their logs.
+pub fn check_passed_reports(
+    junit: &Path,
+    json: &Path,
+    suite: &str,
+    subtests: &[&str],
+) -> Vec<serde_json::Value> {
+    let xml = std::fs::read_to_string(junit).expect("junit written");
+    let head = start_tag(&xml, "testsuite").expect("a testsuite element");
+    assert_eq!(attr(head, "name"), Some(suite), "{head}");
+    let count = subtests.len().to_string();
+    assert_eq!(attr(head, "tests"), Some(count.as_str()), "{head}");
+    assert_eq!(attr(head, "failures"), Some("0"), "{head}");
+    assert_eq!(attr(head, "errors"), Some("0"), "{head}");
+    let names: Vec<&str> = start_tags(&xml, "testcase")
+        .into_iter()
+        .filter_map(|c| attr(c, "name"))
+        .collect();
+    assert_eq!(names, subtests, "{xml}");
+    assert!(!xml.contains("<failure"), "{xml}");
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(json).expect("json written")).expect("json");
+    assert_eq!(report["passed"], true, "{report}");
+    let cases = report["cases"].as_array().expect("cases").clone();
+    assert_eq!(cases.len(), subtests.len(), "{report}");
+    for case in &cases {
+        assert_eq!(case["passed"], true, "{case}");
+    }
+    cases
+}
