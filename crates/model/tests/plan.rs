@@ -209,3 +209,32 @@ fn files_may_be_written_with_dotted_keys() {
     assert_eq!(files[0].mode, 0o600);
     assert_eq!(files[1].path, "/etc/y");
 }
+
+#[test]
+fn the_grid_engine_example_scales_without_edits() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gridengine");
+    let plan = plan_of(&dir.join("testbed.toml"), &Scale(vec![("exec".into(), 8)]));
+    let render = |template_name: &str, node: &str| {
+        let path = dir.join(template_name);
+        let file = SourceFile {
+            text: std::fs::read_to_string(&path).expect("template"),
+            path,
+        };
+        template::render(&plan, node, &file).expect("render")
+    };
+    // Every node finds the qmaster; the master registers every host.
+    assert_eq!(render("act_qmaster.j2", "exec7"), "master\n");
+    let hosts: Vec<String> = (1..=8).map(|i| format!("exec{i}")).collect();
+    assert_eq!(
+        render("allhosts.j2", "master"),
+        format!("group_name @allhosts\nhostlist {}\n", hosts.join(" "))
+    );
+    let register = render("sge-register.j2", "master");
+    for h in &hosts {
+        assert!(register.contains(&format!("qconf -ah {h}\n")), "{register}");
+        assert!(
+            register.contains(&format!("qconf -Ae \"$work/{h}\"\n")),
+            "{register}"
+        );
+    }
+}
