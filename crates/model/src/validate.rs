@@ -344,6 +344,24 @@ fn string_list(
     out
 }
 
+/// A role's list merged after `[defaults]`'s (see [`merge_unique`]). Only
+/// the role's items are checked: lists from `[defaults]` are checked once,
+/// by `check_defaults`; checking them again for every role would repeat the
+/// same message.
+fn merged_list(
+    cx: &mut Ctx<'_>,
+    defaults: Option<&Spanned<Vec<Spanned<String>>>>,
+    role: Option<&Spanned<Vec<Spanned<String>>>>,
+    what: &str,
+    check: impl Fn(&str) -> Result<(), Invalid>,
+) -> Vec<String> {
+    merge_unique(
+        defaults.map(quiet_list).unwrap_or_default(),
+        role.map(|l| string_list(cx, l, what, check))
+            .unwrap_or_default(),
+    )
+}
+
 fn merge_unique(defaults: Vec<String>, role: Vec<String>) -> Vec<String> {
     let mut out = defaults;
     for item in role {
@@ -421,37 +439,26 @@ fn role(
         None => Some(1),
     };
 
-    // Lists from [defaults] are checked once, by `check_defaults`; checking
-    // them again for every role would repeat the same message.
-    let packages = merge_unique(
-        defaults
-            .and_then(|d| d.packages.as_ref())
-            .map(quiet_list)
-            .unwrap_or_default(),
-        raw.packages
-            .as_ref()
-            .map(|l| string_list(cx, l, "package", units::check_package))
-            .unwrap_or_default(),
+    let packages = merged_list(
+        cx,
+        defaults.and_then(|d| d.packages.as_ref()),
+        raw.packages.as_ref(),
+        "package",
+        units::check_package,
     );
-    let debconf = merge_unique(
-        defaults
-            .and_then(|d| d.debconf.as_ref())
-            .map(quiet_list)
-            .unwrap_or_default(),
-        raw.debconf
-            .as_ref()
-            .map(|l| string_list(cx, l, "debconf answer", units::check_debconf))
-            .unwrap_or_default(),
+    let debconf = merged_list(
+        cx,
+        defaults.and_then(|d| d.debconf.as_ref()),
+        raw.debconf.as_ref(),
+        "debconf answer",
+        units::check_debconf,
     );
-    let services = merge_unique(
-        defaults
-            .and_then(|d| d.services.as_ref())
-            .map(quiet_list)
-            .unwrap_or_default(),
-        raw.services
-            .as_ref()
-            .map(|l| string_list(cx, l, "service", units::check_unit))
-            .unwrap_or_default(),
+    let services = merged_list(
+        cx,
+        defaults.and_then(|d| d.services.as_ref()),
+        raw.services.as_ref(),
+        "service",
+        units::check_unit,
     );
 
     let networks = match raw
