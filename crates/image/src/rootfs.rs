@@ -540,31 +540,16 @@ const SYSV_START_DIRS: &[&str] = &["etc/rc2.d", "etc/rc3.d", "etc/rc4.d", "etc/r
 fn disable_services(rootfs: &Path) -> Result<Vec<String>> {
     let mut removed = disable_sysv_start_links(rootfs)?;
     let system = rootfs.join("etc/systemd/system");
-    let Ok(dirs) = fs::read_dir(&system) else {
+    let Ok(dirs) = sorted_entries(&system) else {
         return Ok(removed);
     };
-    let mut dirs: Vec<PathBuf> = dirs.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    dirs.sort();
-    for dir in dirs {
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
+    for (dir, name) in dirs {
         // Only `.wants`/`.requires` links enable a unit; other links in
         // /etc/systemd/system are aliases or masks and stay.
         if !(name.ends_with(".wants") || name.ends_with(".requires")) || !dir.is_dir() {
             continue;
         }
-        let mut links: Vec<PathBuf> = fs::read_dir(&dir)
-            .at("cannot list", &dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        links.sort();
-        for link in links {
-            let unit = link
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
+        for (link, unit) in sorted_entries(&dir).at("cannot list", &dir)? {
             if KEEP_ENABLED.contains(&unit.as_str()) {
                 continue;
             }
@@ -582,22 +567,25 @@ fn disable_services(rootfs: &Path) -> Result<Vec<String>> {
     Ok(removed)
 }
 
+/// The entries of `dir`, each as its path and file name, sorted by name.
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<(PathBuf, String)>> {
+    let mut entries: Vec<(PathBuf, String)> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    entries.sort();
+    Ok(entries)
+}
+
 /// Removes the `S??name` links of [`SYSV_START_DIRS`]; the `K` links and the
 /// scripts stay, so `systemctl start name` still works at activation.
 fn disable_sysv_start_links(rootfs: &Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for dir in SYSV_START_DIRS {
-        let path = rootfs.join(dir);
-        let Ok(entries) = fs::read_dir(&path) else {
+        let Ok(links) = sorted_entries(&rootfs.join(dir)) else {
             continue;
         };
-        let mut links: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        links.sort();
-        for link in links {
-            let name = link
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
+        for (link, name) in links {
             let is_link = link.symlink_metadata().map(|m| m.file_type().is_symlink());
             if name.starts_with('S') && is_link.unwrap_or(false) {
                 fs::remove_file(&link).at("cannot remove", &link)?;
