@@ -163,10 +163,20 @@ pub fn apply(
             .map_err(system_error)?;
     }
     // Loopback is normally up already; make sure, since services bind to it.
-    system::run("ip", &["link", "set", "dev", "lo", "up"]).map_err(system_error)?;
+    if !system::link_is_up("lo") {
+        system::run("ip", &["link", "set", "dev", "lo", "up"]).map_err(system_error)?;
+    }
     if activation.services.is_empty() {
         report.elapsed_ms = elapsed_ms(start);
         return Ok(report);
+    }
+    // In a container the agent is started by the engine, not by systemd,
+    // and can be faster than systemd's boot: wait for its control socket.
+    let deadline = Instant::now() + Duration::from_millis(activation.service_timeout_ms);
+    while !Path::new("/run/systemd/private").exists() && Instant::now() < deadline {
+        if cancelled(Duration::from_millis(100)) {
+            return Err(ActivationError::Cancelled { hostname });
+        }
     }
     let writes_units = activation
         .files

@@ -177,8 +177,19 @@ impl AtomicFile {
                 .map_err(io)?;
             file.sync_all().map_err(io)?;
         }
-        fs::rename(&self.temp, &self.target).map_err(io)?;
-        Ok(())
+        match fs::rename(&self.temp, &self.target) {
+            // The target is a mount point: a container engine bind-mounts
+            // its own /etc/hostname, /etc/hosts and /etc/resolv.conf, which
+            // can be rewritten but not replaced. Written in place then.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
+                let result = fs::copy(&self.temp, &self.target).and_then(|_| {
+                    fs::set_permissions(&self.target, fs::Permissions::from_mode(mode & 0o7777))
+                });
+                let _ = fs::remove_file(&self.temp);
+                result.map_err(io)
+            }
+            other => other.map_err(io),
+        }
     }
 }
 

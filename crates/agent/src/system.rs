@@ -59,6 +59,11 @@ pub fn run(program: &str, args: &[&str]) -> Result<String, SystemError> {
 
 /// Sets the kernel's hostname (the files are written by activation).
 pub fn set_hostname(name: &str) -> Result<(), SystemError> {
+    // A container gets its name when it is created and its /proc/sys is
+    // read-only: a name that is already right is left alone.
+    if fs::read_to_string("/proc/sys/kernel/hostname").is_ok_and(|current| current.trim() == name) {
+        return Ok(());
+    }
     fs::write("/proc/sys/kernel/hostname", name).map_err(|source| SystemError::Hostname {
         name: name.to_owned(),
         source,
@@ -100,11 +105,34 @@ pub fn configure_interface(
     if let Some(mtu) = mtu {
         run("ip", &["link", "set", "dev", name, "mtu", &mtu.to_string()])?;
     }
+    // A container's engine has already given its interfaces their
+    // addresses, and the container may not change them (no CAP_NET_ADMIN):
+    // only what is missing is asked for.
+    let present = run("ip", &["-o", "addr", "show", "dev", name]).unwrap_or_default();
     for address in addresses {
-        run("ip", &["addr", "replace", address, "dev", name])?;
+        if !has_address(&present, address) {
+            run("ip", &["addr", "replace", address, "dev", name])?;
+        }
     }
-    run("ip", &["link", "set", "dev", name, "up"])?;
+    if !link_is_up(name) {
+        run("ip", &["link", "set", "dev", name, "up"])?;
+    }
     Ok(())
+}
+
+/// Whether `ip -o addr show` output lists `address` (`IP/PREFIX`).
+fn has_address(ip_output: &str, address: &str) -> bool {
+    ip_output
+        .lines()
+        .any(|line| line.split_whitespace().any(|word| word == address))
+}
+
+/// Whether the interface is administratively up (`IFF_UP` in its flags).
+pub fn link_is_up(name: &str) -> bool {
+    fs::read_to_string(format!("/sys/class/net/{name}/flags"))
+        .ok()
+        .and_then(|f| u32::from_str_radix(f.trim().trim_start_matches("0x"), 16).ok())
+        .is_some_and(|flags| flags & 1 == 1)
 }
 
 /// Whether systemd is the running init.
@@ -250,6 +278,16 @@ pub fn system_state() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_the_engine_gave_is_recognised() {
+        let out = "2: eth0    inet 10.44.0.11/24 brd 10.44.0.255 scope global eth0\\       valid_lft forever preferred_lft forever\n\
+                   2: eth0    inet6 fe80::5054:ff:fe2c:b/64 scope link \\       valid_lft forever preferred_lft forever\n";
+        assert!(has_address(out, "10.44.0.11/24"));
+        assert!(!has_address(out, "10.44.0.1/24"));
+        assert!(!has_address(out, "10.44.0.11/16"));
+        assert!(!has_address("", "10.44.0.11/24"));
+    }
 
     #[test]
     fn interfaces_are_found_by_mac() {

@@ -16,6 +16,7 @@
 
 pub mod accel;
 pub mod api;
+pub mod container;
 pub mod keys;
 pub mod qemu;
 pub mod qmp;

@@ -618,7 +618,7 @@ impl Drop for VmProcess {
 
 /// Makes the child get `SIGKILL` when the thread that spawns it exits.
 #[allow(unsafe_code)]
-fn die_with_spawning_thread(cmd: &mut Command) {
+pub fn die_with_spawning_thread(cmd: &mut Command) {
     use rustix::process::{getpid, getppid, set_parent_process_death_signal, Signal};
     let parent = getpid();
     // SAFETY: the closure runs in the forked child before exec, where only

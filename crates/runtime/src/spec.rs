@@ -19,6 +19,7 @@ use testbed_proto::{Activation, FileWrite, InterfaceConfig, SshConfig, SshHostKe
 use thiserror::Error;
 
 use crate::accel::Accel;
+use crate::container::EngineInfo;
 use crate::keys::{self, KeyError, KeyPair};
 use crate::state::{self, StateDir, StateError};
 
@@ -46,6 +47,9 @@ pub struct ClusterSpec {
     pub cluster: String,
     /// The composition's absolute path, for messages and `status`.
     pub composition: PathBuf,
+    /// What runs the nodes.
+    #[serde(default)]
+    pub backend: BackendSpec,
     pub accel: Accel,
     /// How long a node may take from QEMU's start to its agent's hello.
     pub boot_timeout_ms: u64,
@@ -55,6 +59,27 @@ pub struct ClusterSpec {
     pub seed: u64,
     pub networks: Vec<NetworkSpec>,
     pub nodes: Vec<NodeSpec>,
+}
+
+/// What runs a cluster's nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackendSpec {
+    /// One QEMU process per node, owned by the supervisor.
+    #[default]
+    Qemu,
+    /// One container per node, owned by a container engine.
+    Container { engine: EngineInfo },
+}
+
+impl BackendSpec {
+    /// The name `status` shows.
+    pub fn name(&self) -> String {
+        match self {
+            BackendSpec::Qemu => "qemu".to_owned(),
+            BackendSpec::Container { engine } => engine.engine.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +97,9 @@ pub struct ImageFiles {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub rootfs: PathBuf,
+    /// The root file system as a tar archive (what containers are made of).
+    #[serde(default)]
+    pub archive: PathBuf,
     /// The kernel command line the image's stage 1 expects.
     pub cmdline: String,
 }
@@ -134,6 +162,7 @@ impl ClusterSpec {
 /// What `up` decided beyond the plan.
 #[derive(Debug, Clone)]
 pub struct Options {
+    pub backend: BackendSpec,
     pub accel: Accel,
     pub boot_timeout: Duration,
     pub activation_timeout: Duration,
@@ -351,6 +380,7 @@ pub fn prepare(
         cluster: plan.cluster.clone(),
         composition: std::path::absolute(&comp.source.path)
             .unwrap_or_else(|_| comp.source.path.clone()),
+        backend: options.backend.clone(),
         accel: options.accel,
         boot_timeout_ms: testbed_proto::millis(options.boot_timeout),
         activation_timeout_ms: testbed_proto::millis(options.activation_timeout),
@@ -388,6 +418,7 @@ mod tests {
                         kernel: PathBuf::from(format!("/store/{r}/kernel")),
                         initramfs: PathBuf::from(format!("/store/{r}/initramfs")),
                         rootfs: PathBuf::from(format!("/store/{r}/rootfs.erofs")),
+                        archive: PathBuf::from(format!("/store/{r}/rootfs.tar")),
                         cmdline: "console=ttyS0".to_owned(),
                     },
                 )
@@ -400,6 +431,7 @@ mod tests {
         let (comp, plan) = example();
         let scratch = tempfile::tempdir().unwrap();
         let options = Options {
+            backend: BackendSpec::Qemu,
             accel: Accel::Tcg,
             boot_timeout: Duration::from_secs(300),
             activation_timeout: Duration::from_secs(120),

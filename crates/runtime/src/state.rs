@@ -6,7 +6,8 @@
 //! and one folder per node (QEMU's sockets, console log, pid). `down`
 //! removes the directory, so nothing is left behind; a directory whose
 //! supervisor is gone (killed with SIGKILL, say) is cleaned up by
-//! [`teardown`] from its recorded pids alone.
+//! [`teardown`] from its recorded pids alone (and, for containers, which
+//! outlive their supervisor, from the engine's labels).
 //!
 //! The directory's name is the cluster's name plus a hash of the
 //! composition's absolute path, so two clusters with the same name in two
@@ -230,6 +231,8 @@ pub struct Teardown {
     pub killed: Vec<(String, i32)>,
     /// Whether the directory existed and was removed.
     pub removed: bool,
+    /// What was removed from (or kept in) a container engine.
+    pub engine: Vec<String>,
 }
 
 /// Kills whatever the cluster left running (the supervisor, then every
@@ -261,6 +264,15 @@ pub fn teardown(dir: &StateDir) -> Result<Teardown, StateError> {
             kill_and_wait(pid, dir.path());
             report.killed.push((what, pid));
         }
+    }
+    // Containers outlive their supervisor: the engine owns them.
+    if let Ok(crate::spec::ClusterSpec {
+        backend: crate::spec::BackendSpec::Container { engine },
+        ..
+    }) = crate::spec::ClusterSpec::read(&dir.spec())
+    {
+        let engine = crate::container::Containers::new(engine);
+        report.engine = crate::container::remove_cluster(&engine, dir.path());
     }
     fs::remove_dir_all(dir.path()).map_err(io_err("remove", dir.path()))?;
     report.removed = true;

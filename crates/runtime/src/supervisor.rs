@@ -18,7 +18,13 @@
 //! - Every boot has a generation number; a thread working for an older
 //!   boot (a node rebooted or crashed meanwhile) never overwrites the state.
 //! - A node's agent connection survives faults on the cluster network: it
-//!   is a virtio-serial port, not a NIC.
+//!   is a virtio-serial port (VMs) or `exec -i` (containers), not a NIC.
+//!
+//! With the container backend ([`crate::container`]) the engine owns the
+//! node processes instead of the spawner: `run` imports the images and
+//! creates the networks, a watcher thread follows the engine's `died`
+//! events, and the switch only keeps the fault table, whose verdicts are
+//! applied in each container's network namespace.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -26,6 +32,7 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -36,9 +43,10 @@ use thiserror::Error;
 use crate::api::{
     self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request, WaitFor,
 };
+use crate::container::{self, ContainerConfig, ContainerNic, Containers, FaultProgram, Peer};
 use crate::qemu::{self, NicConfig, VmConfig, VmProcess};
 use crate::qmp::Qmp;
-use crate::spec::{ClusterSpec, NodeSpec};
+use crate::spec::{BackendSpec, ClusterSpec, NodeSpec};
 use crate::state::{self, StateDir};
 use crate::switch::{self, PortSpec, Switch};
 
@@ -59,6 +67,8 @@ pub enum SupervisorError {
     Qemu(#[from] crate::qemu::QemuError),
     #[error("cannot serve the API on {}: {source}", .path.display())]
     Api { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Container(#[from] crate::container::ContainerError),
 }
 
 /// Where the supervisor's log lines go (the CLI writes them to
@@ -75,14 +85,49 @@ struct NodeRt {
     /// The agent client, once the hello succeeded (kept when activation
     /// fails, so a failed node can still be inspected).
     client: Option<Arc<Client>>,
-    /// A handle on the agent socket, to unblock the client's reader when
-    /// the VM goes away.
-    agent_conn: Option<UnixStream>,
+    /// A handle on the agent channel, to unblock the client's reader when
+    /// the node goes away.
+    agent_conn: Option<AgentConn>,
+    /// The container of the current boot (container backend).
+    container_id: Option<String>,
+    /// The fault rules last applied in the container's network namespace.
+    applied: Option<FaultProgram>,
     /// Incremented at every boot and power loss.
     generation: u64,
     /// Why the VM is expected to stop (set by crash/shutdown), so its exit
     /// is not reported as a failure.
     expected_stop: Option<String>,
+}
+
+/// The host end of a node's agent channel.
+#[derive(Clone)]
+enum AgentConn {
+    /// QEMU's virtio-serial socket.
+    Socket(Arc<UnixStream>),
+    /// The engine's `exec -i` process running the agent in a container.
+    Process(Arc<Mutex<Child>>),
+}
+
+impl AgentConn {
+    /// Ends the channel, which wakes the client's reader.
+    fn close(&self) {
+        match self {
+            AgentConn::Socket(s) => {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+            AgentConn::Process(child) => {
+                let mut child = lock(child);
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// What runs the nodes.
+enum Runner {
+    Qemu,
+    Container(Containers),
 }
 
 enum SpawnCmd {
@@ -108,6 +153,7 @@ struct Shared {
     changed: Condvar,
     switch: Mutex<Switch>,
     spawner: Mutex<mpsc::Sender<SpawnCmd>>,
+    runner: Runner,
     log: Log,
 }
 
@@ -124,26 +170,41 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
         std::process::id().to_string().as_bytes(),
         0o600,
     )?;
-    let qemu_bin = qemu::find_qemu()?;
     log(&format!(
-        "supervising cluster {} ({} nodes, accel {}) from {}",
+        "supervising cluster {} ({} nodes, {} backend, accel {}) from {}",
         spec.cluster,
         spec.nodes.len(),
+        spec.backend.name(),
         spec.accel,
         spec.composition.display()
     ));
-
-    let mut ports = Vec::new();
-    for node in &spec.nodes {
-        for nic in &node.nics {
-            ports.push(PortSpec {
-                segment: nic.network.clone(),
-                node: node.name.clone(),
-                transport: switch::unix_transport(&dir.net_dir(), &node.name, &nic.network),
-            });
+    let (runner, switch, qemu_bin) = match &spec.backend {
+        BackendSpec::Qemu => {
+            let qemu_bin = qemu::find_qemu()?;
+            let mut ports = Vec::new();
+            for node in &spec.nodes {
+                for nic in &node.nics {
+                    ports.push(PortSpec {
+                        segment: nic.network.clone(),
+                        node: node.name.clone(),
+                        transport: switch::unix_transport(&dir.net_dir(), &node.name, &nic.network),
+                    });
+                }
+            }
+            let switch = Switch::start(&ports, spec.seed)?;
+            (Runner::Qemu, switch, Some(qemu_bin))
         }
-    }
-    let switch = Switch::start(&ports, spec.seed)?;
+        BackendSpec::Container { engine } => {
+            let engine = Containers::new(engine.clone());
+            let names: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
+            let switch = Switch::fault_table(&names, spec.seed)?;
+            if let Err(e) = container_prepare(&spec, dir, &engine, &log) {
+                container::remove_cluster(&engine, dir.path());
+                return Err(e.into());
+            }
+            (Runner::Container(engine), switch, None)
+        }
+    };
 
     let mut nodes = BTreeMap::new();
     for node in &spec.nodes {
@@ -163,6 +224,8 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
                 started: None,
                 client: None,
                 agent_conn: None,
+                container_id: None,
+                applied: None,
                 generation: 0,
                 expected_stop: None,
             },
@@ -185,18 +248,21 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
         changed: Condvar::new(),
         switch: Mutex::new(switch),
         spawner: Mutex::new(tx),
+        runner,
         log,
     });
 
     {
         let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("spawner".into())
-            .spawn(move || spawner(&shared, &qemu_bin, &rx))
-            .map_err(|source| SupervisorError::Api {
-                path: listener_path.clone(),
-                source,
-            })?;
+        let thread = std::thread::Builder::new().name("spawner".into());
+        let started = match qemu_bin {
+            Some(qemu_bin) => thread.spawn(move || spawner(&shared, &qemu_bin, &rx)),
+            None => thread.spawn(move || container_watch(&shared, &rx)),
+        };
+        started.map_err(|source| SupervisorError::Api {
+            path: listener_path.clone(),
+            source,
+        })?;
     }
     let names: Vec<String> = shared.spec.nodes.iter().map(|n| n.name.clone()).collect();
     for name in names {
@@ -373,8 +439,13 @@ impl Shared {
             cluster: self.spec.cluster.clone(),
             composition: self.spec.composition.clone(),
             state_dir: self.dir.path().to_path_buf(),
-            backend: "qemu".to_owned(),
-            accel: self.spec.accel.to_string(),
+            backend: self.spec.backend.name(),
+            accel: match self.spec.backend {
+                BackendSpec::Container { .. } => {
+                    "none (containers share the host's kernel)".to_owned()
+                }
+                BackendSpec::Qemu => self.spec.accel.to_string(),
+            },
             supervisor_pid: std::process::id(),
             nodes: statuses,
         }
@@ -439,19 +510,18 @@ fn vm_exited(shared: &Arc<Shared>, name: &str, pid: u32, status: &str) {
         let Some(n) = nodes.get(name).filter(|n| n.pid == Some(pid)) else {
             return;
         };
-        (
-            n.generation,
-            n.agent_conn.as_ref().and_then(|c| c.try_clone().ok()),
-        )
+        (n.generation, n.agent_conn.clone())
     };
     // Wakes the agent client's reader (and so any request waiting on it).
     if let Some(conn) = conn {
-        let _ = conn.shutdown(std::net::Shutdown::Both);
+        conn.close();
     }
     shared.set(name, generation, |n| {
         n.pid = None;
         n.client = None;
         n.agent_conn = None;
+        n.container_id = None;
+        n.applied = None;
         n.started = None;
         match n.expected_stop.take() {
             Some(reason) => {
@@ -460,13 +530,14 @@ fn vm_exited(shared: &Arc<Shared>, name: &str, pid: u32, status: &str) {
             }
             None if n.state == NodeState::Ready || n.state == NodeState::Paused => {
                 n.state = NodeState::Stopped;
-                n.message = Some(format!("the VM stopped by itself ({status})"));
+                n.message = Some(format!("the node stopped by itself ({status})"));
             }
             None if n.state == NodeState::Failed => {}
             None => {
                 n.state = NodeState::Failed;
                 n.message = Some(format!(
-                    "QEMU exited while the node was {} ({status}); the console's last lines:\n{}",
+                    "{} exited while the node was {} ({status}); the console's last lines:\n{}",
+                    shared.spec.backend.name(),
                     n.state,
                     console_tail(&console, CONSOLE_TAIL)
                 ));
@@ -533,6 +604,9 @@ fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
     let Some(spec) = shared.spec.node(name).cloned() else {
         return;
     };
+    if let Runner::Container(engine) = &shared.runner {
+        return container_boot(shared, engine, &spec, generation);
+    }
     let config = vm_config(shared, &spec);
     let (tx, rx) = mpsc::channel();
     shared.spawn_cmd(SpawnCmd::Start {
@@ -564,30 +638,31 @@ fn attach(shared: &Arc<Shared>, name: &str, generation: u64, started: Instant) {
             .get(name)
             .is_some_and(|n| n.generation == generation && n.state == NodeState::Booting)
     };
-    let stream = loop {
-        if !still_current() {
-            return;
-        }
-        match UnixStream::connect(node_dir.agent_socket()) {
-            Ok(stream) => break stream,
-            Err(e) if Instant::now() >= deadline => {
-                return shared.fail(
-                    name,
-                    generation,
-                    format!(
-                        "cannot connect to the agent socket {}: {e}",
-                        node_dir.agent_socket().display()
-                    ),
-                )
+    let channel = match &shared.runner {
+        Runner::Qemu => loop {
+            if !still_current() {
+                return;
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
+            match UnixStream::connect(node_dir.agent_socket()) {
+                Ok(stream) => break socket_channel(stream),
+                Err(e) if Instant::now() >= deadline => {
+                    return shared.fail(
+                        name,
+                        generation,
+                        format!(
+                            "cannot connect to the agent socket {}: {e}",
+                            node_dir.agent_socket().display()
+                        ),
+                    )
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        },
+        Runner::Container(engine) => container_agent(shared, engine, name),
     };
-    let (reader, conn) = match (stream.try_clone(), stream.try_clone()) {
-        (Ok(r), Ok(c)) => (r, c),
-        (Err(e), _) | (_, Err(e)) => {
-            return shared.fail(name, generation, format!("agent socket: {e}"))
-        }
+    let (reader, writer, conn) = match channel {
+        Ok(parts) => parts,
+        Err(message) => return shared.fail(name, generation, message),
     };
     if !shared.set(name, generation, |n| n.agent_conn = Some(conn)) {
         return;
@@ -597,7 +672,7 @@ fn attach(shared: &Arc<Shared>, name: &str, generation: u64, started: Instant) {
         hello_timeout: deadline.saturating_duration_since(Instant::now()),
         ..ClientOptions::default()
     };
-    let client = match Client::with_options(reader, stream, options) {
+    let client = match Client::with_options(reader, writer, options) {
         Ok(client) => Arc::new(client),
         Err(e) => {
             if !still_current() {
@@ -626,7 +701,7 @@ fn attach(shared: &Arc<Shared>, name: &str, generation: u64, started: Instant) {
         n.client = Some(Arc::clone(&client));
     });
     shared.log(&format!(
-        "{name}: agent {} answered {:.1}s after QEMU started",
+        "{name}: agent {} answered {:.1}s after the node started",
         client.agent_info().software,
         booted.as_secs_f64()
     ));
@@ -969,12 +1044,26 @@ fn power(shared: &Arc<Shared>, name: &str, action: PowerAction) -> Reply {
             shared.set(name, generation, |n| {
                 n.expected_stop = Some("crashed (power cut)".to_owned())
             });
-            let (tx, rx) = mpsc::channel();
-            shared.spawn_cmd(SpawnCmd::Kill {
-                node: name.to_owned(),
-                reply: tx,
-            });
-            let _ = rx.recv();
+            match &shared.runner {
+                Runner::Qemu => {
+                    let (tx, rx) = mpsc::channel();
+                    shared.spawn_cmd(SpawnCmd::Kill {
+                        node: name.to_owned(),
+                        reply: tx,
+                    });
+                    let _ = rx.recv();
+                }
+                Runner::Container(engine) => {
+                    // Removed, not just killed: the kernel answers pings in
+                    // a dead container's network namespace until the
+                    // engine tears it down, and a crashed node must be
+                    // silent at once, as a VM is.
+                    let cname = container::container_name(&shared.spec.cluster, name);
+                    if let Err(e) = engine.remove(&cname) {
+                        return error(e.to_string(), Some(name));
+                    }
+                }
+            }
             if let Some(pid) = pid {
                 vm_exited(shared, name, pid, "killed");
             }
@@ -998,10 +1087,22 @@ fn power(shared: &Arc<Shared>, name: &str, action: PowerAction) -> Reply {
         }
         PowerAction::Pause | PowerAction::Resume => {
             let pause = action == PowerAction::Pause;
-            let result = qmp(shared, name).and_then(|mut q| {
-                let r = if pause { q.stop() } else { q.cont() };
-                r.map_err(|e| Box::new(error(e.to_string(), Some(name))))
-            });
+            let result = match &shared.runner {
+                Runner::Qemu => qmp(shared, name).and_then(|mut q| {
+                    let r = if pause { q.stop() } else { q.cont() };
+                    r.map(drop)
+                        .map_err(|e| Box::new(error(e.to_string(), Some(name))))
+                }),
+                Runner::Container(engine) => {
+                    let cname = container::container_name(&shared.spec.cluster, name);
+                    let r = if pause {
+                        engine.pause(&cname)
+                    } else {
+                        engine.unpause(&cname)
+                    };
+                    r.map_err(|e| Box::new(error(e.to_string(), Some(name))))
+                }
+            };
             match result {
                 Ok(_) => {
                     shared.set(name, generation, |n| {
@@ -1052,12 +1153,17 @@ fn clean_stop(
         return Ok(());
     }
     shared.log(&format!(
-        "{name}: no clean {verb} within {grace:?}; quitting QEMU"
+        "{name}: no clean {verb} within {grace:?}; stopping it hard"
     ));
-    qmp(shared, name).and_then(|mut q| {
-        q.quit()
-            .map_err(|e| Box::new(error(e.to_string(), Some(name))))
-    })?;
+    match &shared.runner {
+        Runner::Qemu => qmp(shared, name).and_then(|mut q| {
+            q.quit()
+                .map_err(|e| Box::new(error(e.to_string(), Some(name))))
+        })?,
+        Runner::Container(engine) => engine
+            .kill(&container::container_name(&shared.spec.cluster, name))
+            .map_err(|e| Box::new(error(e.to_string(), Some(name))))?,
+    }
     match wait_for(shared, name, Duration::from_secs(30), stopped) {
         Reply::Ok => Ok(()),
         other => Err(Box::new(other)),
@@ -1113,25 +1219,42 @@ fn wait_in(shared: &Shared, node: &str, what: &WaitFor, timeout: Duration) -> Re
 }
 
 fn apply_fault(shared: &Shared, fault: Fault) -> Reply {
-    let switch = lock(&shared.switch);
-    let result = match fault {
-        Fault::Block { node } => switch.block(&node),
-        Fault::Unblock { node } => switch.unblock(&node),
-        Fault::Partition { groups } => switch.partition(&groups),
-        Fault::Heal => {
-            switch.heal();
-            Ok(())
-        }
-        Fault::Link { a, b, change } => {
-            return match switch.change_link(&a, &b, &change) {
-                Ok(rule) => Reply::Link { rule },
-                Err(e) => error(e.to_string(), None),
-            };
+    let reply = {
+        let switch = lock(&shared.switch);
+        let result = match fault {
+            Fault::Block { node } => switch.block(&node),
+            Fault::Unblock { node } => switch.unblock(&node),
+            Fault::Partition { groups } => switch.partition(&groups),
+            Fault::Heal => {
+                switch.heal();
+                Ok(())
+            }
+            Fault::Link { a, b, change } => {
+                let before = switch.link(&a, &b);
+                match switch.change_link(&a, &b, &change) {
+                    Ok(rule) => {
+                        drop(switch);
+                        // A rule this backend cannot apply is taken back,
+                        // so the fault table never claims what is not so.
+                        if let Err(message) = container_sync_faults(shared) {
+                            let _ = lock(&shared.switch).set_link(&a, &b, before);
+                            let _ = container_sync_faults(shared);
+                            return error(message, None);
+                        }
+                        return Reply::Link { rule };
+                    }
+                    Err(e) => return error(e.to_string(), None),
+                }
+            }
+        };
+        match result {
+            Ok(()) => Reply::Ok,
+            Err(e) => return error(e.to_string(), None),
         }
     };
-    match result {
-        Ok(()) => Reply::Ok,
-        Err(e) => error(e.to_string(), None),
+    match container_sync_faults(shared) {
+        Ok(()) => reply,
+        Err(message) => error(message, None),
     }
 }
 
@@ -1141,6 +1264,344 @@ fn down(shared: &Arc<Shared>) {
     let (tx, rx) = mpsc::channel();
     shared.spawn_cmd(SpawnCmd::KillAll { reply: tx });
     let _ = rx.recv_timeout(Duration::from_secs(60));
+    if let Runner::Container(engine) = &shared.runner {
+        let conns: Vec<AgentConn> = lock(&shared.nodes)
+            .values()
+            .filter_map(|n| n.agent_conn.clone())
+            .collect();
+        for conn in conns {
+            conn.close();
+        }
+        for line in container::remove_cluster(engine, shared.dir.path()) {
+            shared.log(&format!("down: {line}"));
+        }
+    }
     lock(&shared.switch).stop();
     let _ = fs::remove_dir_all(shared.dir.path());
+}
+
+/// The two halves of a unix socket as an agent channel.
+type Channel = (Box<dyn Read + Send>, Box<dyn Write + Send>, AgentConn);
+
+fn socket_channel(stream: UnixStream) -> Result<Channel, String> {
+    let reader = stream
+        .try_clone()
+        .map_err(|e| format!("agent socket: {e}"))?;
+    let writer = stream
+        .try_clone()
+        .map_err(|e| format!("agent socket: {e}"))?;
+    Ok((
+        Box::new(reader),
+        Box::new(writer),
+        AgentConn::Socket(Arc::new(stream)),
+    ))
+}
+
+/// Imports every role's image the engine does not have yet (recording the
+/// tags this cluster imported, which `down` removes) and creates the
+/// cluster's internal networks.
+fn container_prepare(
+    spec: &ClusterSpec,
+    dir: &StateDir,
+    engine: &Containers,
+    log: &Log,
+) -> Result<(), container::ContainerError> {
+    let labels = container_labels(spec, dir, None);
+    let mut imported = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for node in &spec.nodes {
+        if !seen.insert(node.image.key.clone()) {
+            continue;
+        }
+        let tag = container::image_tag(&node.image.key);
+        let start = Instant::now();
+        if engine.import(&node.image.archive, &tag)? {
+            log(&format!(
+                "imported {} as {tag} in {:.1}s",
+                node.image.archive.display(),
+                start.elapsed().as_secs_f64()
+            ));
+            imported.push(tag);
+            // Written at every step, so a crash between two imports still
+            // leaves `down` the list.
+            let _ = state::write_atomic(
+                &dir.path().join(container::IMPORTED_FILE),
+                imported.join("\n").as_bytes(),
+                0o600,
+            );
+        }
+    }
+    for net in &spec.networks {
+        let name = container::network_name(&spec.cluster, &net.name);
+        engine.create_network(&name, &net.subnet, &labels)?;
+    }
+    Ok(())
+}
+
+fn container_labels(
+    spec: &ClusterSpec,
+    dir: &StateDir,
+    node: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert(container::LABEL_CLUSTER.to_owned(), spec.cluster.clone());
+    labels.insert(
+        container::LABEL_STATE.to_owned(),
+        dir.path().to_string_lossy().into_owned(),
+    );
+    if let Some(node) = node {
+        labels.insert(container::LABEL_NODE.to_owned(), node.to_owned());
+    }
+    labels
+}
+
+/// The container backend's watcher: follows the engine's `died` events of
+/// this cluster's containers (the event stream is a child of this
+/// long-lived thread, so it dies with the supervisor) and ends with the
+/// supervisor's spawner channel.
+fn container_watch(shared: &Arc<Shared>, rx: &mpsc::Receiver<SpawnCmd>) {
+    let Runner::Container(engine) = &shared.runner else {
+        return;
+    };
+    let (events_tx, events_rx) = mpsc::channel::<String>();
+    let mut events: Option<Child> = None;
+    loop {
+        if events
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+        {
+            events = container_events(shared, engine, events_tx.clone());
+        }
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(SpawnCmd::KillAll { reply }) => {
+                let _ = reply.send(());
+            }
+            Ok(SpawnCmd::Kill { reply, .. }) => {
+                let _ = reply.send(());
+            }
+            Ok(SpawnCmd::Start { reply, .. }) => {
+                let _ = reply.send(Err("the container backend starts no QEMU".to_owned()));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Some(mut c) = events {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return;
+            }
+        }
+        while let Ok(id) = events_rx.try_recv() {
+            let found = lock(&shared.nodes).iter().find_map(|(name, n)| {
+                n.container_id
+                    .as_deref()
+                    .filter(|c| c.starts_with(&id) || id.starts_with(c))
+                    .and(n.pid)
+                    .map(|pid| (name.clone(), pid))
+            });
+            if let Some((name, pid)) = found {
+                vm_exited(shared, &name, pid, "the container exited");
+            }
+        }
+    }
+}
+
+/// Starts `engine events` for this cluster's containers; each `died`
+/// event's container id is sent to `tx`.
+fn container_events(
+    shared: &Arc<Shared>,
+    engine: &Containers,
+    tx: mpsc::Sender<String>,
+) -> Option<Child> {
+    let mut cmd = engine.command();
+    cmd.args([
+        "events",
+        "--format",
+        "{{.ID}}",
+        "--filter",
+        "event=died",
+        "--filter",
+        &format!(
+            "label={}={}",
+            container::LABEL_STATE,
+            shared.dir.path().display()
+        ),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    qemu::die_with_spawning_thread(&mut cmd);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            shared.log(&format!("cannot follow the engine's events: {e}"));
+            return None;
+        }
+    };
+    let stdout = child.stdout.take()?;
+    let _ = std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || {
+            use std::io::BufRead;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let id = line.trim();
+                if !id.is_empty() && tx.send(id.to_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+    Some(child)
+}
+
+/// One boot of a container node: a fresh container (a node that crashed
+/// or stopped loses its writable layer, as a VM loses its RAM), then the
+/// fault rules in force, then the agent as for a VM.
+fn container_boot(shared: &Arc<Shared>, engine: &Containers, spec: &NodeSpec, generation: u64) {
+    let name = spec.name.as_str();
+    let node_dir = shared.dir.node(name);
+    let cname = container::container_name(&shared.spec.cluster, name);
+    let _ = engine.remove(&cname);
+    let _ = fs::remove_file(node_dir.console_log());
+    let config = ContainerConfig {
+        name: cname.clone(),
+        hostname: name.to_owned(),
+        image: container::image_tag(&spec.image.key),
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+        nics: spec
+            .nics
+            .iter()
+            .map(|nic| ContainerNic {
+                network: container::network_name(&shared.spec.cluster, &nic.network),
+                ip: nic.ip.clone(),
+                mac: nic.mac.clone(),
+            })
+            .collect(),
+        labels: container_labels(&shared.spec, &shared.dir, Some(name)),
+        console_log: node_dir.console_log(),
+    };
+    let started = Instant::now();
+    let id = match engine.start(&config) {
+        Ok(id) => id,
+        Err(e) => return shared.fail(name, generation, e.to_string()),
+    };
+    let pid = match engine.pid(&cname) {
+        Ok(pid) if pid > 0 => pid,
+        Ok(_) => {
+            return shared.fail(
+                name,
+                generation,
+                format!(
+                    "the container {cname} stopped at once; the console's last lines:\n{}",
+                    console_tail(&node_dir.console_log(), CONSOLE_TAIL)
+                ),
+            )
+        }
+        Err(e) => return shared.fail(name, generation, e.to_string()),
+    };
+    if !shared.set(name, generation, |n| {
+        n.state = NodeState::Booting;
+        n.pid = Some(pid);
+        n.container_id = Some(id);
+        n.applied = None;
+        n.started = Some(started);
+    }) {
+        return;
+    }
+    if let Err(message) = container_sync_faults(shared) {
+        return shared.fail(name, generation, message);
+    }
+    attach(shared, name, generation, started);
+}
+
+/// The agent's session in a container: `engine exec -i NAME agent --stdio`.
+fn container_agent(shared: &Shared, engine: &Containers, name: &str) -> Result<Channel, String> {
+    let cname = container::container_name(&shared.spec.cluster, name);
+    let log = shared.dir.node(name).path.join("agent.log");
+    let stderr = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+    let mut child = engine
+        .agent_command(&cname)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", engine.info.engine))?;
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("the agent's exec session has no standard streams".to_owned());
+    };
+    Ok((
+        Box::new(stdout),
+        Box::new(stdin),
+        AgentConn::Process(Arc::new(Mutex::new(child))),
+    ))
+}
+
+/// Makes every running container's network namespace match the fault
+/// table; a no-op for VM backends, whose frames pass through the switch.
+fn container_sync_faults(shared: &Shared) -> Result<(), String> {
+    let Runner::Container(engine) = &shared.runner else {
+        return Ok(());
+    };
+    let running: Vec<(String, u32, Option<FaultProgram>)> = lock(&shared.nodes)
+        .iter()
+        .filter_map(|(name, n)| n.pid.map(|pid| (name.clone(), pid, n.applied.clone())))
+        .collect();
+    let programs: Vec<(String, u32, Option<FaultProgram>, FaultProgram)> = {
+        let switch = lock(&shared.switch);
+        running
+            .into_iter()
+            .filter_map(|(name, pid, applied)| {
+                let spec = shared.spec.node(&name)?;
+                let interfaces: Vec<String> =
+                    (0..spec.nics.len()).map(|i| format!("eth{i}")).collect();
+                let mut peers = Vec::new();
+                for other in shared.spec.nodes.iter().filter(|o| o.name != name) {
+                    let verdict = switch.verdict(&name, &other.name);
+                    for nic in &other.nics {
+                        if let Some(i) = spec.nics.iter().position(|m| m.network == nic.network) {
+                            peers.push(Peer {
+                                node: other.name.clone(),
+                                ip: nic.ip.clone(),
+                                interface: interfaces[i].clone(),
+                                verdict: verdict.clone(),
+                            });
+                        }
+                    }
+                }
+                let program = container::fault_program(&interfaces, &peers);
+                Some((name, pid, applied, program))
+            })
+            .collect()
+    };
+    let mut first_error = None;
+    for (name, pid, applied, program) in programs {
+        if applied.as_ref() == Some(&program) {
+            continue;
+        }
+        match container::apply_program(engine, &name, pid, &program) {
+            Ok(()) => {
+                let mut nodes = lock(&shared.nodes);
+                if let Some(n) = nodes.get_mut(&name).filter(|n| n.pid == Some(pid)) {
+                    n.applied = Some(program);
+                }
+            }
+            // A node that stopped meanwhile gets its rules at its next boot.
+            Err(_)
+                if lock(&shared.nodes)
+                    .get(&name)
+                    .is_some_and(|n| n.pid != Some(pid)) => {}
+            Err(e) => {
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }

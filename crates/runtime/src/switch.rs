@@ -432,6 +432,22 @@ impl Switch {
         })
     }
 
+    /// A switch that forwards nothing and only keeps the fault table of
+    /// `nodes`: for backends whose frames do not pass through this switch
+    /// (containers), which apply its [`Switch::verdict`]s themselves, so
+    /// faults have one model, one validation and one history everywhere.
+    pub fn fault_table(nodes: &[String], seed: u64) -> Result<Switch, SwitchError> {
+        let mut switch = Switch::start(&[], seed)?;
+        switch.nodes.extend(nodes.iter().cloned());
+        Ok(switch)
+    }
+
+    /// Whether traffic between `a` and `b` is cut (`None`), and otherwise
+    /// the rule of their link.
+    pub fn verdict(&self, a: &str, b: &str) -> Option<LinkRule> {
+        lock(&self.shared.faults).verdict(a, b)
+    }
+
     /// The ports, in the order they were given.
     pub fn ports(&self) -> &[PortInfo] {
         &self.ports

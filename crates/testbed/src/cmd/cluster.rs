@@ -24,7 +24,8 @@ use testbed_runtime::accel::{self, Accel};
 use testbed_runtime::api::{
     ApiClient, ApiError, ClusterStatus, Input, NodeState, NodeStatus, Reply, Request,
 };
-use testbed_runtime::spec::{self, ImageFiles, Options};
+use testbed_runtime::container::{self, Engine};
+use testbed_runtime::spec::{self, BackendSpec, ImageFiles, Options};
 use testbed_runtime::state::{self, StateDir};
 
 use crate::output::{Failure, Outcome};
@@ -42,6 +43,10 @@ pub enum AccelChoice {
 pub enum Backend {
     /// One QEMU process per node; no daemon needed
     Qemu,
+    /// One podman container per node (systemd as PID 1); see docs/containers.md
+    Podman,
+    /// One docker container per node; see docs/containers.md
+    Docker,
 }
 
 #[derive(Debug, clap::Args)]
@@ -128,7 +133,6 @@ pub fn bring_up(
 ) -> Result<ClusterStatus, Failure> {
     let start = Instant::now();
     let t = target(path, scale)?;
-    let Backend::Qemu = args.backend;
     if let Ok(mut client) = ApiClient::connect(&t.dir.api_socket()) {
         if let Ok(Reply::Status(status)) = client.call(&Request::Status) {
             let want: Vec<&str> = t.plan.nodes.iter().map(|n| n.name.as_str()).collect();
@@ -157,18 +161,38 @@ pub fn bring_up(
         );
     }
 
-    let accel = match args.accel {
-        AccelChoice::Kvm => Accel::Kvm,
-        AccelChoice::Tcg => Accel::Tcg,
-        AccelChoice::Auto => {
+    let backend = match args.backend {
+        Backend::Qemu => BackendSpec::Qemu,
+        Backend::Podman | Backend::Docker => {
+            let wanted = match args.backend {
+                Backend::Docker => Engine::Docker,
+                _ => Engine::Podman,
+            };
+            let engine = container::detect(Some(wanted)).map_err(|e| Failure::Runtime(e.into()))?;
+            eprintln!(
+                "{} container engine: {}{}",
+                elapsed(start),
+                engine.engine,
+                if engine.rootless { " (rootless)" } else { "" }
+            );
+            BackendSpec::Container { engine }
+        }
+    };
+    let accel = match (&backend, args.accel) {
+        // Containers run on the host's kernel: nothing to accelerate.
+        (BackendSpec::Container { .. }, _) => Accel::Kvm,
+        (_, AccelChoice::Kvm) => Accel::Kvm,
+        (_, AccelChoice::Tcg) => Accel::Tcg,
+        (_, AccelChoice::Auto) => {
             let d = accel::detect();
             eprintln!("{} accelerator: {} ({})", elapsed(start), d.accel, d.reason);
             d.accel
         }
     };
-    let (boot_timeout, service_timeout) = match accel {
-        Accel::Kvm => (Duration::from_secs(120), Duration::from_secs(60)),
-        Accel::Tcg => (Duration::from_secs(900), Duration::from_secs(300)),
+    let (boot_timeout, service_timeout) = match (&backend, accel) {
+        (BackendSpec::Container { .. }, _) => (Duration::from_secs(300), Duration::from_secs(300)),
+        (_, Accel::Kvm) => (Duration::from_secs(120), Duration::from_secs(60)),
+        (_, Accel::Tcg) => (Duration::from_secs(900), Duration::from_secs(300)),
     };
     let boot_timeout = args.timeout.unwrap_or(boot_timeout);
 
@@ -183,6 +207,7 @@ pub fn bring_up(
                     kernel: b.output("kernel"),
                     initramfs: b.output("initramfs"),
                     rootfs: b.output("rootfs.erofs"),
+                    archive: b.output("rootfs.tar"),
                     cmdline: testbed_image::initramfs::KERNEL_CMDLINE.to_owned(),
                 },
             )
@@ -190,7 +215,7 @@ pub fn bring_up(
         .collect();
 
     t.dir.create().map_err(|e| Failure::Runtime(e.into()))?;
-    let result = launch(&t, &images, accel, boot_timeout, service_timeout);
+    let result = launch(&t, &images, backend, accel, boot_timeout, service_timeout);
     let status = match result {
         // With --keep-failed every node gets its chance, to be inspected;
         // otherwise the first failure ends the wait, since the cluster
@@ -265,6 +290,7 @@ pub fn bring_up(
 fn launch(
     t: &Target,
     images: &BTreeMap<String, ImageFiles>,
+    backend: BackendSpec,
     accel: Accel,
     boot_timeout: Duration,
     service_timeout: Duration,
@@ -274,6 +300,7 @@ fn launch(
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let options = Options {
+        backend,
         accel,
         boot_timeout,
         activation_timeout: service_timeout,
@@ -344,7 +371,7 @@ fn wait_ready(t: &Target, start: Instant, fail_fast: bool) -> Result<ClusterStat
             Reply::Node(node) => {
                 let detail = match node.state {
                     NodeState::Ready => format!(
-                        " ({:.1}s after QEMU started)",
+                        " ({:.1}s after its start)",
                         node.uptime_ms.unwrap_or(0) as f64 / 1000.0
                     ),
                     NodeState::Failed => " (details below)".to_owned(),

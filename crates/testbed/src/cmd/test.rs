@@ -46,6 +46,9 @@ pub struct TestArgs {
     /// A prompt with the script API instead of the script (`.exit` or Ctrl-D leaves)
     #[arg(short, long)]
     pub interactive: bool,
+    /// Backend, if the cluster has to be brought up
+    #[arg(long, value_enum, default_value = "qemu")]
+    pub backend: Backend,
     /// Accelerator, if the cluster has to be brought up
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
@@ -208,7 +211,7 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
     let was_running = running(&dir);
     if !was_running {
         let up = UpArgs {
-            backend: Backend::Qemu,
+            backend: args.backend,
             accel: args.accel,
             timeout: None,
             keep_failed: args.keep,

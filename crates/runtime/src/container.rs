@@ -1,0 +1,786 @@
+//! The container backend: each node is a container of a container engine
+//! (podman first, docker otherwise) running systemd as PID 1, made from the
+//! role's `rootfs.tar` (imported once per image key), on internal networks
+//! with the plan's addresses and MACs (layout in `docs/containers.md`).
+//!
+//! Everything goes through the engine's command-line client, whose argument
+//! lists are built by pure functions ([`run_args`], [`network_args`]) and
+//! snapshot-tested. What the engine creates carries the labels
+//! [`LABEL_CLUSTER`] and [`LABEL_STATE`] (the state directory), so `down`
+//! finds it after a supervisor crash and never touches anything else.
+//!
+//! Faults are applied from the host side, in each container's network
+//! namespace (`nsenter --net`): cuts (block, partition, a link down) and
+//! loss are `iptables` rules, rates an HTB tree, delays and jitter a netem
+//! qdisc when the host's kernel has one ([`FaultProgram`]). The container
+//! holds no `CAP_NET_ADMIN`, so it cannot undo them.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::switch::LinkRule;
+
+/// Label naming the cluster on every container, network and image.
+pub const LABEL_CLUSTER: &str = "org.testbed.cluster";
+/// Label holding the state directory of the cluster that created a thing.
+pub const LABEL_STATE: &str = "org.testbed.state";
+/// Label naming the node of a container.
+pub const LABEL_NODE: &str = "org.testbed.node";
+/// Where every image has the agent (installed by the image builder).
+pub const AGENT_PATH: &str = "/usr/local/bin/testbed-agent";
+/// The agent's VM unit, which waits for a virtio port a container never
+/// has; masked in containers (the host starts the agent with `exec -i`).
+pub const AGENT_UNIT: &str = "/etc/systemd/system/testbed-agent.service";
+
+#[derive(Debug, Error)]
+pub enum ContainerError {
+    #[error("no container engine found: install podman (scripts/setup-host.sh does) or docker")]
+    NoEngine,
+    #[error("{engine} is installed but does not answer: {message}")]
+    Unusable { engine: Engine, message: String },
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("{command} failed: {message}")]
+    Failed { command: String, message: String },
+    #[error("{what}: {message}")]
+    Fault { what: String, message: String },
+}
+
+/// The engine's command-line client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    Podman,
+    Docker,
+}
+
+impl Engine {
+    pub fn program(self) -> &'static str {
+        match self {
+            Engine::Podman => "podman",
+            Engine::Docker => "docker",
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.program())
+    }
+}
+
+/// A container engine that answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    pub engine: Engine,
+    /// Rootless podman: host-side network commands enter the engine's user
+    /// namespace first (`podman unshare`).
+    pub rootless: bool,
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// Finds a working engine: `wanted`, or podman first, then docker.
+pub fn detect(wanted: Option<Engine>) -> Result<EngineInfo, ContainerError> {
+    let candidates = match wanted {
+        Some(engine) => vec![engine],
+        None => vec![Engine::Podman, Engine::Docker],
+    };
+    let mut last = None;
+    for engine in candidates {
+        if !on_path(engine.program()) {
+            continue;
+        }
+        let args: &[&str] = match engine {
+            Engine::Podman => &["info", "--format", "{{.Host.Security.Rootless}}"],
+            Engine::Docker => &["info", "--format", "{{.ServerVersion}}"],
+        };
+        match output(engine, args) {
+            Ok(out) => {
+                return Ok(EngineInfo {
+                    engine,
+                    rootless: engine == Engine::Podman && out.trim() == "true",
+                })
+            }
+            Err(e) => {
+                last = Some(ContainerError::Unusable {
+                    engine,
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(ContainerError::NoEngine))
+}
+
+fn describe(program: &OsStr, args: &[String]) -> String {
+    let mut text = program.to_string_lossy().into_owned();
+    for a in args.iter().take(4) {
+        text.push(' ');
+        text.push_str(a);
+    }
+    if args.len() > 4 {
+        text.push_str(" ...");
+    }
+    text
+}
+
+/// Runs a command and returns its standard output, or its standard error
+/// as the failure.
+fn run_command(mut cmd: Command, stdin: Option<&[u8]>) -> Result<String, ContainerError> {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let command = describe(cmd.get_program(), &args);
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|source| ContainerError::Spawn {
+        command: command.clone(),
+        source,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        let _ = pipe.write_all(input);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ContainerError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        Err(ContainerError::Failed {
+            command,
+            message: if message.is_empty() {
+                out.status.to_string()
+            } else {
+                message.join("\n")
+            },
+        })
+    }
+}
+
+fn output(engine: Engine, args: &[&str]) -> Result<String, ContainerError> {
+    let mut cmd = Command::new(engine.program());
+    cmd.args(args);
+    run_command(cmd, None)
+}
+
+/// One node's container, as [`run_args`] creates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerConfig {
+    pub name: String,
+    pub hostname: String,
+    pub image: String,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub nics: Vec<ContainerNic>,
+    /// Cluster, state directory and node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Where the engine writes the container's output (systemd's status
+    /// lines): the node's console log.
+    pub console_log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNic {
+    /// The engine's network.
+    pub network: String,
+    pub ip: String,
+    pub mac: String,
+}
+
+/// The engine's name of a cluster's network.
+pub fn network_name(cluster: &str, network: &str) -> String {
+    format!("testbed-{cluster}-{network}")
+}
+
+/// The engine's name of a node's container.
+pub fn container_name(cluster: &str, node: &str) -> String {
+    format!("testbed-{cluster}-{node}")
+}
+
+/// The image tag of a store entry: one per image key, shared by every
+/// cluster that uses the image.
+pub fn image_tag(key: &str) -> String {
+    let short: String = key.chars().take(20).collect();
+    format!("localhost/testbed-image:{short}")
+}
+
+fn label_args(labels: &BTreeMap<String, String>, out: &mut Vec<String>) {
+    for (k, v) in labels {
+        out.push("--label".to_owned());
+        out.push(format!("{k}={v}"));
+    }
+}
+
+/// `network create` arguments: an internal network (no route out, no DNS:
+/// names come from the node's `/etc/hosts`), the composition's subnet.
+pub fn network_args(name: &str, subnet: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    let mut args = vec![
+        "network".to_owned(),
+        "create".to_owned(),
+        "--internal".to_owned(),
+        "--subnet".to_owned(),
+        subnet.to_owned(),
+    ];
+    label_args(labels, &mut args);
+    args.push(name.to_owned());
+    args
+}
+
+/// `run` arguments of one node (pure; snapshot-tested).
+pub fn run_args(engine: Engine, c: &ContainerConfig) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--detach", "--pull", "never", "--name"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+    args.push(c.name.clone());
+    args.push("--hostname".to_owned());
+    args.push(c.hostname.clone());
+    label_args(&c.labels, &mut args);
+    args.push("--memory".to_owned());
+    args.push(format!("{}m", c.memory_mib));
+    args.push("--cpus".to_owned());
+    args.push(c.cpus.to_string());
+    match engine {
+        Engine::Podman => {
+            // systemd mode: /run, /tmp tmpfs, cgroups, the stop signal.
+            args.push("--systemd=always".to_owned());
+            for nic in &c.nics {
+                args.push("--network".to_owned());
+                args.push(format!("{}:ip={},mac={}", nic.network, nic.ip, nic.mac));
+            }
+            args.push("--log-driver".to_owned());
+            args.push("k8s-file".to_owned());
+            args.push("--log-opt".to_owned());
+            args.push(format!("path={}", c.console_log.display()));
+        }
+        Engine::Docker => {
+            for flag in ["--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp"] {
+                args.push(flag.to_owned());
+            }
+            args.push("--stop-signal".to_owned());
+            args.push("SIGRTMIN+3".to_owned());
+            // Docker connects one network at `run`; `connect` adds the rest.
+            if let Some(nic) = c.nics.first() {
+                args.push("--network".to_owned());
+                args.push(nic.network.clone());
+                args.push("--ip".to_owned());
+                args.push(nic.ip.clone());
+                args.push("--mac-address".to_owned());
+                args.push(nic.mac.clone());
+            }
+        }
+    }
+    if c.nics.is_empty() {
+        args.push("--network".to_owned());
+        args.push("none".to_owned());
+    }
+    args.push("--volume".to_owned());
+    args.push(format!("/dev/null:{AGENT_UNIT}:ro"));
+    args.push(c.image.clone());
+    args.push("/sbin/init".to_owned());
+    args.push("--show-status=1".to_owned());
+    args
+}
+
+/// The file in the state directory listing the image tags a cluster
+/// imported (one per line), which `down` removes again.
+pub const IMPORTED_FILE: &str = "imported-images";
+
+/// Removes everything the cluster whose state directory is `state` made in
+/// the engine: its containers and networks (found by label, so a crashed
+/// supervisor's leftovers too) and the image tags it imported (listed in
+/// [`IMPORTED_FILE`]; a tag another cluster's container still uses is kept).
+/// Returns what it did and what it could not do, one line each.
+pub fn remove_cluster(engine: &Containers, state: &Path) -> Vec<String> {
+    let mut report = Vec::new();
+    let value = state.to_string_lossy();
+    match engine.containers_with(LABEL_STATE, &value) {
+        Ok(names) => {
+            for name in names {
+                match engine.remove(&name) {
+                    Ok(()) => report.push(format!("removed container {name}")),
+                    Err(e) => report.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.push(e.to_string()),
+    }
+    match engine.networks_with(LABEL_STATE, &value) {
+        Ok(names) => {
+            for name in names {
+                match engine.remove_network(&name) {
+                    Ok(()) => report.push(format!("removed network {name}")),
+                    Err(e) => report.push(e.to_string()),
+                }
+            }
+        }
+        Err(e) => report.push(e.to_string()),
+    }
+    let imported = std::fs::read_to_string(state.join(IMPORTED_FILE)).unwrap_or_default();
+    for tag in lines(&imported) {
+        match engine.remove_image(&tag) {
+            Ok(()) => report.push(format!("removed image {tag}")),
+            Err(e) => report.push(format!("kept image {tag}: {e}")),
+        }
+    }
+    report
+}
+
+/// The engine of a running cluster.
+#[derive(Debug, Clone)]
+pub struct Containers {
+    pub info: EngineInfo,
+}
+
+impl Containers {
+    pub fn new(info: EngineInfo) -> Containers {
+        Containers { info }
+    }
+
+    fn engine(&self) -> Engine {
+        self.info.engine
+    }
+
+    pub fn command(&self) -> Command {
+        Command::new(self.engine().program())
+    }
+
+    fn run(&self, args: &[String]) -> Result<String, ContainerError> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_command(cmd, None)
+    }
+
+    fn run_str(&self, args: &[&str]) -> Result<String, ContainerError> {
+        let owned: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        self.run(&owned)
+    }
+
+    pub fn image_exists(&self, tag: &str) -> bool {
+        self.run_str(&["image", "inspect", "--format", "{{.Id}}", tag])
+            .is_ok()
+    }
+
+    /// Imports `tar` as `tag` unless the engine has it; true if imported.
+    pub fn import(&self, tar: &Path, tag: &str) -> Result<bool, ContainerError> {
+        if self.image_exists(tag) {
+            return Ok(false);
+        }
+        let tar = tar.to_string_lossy();
+        self.run_str(&["import", "--quiet", &tar, tag])?;
+        Ok(true)
+    }
+
+    pub fn remove_image(&self, tag: &str) -> Result<(), ContainerError> {
+        self.run_str(&["image", "rm", tag]).map(drop)
+    }
+
+    pub fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), ContainerError> {
+        self.run(&network_args(name, subnet, labels)).map(drop)
+    }
+
+    pub fn remove_network(&self, name: &str) -> Result<(), ContainerError> {
+        self.run_str(&["network", "rm", name]).map(drop)
+    }
+
+    /// Creates and starts a node's container; returns its id.
+    pub fn start(&self, c: &ContainerConfig) -> Result<String, ContainerError> {
+        let id = self.run(&run_args(self.engine(), c))?.trim().to_owned();
+        if self.engine() == Engine::Docker {
+            for nic in c.nics.iter().skip(1) {
+                self.run_str(&["network", "connect", "--ip", &nic.ip, &nic.network, &c.name])?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// Removes a container at once (SIGKILL), running or not.
+    pub fn remove(&self, name: &str) -> Result<(), ContainerError> {
+        self.run_str(&["rm", "--force", "--time", "0", name])
+            .map(drop)
+    }
+
+    pub fn kill(&self, name: &str) -> Result<(), ContainerError> {
+        self.run_str(&["kill", "--signal", "KILL", name]).map(drop)
+    }
+
+    pub fn pause(&self, name: &str) -> Result<(), ContainerError> {
+        self.run_str(&["pause", name]).map(drop)
+    }
+
+    pub fn unpause(&self, name: &str) -> Result<(), ContainerError> {
+        self.run_str(&["unpause", name]).map(drop)
+    }
+
+    /// The container's init process as the host sees it (0 when stopped).
+    pub fn pid(&self, name: &str) -> Result<u32, ContainerError> {
+        let out = self.run_str(&["inspect", "--format", "{{.State.Pid}}", name])?;
+        out.trim().parse().map_err(|_| ContainerError::Failed {
+            command: format!("{} inspect {name}", self.engine()),
+            message: format!("unexpected pid {out:?}"),
+        })
+    }
+
+    /// Whether the container is running.
+    pub fn running(&self, name: &str) -> bool {
+        self.run_str(&["inspect", "--format", "{{.State.Running}}", name])
+            .is_ok_and(|o| o.trim() == "true")
+    }
+
+    /// The command that starts the agent's session on its standard streams.
+    pub fn agent_command(&self, name: &str) -> Command {
+        let mut cmd = self.command();
+        cmd.args(["exec", "--interactive", name, AGENT_PATH, "--stdio"]);
+        cmd
+    }
+
+    /// Names of the containers (all, running or not) with `label=value`.
+    pub fn containers_with(&self, label: &str, value: &str) -> Result<Vec<String>, ContainerError> {
+        let filter = format!("label={label}={value}");
+        let out = self.run_str(&["ps", "--all", "--filter", &filter, "--format", "{{.Names}}"])?;
+        Ok(lines(&out))
+    }
+
+    /// Names of the networks with `label=value`.
+    pub fn networks_with(&self, label: &str, value: &str) -> Result<Vec<String>, ContainerError> {
+        let filter = format!("label={label}={value}");
+        let out = self.run_str(&[
+            "network",
+            "ls",
+            "--filter",
+            &filter,
+            "--format",
+            "{{.Name}}",
+        ])?;
+        Ok(lines(&out))
+    }
+
+    /// Runs `program args` in the network namespace of the process `pid`,
+    /// from the host side (inside the engine's user namespace when
+    /// rootless), with `stdin` as its input.
+    pub fn in_netns(
+        &self,
+        pid: u32,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<String, ContainerError> {
+        let netns = format!("--net=/proc/{pid}/ns/net");
+        let mut cmd = if self.info.rootless {
+            let mut c = Command::new("podman");
+            c.args(["unshare", "nsenter", &netns, program]);
+            c
+        } else {
+            let mut c = Command::new("nsenter");
+            c.args([netns.as_str(), program]);
+            c
+        };
+        cmd.args(args);
+        run_command(cmd, stdin)
+    }
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What one node's network namespace must look like for the faults in
+/// force: an `iptables-restore` input for cuts and loss, and `tc` commands
+/// per interface for rates and delays.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FaultProgram {
+    pub iptables: String,
+    /// `(interface, tc batch)`; an empty batch means "no shaping".
+    pub tc: Vec<(String, String)>,
+    /// Whether any delay or jitter needs the kernel's netem qdisc.
+    pub needs_netem: bool,
+}
+
+/// One peer address as seen from a node: which of the node's interfaces
+/// reaches it, and the fault verdict between the two nodes (`None`: cut).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub node: String,
+    pub ip: String,
+    pub interface: String,
+    pub verdict: Option<LinkRule>,
+}
+
+/// The program of a node whose peers are `peers` on `interfaces` (pure).
+pub fn fault_program(interfaces: &[String], peers: &[Peer]) -> FaultProgram {
+    let mut ipt =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    let mut needs_netem = false;
+    for p in peers {
+        match &p.verdict {
+            None => {
+                let _ = writeln!(ipt, "-A INPUT -s {}/32 -j DROP", p.ip);
+                let _ = writeln!(ipt, "-A OUTPUT -d {}/32 -j DROP", p.ip);
+            }
+            Some(rule) if rule.loss > 0.0 => {
+                // Each side drops its own sends: loss per direction, as the
+                // switch does it for VMs.
+                let _ = writeln!(
+                    ipt,
+                    "-A OUTPUT -d {}/32 -m statistic --mode random --probability {} -j DROP",
+                    p.ip, rule.loss
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    ipt.push_str("COMMIT\n");
+    let mut tc = Vec::new();
+    for dev in interfaces {
+        let shaped: Vec<(&Peer, &LinkRule)> = peers
+            .iter()
+            .filter(|p| &p.interface == dev)
+            .filter_map(|p| p.verdict.as_ref().map(|r| (p, r)))
+            .filter(|(_, r)| r.rate_bps.is_some() || !r.delay.is_zero())
+            .collect();
+        if shaped.is_empty() {
+            tc.push((dev.clone(), String::new()));
+            continue;
+        }
+        let mut batch = String::new();
+        let _ = writeln!(
+            batch,
+            "qdisc add dev {dev} root handle 1: htb default 1 r2q 1000"
+        );
+        let _ = writeln!(
+            batch,
+            "class add dev {dev} parent 1: classid 1:1 htb rate 10gbit"
+        );
+        for (i, (peer, rule)) in shaped.iter().enumerate() {
+            let class = 10 + i;
+            let rate = rule
+                .rate_bps
+                .map_or_else(|| "10gbit".to_owned(), |r| format!("{r}bit"));
+            let _ = writeln!(
+                batch,
+                "class add dev {dev} parent 1: classid 1:{class} htb rate {rate}"
+            );
+            if !rule.delay.is_zero() {
+                needs_netem = true;
+                let mut netem = format!(
+                    "qdisc add dev {dev} parent 1:{class} handle {class}: netem delay {}us",
+                    rule.delay.as_micros()
+                );
+                if !rule.jitter.is_zero() {
+                    let _ = write!(netem, " {}us", rule.jitter.as_micros());
+                }
+                let _ = writeln!(batch, "{netem}");
+            }
+            let _ = writeln!(
+                batch,
+                "filter add dev {dev} parent 1: protocol ip prio 1 u32 match ip dst {}/32 flowid 1:{class}",
+                peer.ip
+            );
+        }
+        tc.push((dev.clone(), batch));
+    }
+    FaultProgram {
+        iptables: ipt,
+        tc,
+        needs_netem,
+    }
+}
+
+/// Applies `program` in the network namespace of `pid`: the whole filter
+/// table is replaced at once; each interface's qdisc is replaced.
+pub fn apply_program(
+    engine: &Containers,
+    node: &str,
+    pid: u32,
+    program: &FaultProgram,
+) -> Result<(), ContainerError> {
+    let fail = |message: String| ContainerError::Fault {
+        what: format!("node {node}"),
+        message,
+    };
+    engine
+        .in_netns(
+            pid,
+            "iptables-restore",
+            &[],
+            Some(program.iptables.as_bytes()),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+    for (dev, batch) in &program.tc {
+        // No root qdisc yet is not an error worth reporting.
+        let _ = engine.in_netns(pid, "tc", &["qdisc", "del", "dev", dev, "root"], None);
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = engine.in_netns(pid, "tc", &["-batch", "-"], Some(batch.as_bytes())) {
+            let text = e.to_string();
+            let _ = engine.in_netns(pid, "tc", &["qdisc", "del", "dev", dev, "root"], None);
+            if program.needs_netem && text.contains("qdisc kind is unknown") {
+                return Err(fail(
+                    "delay and jitter need the kernel's netem qdisc (sch_netem), which this host's kernel does not have; the container backend applies link faults in the containers' network namespaces, so use a VM backend (qemu, libvirt) for delays".to_owned(),
+                ));
+            }
+            return Err(fail(text));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> ContainerConfig {
+        ContainerConfig {
+            name: "testbed-slurm-compute1".to_owned(),
+            hostname: "compute1".to_owned(),
+            image: image_tag("3f1c0a9e2b7d4c5e6f708192a3b4c5d6e7f8091a2b3c"),
+            memory_mib: 512,
+            cpus: 1,
+            nics: vec![ContainerNic {
+                network: network_name("slurm", "lan"),
+                ip: "10.44.0.12".to_owned(),
+                mac: "52:54:00:00:00:0c".to_owned(),
+            }],
+            labels: [
+                (LABEL_CLUSTER.to_owned(), "slurm".to_owned()),
+                (LABEL_NODE.to_owned(), "compute1".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            console_log: PathBuf::from("/run/testbed/slurm-1/nodes/compute1/console.log"),
+        }
+    }
+
+    #[test]
+    fn a_podman_node_runs_systemd_on_its_internal_network_with_the_plan_address() {
+        let args = run_args(Engine::Podman, &config()).join(" ");
+        assert_eq!(
+            args,
+            "run --detach --pull never --name testbed-slurm-compute1 --hostname compute1 \
+             --label org.testbed.cluster=slurm --label org.testbed.node=compute1 \
+             --memory 512m --cpus 1 --systemd=always \
+             --network testbed-slurm-lan:ip=10.44.0.12,mac=52:54:00:00:00:0c \
+             --log-driver k8s-file --log-opt path=/run/testbed/slurm-1/nodes/compute1/console.log \
+             --volume /dev/null:/etc/systemd/system/testbed-agent.service:ro \
+             localhost/testbed-image:3f1c0a9e2b7d4c5e6f70 /sbin/init --show-status=1"
+        );
+        // Never privileged, never given the host's network or extra
+        // capabilities.
+        for forbidden in ["--privileged", "--cap-add", "host", "--publish"] {
+            assert!(!args.contains(forbidden), "{forbidden} in {args}");
+        }
+    }
+
+    #[test]
+    fn networks_are_internal() {
+        let args = network_args("testbed-slurm-lan", "10.44.0.0/24", &BTreeMap::new());
+        assert_eq!(
+            args.join(" "),
+            "network create --internal --subnet 10.44.0.0/24 testbed-slurm-lan"
+        );
+    }
+
+    fn peer(node: &str, ip: &str, verdict: Option<LinkRule>) -> Peer {
+        Peer {
+            node: node.to_owned(),
+            ip: ip.to_owned(),
+            interface: "eth0".to_owned(),
+            verdict,
+        }
+    }
+
+    #[test]
+    fn no_fault_is_an_empty_table_and_no_shaping() {
+        let p = fault_program(
+            &["eth0".to_owned()],
+            &[peer("b", "10.0.0.12", Some(LinkRule::default()))],
+        );
+        assert_eq!(
+            p.iptables,
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+        );
+        assert_eq!(p.tc, vec![("eth0".to_owned(), String::new())]);
+        assert!(!p.needs_netem);
+    }
+
+    #[test]
+    fn cuts_drop_both_ways_loss_drops_sends_and_rates_shape_per_peer() {
+        let slow = LinkRule {
+            rate_bps: Some(1_000_000),
+            delay: Duration::from_millis(100),
+            jitter: Duration::from_millis(10),
+            ..LinkRule::default()
+        };
+        let lossy = LinkRule {
+            loss: 0.25,
+            ..LinkRule::default()
+        };
+        let p = fault_program(
+            &["eth0".to_owned()],
+            &[
+                peer("b", "10.0.0.12", None),
+                peer("c", "10.0.0.13", Some(lossy)),
+                peer("d", "10.0.0.14", Some(slow)),
+            ],
+        );
+        assert!(p.iptables.contains("-A INPUT -s 10.0.0.12/32 -j DROP\n"));
+        assert!(p.iptables.contains("-A OUTPUT -d 10.0.0.12/32 -j DROP\n"));
+        assert!(p.iptables.contains(
+            "-A OUTPUT -d 10.0.0.13/32 -m statistic --mode random --probability 0.25 -j DROP\n"
+        ));
+        assert!(!p.iptables.contains("10.0.0.14"));
+        assert_eq!(
+            p.tc[0].1,
+            "qdisc add dev eth0 root handle 1: htb default 1 r2q 1000\n\
+             class add dev eth0 parent 1: classid 1:1 htb rate 10gbit\n\
+             class add dev eth0 parent 1: classid 1:10 htb rate 1000000bit\n\
+             qdisc add dev eth0 parent 1:10 handle 10: netem delay 100000us 10000us\n\
+             filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 10.0.0.14/32 flowid 1:10\n"
+        );
+        assert!(p.needs_netem);
+    }
+}
