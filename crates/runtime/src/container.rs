@@ -697,7 +697,8 @@ mod tests {
 
     #[test]
     fn a_podman_node_runs_systemd_on_its_internal_network_with_the_plan_address() {
-        let args = run_args(Engine::Podman, &config()).join(" ");
+        let list = run_args(Engine::Podman, &config());
+        let args = list.join(" ");
         assert_eq!(
             args,
             "run --detach --pull never --name testbed-slurm-compute1 --hostname compute1 \
@@ -710,9 +711,10 @@ mod tests {
         );
         // Never privileged, never given the host's network or extra
         // capabilities.
-        for forbidden in ["--privileged", "--cap-add", "host", "--publish"] {
+        for forbidden in ["--privileged", "--cap-add", "--publish", "--network=host"] {
             assert!(!args.contains(forbidden), "{forbidden} in {args}");
         }
+        assert!(!list.iter().any(|a| a == "host"), "{args}");
     }
 
     #[test]
