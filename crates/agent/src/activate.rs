@@ -230,6 +230,12 @@ pub fn apply(
             if status.is_up() {
                 break;
             }
+            if status.skipped() && system::virtualization_conditioned(unit) {
+                // The composition made this unit run only on some kinds of
+                // node (VMs, containers): skipped here on purpose.
+                report.skipped.push(format!("{unit} (ConditionVirtualization)"));
+                break;
+            }
             if status.has_failed() || Instant::now() >= deadline {
                 return Err(ActivationError::Service {
                     hostname,
@@ -240,7 +246,9 @@ pub fn apply(
                 return Err(ActivationError::Cancelled { hostname });
             }
         }
-        report.services.push(unit.clone());
+        if !report.skipped.iter().any(|s| s.starts_with(&format!("{unit} "))) {
+            report.services.push(unit.clone());
+        }
     }
     report.elapsed_ms = elapsed_ms(start);
     Ok(report)

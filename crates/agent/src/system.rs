@@ -152,6 +152,18 @@ pub fn start_units(units: &[String]) -> Result<(), SystemError> {
     run("systemctl", &args).map(drop)
 }
 
+/// Whether the unit (with its drop-ins) has a `ConditionVirtualization=`:
+/// a skip caused by it is the composition's intent, not a failure.
+pub fn virtualization_conditioned(unit: &str) -> bool {
+    run("systemctl", &["cat", "--", unit]).is_ok_and(|text| has_virtualization_condition(&text))
+}
+
+fn has_virtualization_condition(unit_text: &str) -> bool {
+    unit_text
+        .lines()
+        .any(|l| l.trim_start().starts_with("ConditionVirtualization="))
+}
+
 /// The properties of a unit that tell whether it is up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UnitStatus {
@@ -278,6 +290,16 @@ pub fn system_state() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_virtualization_condition_is_found_in_the_unit_or_a_drop_in() {
+        let text = "# /etc/systemd/system/nfs-server.service\n[Unit]\nDescription=NFS\n\n\
+                    # /etc/systemd/system/nfs-server.service.d/vm.conf\n[Unit]\n  ConditionVirtualization=!container\n";
+        assert!(has_virtualization_condition(text));
+        assert!(!has_virtualization_condition(
+            "[Unit]\nConditionPathExists=/etc/exports\n# ConditionVirtualization=vm\n"
+        ));
+    }
 
     #[test]
     fn an_address_the_engine_gave_is_recognised() {

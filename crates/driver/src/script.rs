@@ -1249,6 +1249,13 @@ fn register_globals(engine: &mut Engine, rt: &Arc<Runtime>) {
             .collect()
     });
     let r = Arc::clone(rt);
+    engine.register_fn("backend", move || -> RResult<String> {
+        r.cluster
+            .status()
+            .map(|s| s.backend)
+            .map_err(|e| fail(e.to_string()))
+    });
+    let r = Arc::clone(rt);
     engine.register_fn("start_all", move || -> RResult<()> {
         let names: Vec<String> = r.nodes.iter().map(|(n, _)| n.clone()).collect();
         r.action(None, "start_all", || r.start_nodes(&names, "start_all"))
