@@ -32,3 +32,6 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo is not installed; install a Rust toolchain (rustup, stable >= 1.85) and re-run" >&2
     exit 1
 fi
+
+# The container backend's engine, configured for this host.
+"$here/setup-podman.sh"

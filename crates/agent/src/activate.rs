@@ -233,7 +233,9 @@ pub fn apply(
             if status.skipped() && system::virtualization_conditioned(unit) {
                 // The composition made this unit run only on some kinds of
                 // node (VMs, containers): skipped here on purpose.
-                report.skipped.push(format!("{unit} (ConditionVirtualization)"));
+                report
+                    .skipped
+                    .push(format!("{unit} (ConditionVirtualization)"));
                 break;
             }
             if status.has_failed() || Instant::now() >= deadline {
@@ -246,7 +248,11 @@ pub fn apply(
                 return Err(ActivationError::Cancelled { hostname });
             }
         }
-        if !report.skipped.iter().any(|s| s.starts_with(&format!("{unit} "))) {
+        if !report
+            .skipped
+            .iter()
+            .any(|s| s.starts_with(&format!("{unit} ")))
+        {
             report.services.push(unit.clone());
         }
     }

@@ -251,6 +251,7 @@ pub fn network_args(name: &str, subnet: &str, labels: &BTreeMap<String, String>)
         "network".to_owned(),
         "create".to_owned(),
         "--internal".to_owned(),
+        "--disable-dns".to_owned(),
         "--subnet".to_owned(),
         subnet.to_owned(),
     ];
@@ -722,7 +723,7 @@ mod tests {
         let args = network_args("testbed-slurm-lan", "10.44.0.0/24", &BTreeMap::new());
         assert_eq!(
             args.join(" "),
-            "network create --internal --subnet 10.44.0.0/24 testbed-slurm-lan"
+            "network create --internal --disable-dns --subnet 10.44.0.0/24 testbed-slurm-lan"
         );
     }
 

@@ -198,10 +198,6 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
             let engine = Containers::new(engine.clone());
             let names: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
             let switch = Switch::fault_table(&names, spec.seed)?;
-            if let Err(e) = container_prepare(&spec, dir, &engine, &log) {
-                container::remove_cluster(&engine, dir.path());
-                return Err(e.into());
-            }
             (Runner::Container(engine), switch, None)
         }
     };
@@ -264,9 +260,29 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
             source,
         })?;
     }
-    let names: Vec<String> = shared.spec.nodes.iter().map(|n| n.name.clone()).collect();
-    for name in names {
-        start_boot(&shared, &name);
+    {
+        // Containers need their images imported and their networks made
+        // first, which takes a while: done after the API is up, so `up`
+        // can follow it.
+        let shared = Arc::clone(&shared);
+        let _ = std::thread::Builder::new()
+            .name("boot-all".into())
+            .spawn(move || {
+                if let Runner::Container(engine) = &shared.runner {
+                    if let Err(e) =
+                        container_prepare(&shared.spec, &shared.dir, engine, &shared.log)
+                    {
+                        let message = format!("preparing the containers failed: {e}");
+                        for name in shared.spec.nodes.iter().map(|n| n.name.clone()) {
+                            shared.fail(&name, 0, message.clone());
+                        }
+                        return;
+                    }
+                }
+                for name in shared.spec.nodes.iter().map(|n| n.name.clone()) {
+                    start_boot(&shared, &name);
+                }
+            });
     }
 
     // Serves until a `down` request, which ends the process once the

@@ -118,6 +118,18 @@ impl Env {
         }
     }
 
+    /// A composition written by the test into `comp` (inside `tmp`, which
+    /// the environment keeps until it is dropped).
+    pub fn at(tmp: tempfile::TempDir, comp: PathBuf) -> Env {
+        let state = tmp.path().join("run");
+        Env {
+            _tmp: tmp,
+            comp,
+            state,
+            copied: Vec::new(),
+        }
+    }
+
     /// `testbed ARGS` in the composition's folder, with the shared store
     /// and this environment's state directory; the command, its exit code
     /// and its output are echoed on stderr.
