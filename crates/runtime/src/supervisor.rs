@@ -457,9 +457,8 @@ impl Shared {
             state_dir: self.dir.path().to_path_buf(),
             backend: self.spec.backend.name(),
             accel: match self.spec.backend {
-                BackendSpec::Container { .. } => {
-                    "none (containers share the host's kernel)".to_owned()
-                }
+                // Containers run on the host's kernel: nothing is emulated.
+                BackendSpec::Container { .. } => "none".to_owned(),
                 BackendSpec::Qemu => self.spec.accel.to_string(),
             },
             supervisor_pid: std::process::id(),

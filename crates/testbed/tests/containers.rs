@@ -50,11 +50,36 @@ fn networks() -> Vec<String> {
     listed(&["network", "ls", "--format", "{{.Name}}"])
 }
 
-fn testbed_images() -> Vec<String> {
+fn all_tags() -> Vec<String> {
     listed(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
-        .into_iter()
-        .filter(|i| i.starts_with("localhost/testbed-image:"))
+}
+
+/// The engine's tags of the composition's images (from the store keys
+/// `testbed build --json` prints; the images are built by then).
+fn image_tags(env: &Env) -> Vec<String> {
+    let out = env.testbed(&["build", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    built
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            let key = e["key"].as_str().expect("key");
+            format!("localhost/testbed-image:{}", &key[..20])
+        })
         .collect()
+}
+
+/// The cluster's own image tags must be gone after `down`, unless they
+/// were there before it started (then they are someone else's).
+fn check_images_removed(env: &Env, before: &[String]) {
+    let after = all_tags();
+    for tag in image_tags(env) {
+        if !before.contains(&tag) {
+            assert!(!after.contains(&tag), "{tag} left: {after:?}");
+        }
+    }
 }
 
 /// A container, a network and an image tag that carry testbed's cluster
@@ -117,7 +142,7 @@ fn remove_foreign([container, network, image]: &[String; 3]) {
 fn the_slurm_example_passes_on_podman_and_down_removes_only_what_it_made() {
     let env = &Env::example("slurm");
     let foreign = foreign_things("slurm", &env.comp);
-    let images_before = testbed_images();
+    let images_before = all_tags();
     let junit = env.comp.join("report.xml");
     let json = env.comp.join("report.json");
     let out = env.testbed(&[
@@ -151,8 +176,8 @@ fn the_slurm_example_passes_on_podman_and_down_removes_only_what_it_made() {
     let nets = networks();
     assert!(!nets.contains(&"testbed-slurm-lan".to_owned()), "{nets:?}");
     assert!(nets.contains(&foreign[1]), "{nets:?}");
-    assert_eq!(testbed_images(), images_before);
-    let tags = listed(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    check_images_removed(env, &images_before);
+    let tags = all_tags();
     assert!(tags.contains(&foreign[2]), "{tags:?}");
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     remove_foreign(&foreign);
@@ -250,11 +275,11 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
     std::fs::write(dir.join("testbed.toml"), SMALL).unwrap();
     std::fs::write(dir.join("faults.rhai"), FAULTS).unwrap();
     let env = Env::at(tmp, dir);
-    let images_before = testbed_images();
+    let images_before = all_tags();
     let out = env.testbed(&["test", "--backend", "podman"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("5 passed, 0 failed"), "{stderr}");
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(all.contains("5 passed, 0 failed"), "{all}");
     assert!(!env.running());
     let left = containers();
     assert!(
@@ -262,5 +287,5 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
         "{left:?}"
     );
     assert!(!networks().contains(&"testbed-pods-lan".to_owned()));
-    assert_eq!(testbed_images(), images_before);
+    check_images_removed(&env, &images_before);
 }

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Container density benchmark (not a test: it asserts nothing, it prints).
+# One small role (the image's base packages only), side by side in one run:
+#
+#   (a) baseline: $NODES plain `podman run` containers of that role's
+#       imported image with systemd as PID 1, on an internal network, until
+#       every one reports `systemctl is-system-running` running/degraded;
+#   (b) `testbed up --backend podman` of $NODES nodes of the role, to
+#       all-ready (booted, agent connected, activated: host name, /etc/hosts,
+#       SSH keys, ssh.service started);
+#   (c) `testbed up --backend qemu` of the same composition at $VM_NODES
+#       nodes (what this host can hold under TCG), to all-ready.
+#
+# After each is up and idle for $IDLE seconds: host memory per node, as the
+# drop of MemAvailable since before the start divided by the node count
+# (everything the node costs the host: container or VM, conmon, agent
+# sessions, page cache of its image).
+#
+# Environment: NODES (default 50), VM_NODES (default 4), IDLE (default 10),
+# KEEP=1 (keep the work folder), TESTBED_STORE, TESTBED_STATE_DIR,
+# CARGO_TARGET_DIR.
+set -euo pipefail
+export LC_ALL=C
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+NODES=${NODES:-50}
+VM_NODES=${VM_NODES:-4}
+IDLE=${IDLE:-10}
+
+cargo build --quiet --release --locked --bin testbed --bin testbed-agent
+tb=$(realpath "$CARGO_TARGET_DIR/release/testbed")
+
+work=$(mktemp -d /tmp/tb-bench-ct.XXXXXX)
+comp=$work/dense
+vms=$work/dense-vm
+base_net=tb-bench-baseline
+base_image=localhost/tb-bench-baseline:1
+
+cleanup() {
+    "$tb" down "$comp" >/dev/null 2>&1 || true
+    "$tb" down "$vms" >/dev/null 2>&1 || true
+    podman ps -a --filter label=tb-bench=baseline --format '{{.Names}}' |
+        xargs -r podman rm --force --time 0 >/dev/null 2>&1 || true
+    podman network rm "$base_net" >/dev/null 2>&1 || true
+    podman image rm "$base_image" >/dev/null 2>&1 || true
+    if [[ ${KEEP:-0} = 1 ]]; then
+        echo "work folder kept: $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+
+say() { printf '%s\n' "$*" >&2; }
+now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
+secs() { awk -v us="$1" 'BEGIN { printf "%.1f", us / 1e6 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+avail_kib() { awk '/^MemAvailable:/ { print $2 }' /proc/meminfo; }
+per_node_mib() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.0f", (a - b) / 1024 / n }'; }
+
+write_comp() { # DIR COUNT
+    mkdir -p "$1"
+    cat >"$1/testbed.toml" <<EOF
+[cluster]
+name = "dense"
+distro = "debian/bookworm"
+
+[defaults]
+memory = "256MiB"
+cpus = 1
+
+[roles.node]
+count = $2
+
+[networks.lan]
+subnet = "10.79.0.0/24"
+EOF
+}
+write_comp "$comp" "$NODES"
+write_comp "$vms" "$VM_NODES"
+
+say "== building the role's image (once)"
+"$tb" build "$comp" >&2
+tar=$("$tb" build "$comp" --json 2>/dev/null | awk -F'"' '/"dir"/ { print $4; exit }')/rootfs.tar
+if [[ ! -f $tar ]]; then
+    say "cannot find the role's rootfs.tar (got: $tar)"
+    exit 1
+fi
+
+say "== (a) baseline: $NODES plain podman containers with systemd"
+podman import --quiet "$tar" "$base_image" >/dev/null
+podman network create --internal --disable-dns --subnet 10.80.0.0/24 "$base_net" >/dev/null
+before=$(avail_kib)
+t0=$(now_us)
+for i in $(seq 1 "$NODES"); do
+    podman run --detach --pull never --name "tb-bench-$i" --hostname "n$i" \
+        --label tb-bench=baseline --memory 256m --cpus 1 --systemd=always \
+        --network "$base_net" "$base_image" /sbin/init >/dev/null
+done
+for i in $(seq 1 "$NODES"); do
+    until state=$(podman exec "tb-bench-$i" systemctl is-system-running 2>/dev/null || true) &&
+        [[ $state == running || $state == degraded ]]; do
+        sleep 0.2
+    done
+done
+t_base=$(($(now_us) - t0))
+sleep "$IDLE"
+mem_base=$(per_node_mib "$before" "$(avail_kib)" "$NODES")
+podman ps -a --filter label=tb-bench=baseline --format '{{.Names}}' | xargs -r podman rm --force --time 0 >/dev/null
+podman network rm "$base_net" >/dev/null
+podman image rm "$base_image" >/dev/null
+sleep 2
+
+say "== (b) testbed up --backend podman: $NODES nodes"
+before=$(avail_kib)
+t0=$(now_us)
+"$tb" up --backend podman "$comp" >/dev/null
+t_ct=$(($(now_us) - t0))
+ready=$("$tb" status "$comp" --json | grep -c '"state": "ready"' || true)
+sleep "$IDLE"
+mem_ct=$(per_node_mib "$before" "$(avail_kib)" "$NODES")
+"$tb" down "$comp" >/dev/null
+sleep 2
+
+say "== (c) testbed up --backend qemu: $VM_NODES nodes"
+before=$(avail_kib)
+t0=$(now_us)
+"$tb" up --backend qemu "$vms" >/dev/null
+t_vm=$(($(now_us) - t0))
+sleep "$IDLE"
+mem_vm=$(per_node_mib "$before" "$(avail_kib)" "$VM_NODES")
+"$tb" down "$vms" >/dev/null
+
+printf '\n%-44s %10s %10s %14s\n' "" "nodes" "all ready" "host MiB/node"
+printf '%-44s %10s %9ss %14s\n' "(a) plain podman run + systemd (baseline)" "$NODES" "$(secs "$t_base")" "$mem_base"
+printf '%-44s %10s %9ss %14s\n' "(b) testbed up --backend podman" "$ready" "$(secs "$t_ct")" "$mem_ct"
+printf '%-44s %10s %9ss %14s\n' "(c) testbed up --backend qemu" "$VM_NODES" "$(secs "$t_vm")" "$mem_vm"
+printf '\n(b)/(a) time to all-ready: %sx (testbed adds import, networks, agent, activation)\n' "$(ratio "$t_ct" "$t_base")"
+printf '(c)/(b) time per node: %sx; memory per node: %sx\n' \
+    "$(awk -v c="$t_vm" -v b="$t_ct" -v nc="$VM_NODES" -v nb="$NODES" 'BEGIN { printf "%.1f", (c / nc) / (b / nb) }')" \
+    "$(ratio "$mem_vm" "$(awk -v m="$mem_ct" 'BEGIN { print (m < 1 ? 1 : m) }')")"
