@@ -288,4 +288,33 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
     );
     assert!(!networks().contains(&"testbed-pods-lan".to_owned()));
     check_images_removed(&env, &images_before);
+
+    // Containers outlive a killed supervisor (the engine owns them); `down`
+    // then finds them by their state-directory label and removes them.
+    let out = env.testbed(&["up", "--backend", "podman", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let pid = status["supervisor_pid"].as_u64().expect("supervisor pid");
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    assert!(support::wait_until(
+        std::time::Duration::from_secs(10),
+        || !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    ));
+    assert!(containers().contains(&"testbed-pods-node1".to_owned()));
+    let out = env.testbed(&["down"]);
+    assert_eq!(out.status.code(), Some(0));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("removed container testbed-pods-node1"), "{said}");
+    assert!(said.contains("removed network testbed-pods-lan"), "{said}");
+    let left = containers();
+    assert!(!left.iter().any(|c| c.starts_with("testbed-pods-")), "{left:?}");
+    assert!(!networks().contains(&"testbed-pods-lan".to_owned()));
+    check_images_removed(&env, &images_before);
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }

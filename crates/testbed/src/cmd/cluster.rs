@@ -488,11 +488,19 @@ pub fn stop(cluster: &str, dir: &StateDir) -> String {
                 .iter()
                 .map(|(what, pid)| format!("{what} (pid {pid})"))
                 .collect();
+            // Containers outlive their supervisor; what the engine removed.
+            let removed = if report.engine.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", report.engine.join(", "))
+            };
             if killed.is_empty() {
-                format!("cluster {cluster} is down (its supervisor was gone; state removed)")
+                format!(
+                    "cluster {cluster} is down (its supervisor was gone; state removed{removed})"
+                )
             } else {
                 format!(
-                    "cluster {cluster} is down (its supervisor did not answer; killed {})",
+                    "cluster {cluster} is down (its supervisor did not answer; killed {}{removed})",
                     killed.join(", ")
                 )
             }
