@@ -68,6 +68,12 @@ EOF
     mv "$rule.tmp" "$rule"
 fi
 
+if [ -n "$(pgrep -x virtlogd)" ] && virsh -c qemu:///system list --name >/dev/null 2>&1; then
+    # Already up, however it was started (a daemon started by hand keeps
+    # no pid file where this script looks, and a second one would fail).
+    exit 0
+fi
+
 if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
     systemctl start virtlogd.socket libvirtd.socket 2>/dev/null || true
     systemctl start virtlogd libvirtd
@@ -100,11 +106,11 @@ else
 fi
 
 for _ in $(seq 1 300); do
-    if virsh -c qemu:///system version >/dev/null 2>&1; then
+    if virsh -c qemu:///system list --name >/dev/null 2>&1; then
         exit 0
     fi
     sleep 0.1
 done
 echo "setup-libvirt.sh: qemu:///system did not answer within 30 s; see /var/log/libvirt/libvirtd.log" >&2
-virsh -c qemu:///system version >&2 || true
+virsh -c qemu:///system list --name >&2 || true
 exit 1
