@@ -6,6 +6,8 @@
 //! - [`qemu`]: a VM node's QEMU command line and its running process, which
 //!   dies with the thread that spawned it.
 //! - [`qmp`]: a blocking client for QEMU's control socket (QMP).
+//! - [`libvirt`]: the libvirt backend's host layer: domain XML, image
+//!   upload to a storage pool, domains started and found by metadata.
 //!
 //! - [`spec`]: the cluster spec the supervisor runs, made by `up` from a
 //!   plan and built images ([`keys`] makes its secrets and SSH keys).
@@ -18,6 +20,7 @@ pub mod accel;
 pub mod api;
 pub mod container;
 pub mod keys;
+pub mod libvirt;
 pub mod qemu;
 pub mod qmp;
 pub mod spec;

@@ -349,7 +349,7 @@ impl VmConfig {
     }
 }
 
-fn is_unicast_mac(mac: &str) -> bool {
+pub(crate) fn is_unicast_mac(mac: &str) -> bool {
     let parts: Vec<&str> = mac.split(':').collect();
     parts.len() == 6
         && parts

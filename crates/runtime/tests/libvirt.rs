@@ -1,0 +1,409 @@
+//! The libvirt backend's host layer against the real system daemon
+//! (`qemu:///system`, started by `scripts/setup-libvirt.sh`, which
+//! `scripts/test.sh` runs first), with a real node image:
+//!
+//! - a domain boots from the image uploaded to testbed's pool, its agent
+//!   answers through `open_agent` with the real `testbed_proto::Client`
+//!   and runs a command, the console log fills from the first kernel line,
+//!   and `destroy` removes it from `list` while a foreign domain (no
+//!   testbed metadata, even with a testbed-like name) is neither listed
+//!   nor touched;
+//! - the same through a real remote URI: a test-owned `sshd` on a free
+//!   loopback port, reached with `qemu+libssh://`, so the stream code
+//!   (image upload, console, agent channel) runs over the network
+//!   transport;
+//! - an upload whose completion marker is missing is redone, never taken
+//!   as complete.
+//!
+//! The image is the Slurm example's `compute` role, built with the
+//! `testbed` CLI into the store the other VM tests share (so CI builds it
+//! once).
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use testbed_proto::{Client, ClientOptions, ExecRequest};
+use testbed_runtime::accel::Accel;
+use testbed_runtime::libvirt::{DomainConfig, LibvirtError, LibvirtHost, UdpNic, POOL_NAME};
+
+const SYSTEM: &str = "qemu:///system";
+
+/// Only a hung boot takes this long: under TCG a node's agent answers in
+/// 10-60 s on a busy 2-core host.
+const BOOT: Duration = Duration::from_secs(600);
+
+/// The tests share one daemon and one pool; uploads of the same entry
+/// must not race (see `ensure_images`), so they run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn connect(uri: &str) -> LibvirtHost {
+    LibvirtHost::connect(uri).unwrap_or_else(|e| {
+        panic!("{e}\nthese tests need the system libvirt daemon: run scripts/setup-libvirt.sh as root first")
+    })
+}
+
+fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The Slurm example's `compute` image: (store key, entry folder). Built
+/// with the `testbed` CLI of this target directory and profile (cargo
+/// builds it and the agent here if `cargo test --workspace` has not yet),
+/// into `$CARGO_TARGET_TMPDIR/store`, the store of the CLI's VM tests.
+fn image() -> &'static (String, PathBuf) {
+    static IMAGE: OnceLock<(String, PathBuf)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test's own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("the test runs from <target>/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        // One package per build, as the CLI's own tests build the agent:
+        // building both at once can unify dependency features differently,
+        // giving another agent binary and so another image key.
+        for package in ["testbed-agent", "testbed"] {
+            run(Command::new(env!("CARGO"))
+                .args(["build", "--locked", "-p", package, "--profile", profile])
+                .arg("--target-dir")
+                .arg(target_dir));
+        }
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
+        let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store");
+        let json = run(Command::new(profile_dir.join("testbed"))
+            .args(["build", "--json"])
+            .arg(&example)
+            .env("TESTBED_STORE", &store)
+            .env_remove("TESTBED_AGENT"));
+        let entries: serde_json::Value = serde_json::from_slice(&json).expect("build --json");
+        let compute = entries
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["role"] == "compute"))
+            .unwrap_or_else(|| panic!("no compute role in {entries}"));
+        (
+            compute["key"].as_str().expect("key").to_string(),
+            PathBuf::from(compute["dir"].as_str().expect("dir")),
+        )
+    })
+}
+
+/// A cluster name no other run of these tests uses at the same time.
+fn cluster(what: &str) -> String {
+    format!("lvt-{what}-{}", std::process::id())
+}
+
+fn free_udp() -> SocketAddr {
+    testbed_runtime::switch::reserve_udp_port().expect("a free UDP port")
+}
+
+fn config(
+    cluster: &str,
+    node: &str,
+    image: &testbed_runtime::libvirt::HostImage,
+    dir: &Path,
+) -> DomainConfig {
+    DomainConfig {
+        cluster: cluster.into(),
+        node: node.into(),
+        run_id: format!("test-{}", std::process::id()),
+        state_dir: dir.to_path_buf(),
+        accel: Accel::Tcg,
+        memory_mib: 512,
+        cpus: 1,
+        kernel: image.kernel.clone(),
+        initramfs: image.initramfs.clone(),
+        rootfs: image.rootfs.clone(),
+        // Without `quiet`, so the console shows the kernel's first line.
+        cmdline: testbed_image::initramfs::KERNEL_CMDLINE.replace(" quiet", ""),
+        // One NIC, so the UDP interface is part of a real boot; nothing
+        // listens on its switch address, like an unplugged cable.
+        nics: vec![UdpNic {
+            mac: "52:54:00:7e:57:01".into(),
+            switch: free_udp(),
+            local: free_udp(),
+        }],
+        console_log: dir.join(format!("{node}.console.log")),
+        // A panicking test leaves nothing behind: the domain dies with
+        // the test's connection.
+        autodestroy: true,
+    }
+}
+
+/// Boots `config` on `host`, drives its agent, checks the console, and
+/// destroys it.
+fn boot_and_drive(host: &LibvirtHost, config: &DomainConfig) {
+    let name = host.start(config).expect("start");
+    assert_eq!(name, format!("testbed-{}-{}", config.cluster, config.node));
+    assert!(host.is_running(&name).expect("is_running"));
+    let listed = host.list(&config.cluster).expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, name);
+    assert_eq!(listed[0].metadata, config.metadata());
+    assert!(listed[0].active);
+
+    let channel = host.open_agent(&name).expect("open_agent");
+    let client = Client::with_options(
+        channel.reader,
+        channel.writer,
+        ClientOptions {
+            node: config.node.clone(),
+            hello_timeout: BOOT,
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap_or_else(|e| {
+        let console = std::fs::read_to_string(&config.console_log).unwrap_or_default();
+        panic!("no hello from the agent: {e}\nconsole:\n{console}")
+    });
+    let out = client
+        .exec_output(ExecRequest::argv(["uname", "-n"]))
+        .expect("exec uname -n");
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+    let out = client
+        .exec_output(ExecRequest::shell("cat /sys/class/net/*/address"))
+        .expect("exec");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("52:54:00:7e:57:01"),
+        "the NIC is there: {out:?}"
+    );
+    drop(client);
+
+    // The console was attached before the guest ran: the log starts with
+    // the kernel's first line.
+    let console = std::fs::read_to_string(&config.console_log).expect("console log");
+    assert!(console.contains("Linux version"), "console:\n{console}");
+
+    host.destroy(&name).expect("destroy");
+    assert!(!host.is_running(&name).expect("is_running"));
+    assert!(host.list(&config.cluster).expect("list").is_empty());
+    // Destroying what is gone is not an error (down after a crash).
+    host.destroy(&name).expect("destroy again");
+}
+
+/// A persistent, never-started domain that testbed did not create, named
+/// as if it had.
+fn define_foreign(uri: &str, name: &str, kernel: &Path) -> virt::domain::Domain {
+    let conn = virt::connect::Connect::open(Some(uri)).expect("connect");
+    let xml = format!(
+        "<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type><kernel>{}</kernel></os></domain>",
+        kernel.display()
+    );
+    conn.define_domain_xml(&xml)
+        .expect("define the foreign domain")
+}
+
+#[test]
+fn a_domain_boots_answers_and_is_destroyed_while_foreign_domains_survive() {
+    let _serial = serial();
+    let (key, dir) = image();
+    let host = connect(SYSTEM);
+    assert!(!host.is_remote());
+    let image = host.ensure_images(key, dir).expect("ensure_images");
+    // Once per content hash: the second call finds the volumes.
+    let again = host.ensure_images(key, dir).expect("ensure_images again");
+    assert!(!again.uploaded);
+    assert_eq!(again.rootfs, image.rootfs);
+    assert!(image.rootfs.starts_with("/var/lib/libvirt/images/testbed"));
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = cluster("local");
+    let foreign_name = format!("testbed-{cluster}-foreign");
+    let foreign = define_foreign(SYSTEM, &foreign_name, &image.kernel);
+
+    boot_and_drive(&host, &config(&cluster, "node1", &image, tmp.path()));
+
+    // The foreign domain is not listed, and testbed refuses to touch it.
+    assert!(host.list(&cluster).expect("list").is_empty());
+    match host.destroy(&foreign_name) {
+        Err(LibvirtError::NotOurs { domain, .. }) => assert_eq!(domain, foreign_name),
+        other => panic!("destroy of a foreign domain: {other:?}"),
+    }
+    assert!(host.suspend(&foreign_name).is_err());
+    assert!(host.open_agent(&foreign_name).is_err());
+    assert_eq!(foreign.name().expect("still there"), foreign_name);
+    foreign
+        .undefine()
+        .expect("the test removes its foreign domain");
+}
+
+/// An `sshd` owned by the test: its own host key, authorized key and
+/// configuration in a temporary folder, on a free loopback port; killed
+/// on drop. Nothing of the system's SSH setup is used or changed.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for key in ["host_key", "client"] {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", ""])
+                .arg("-f")
+                .arg(d.join(key)));
+        }
+        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).expect("authorized_keys");
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\n\
+             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nStrictModes no\n",
+            hk = d.join("host_key").display(),
+            ak = d.join("authorized_keys").display(),
+        );
+        std::fs::write(d.join("sshd_config"), config).expect("sshd_config");
+        // sshd refuses to start without its privilege separation folder,
+        // which only the ssh service's start creates.
+        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        let log = std::fs::File::create(d.join("sshd.log")).expect("sshd.log");
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sshd is missing: install openssh-server (scripts/host-packages.txt)");
+        let child = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sshd");
+        let mut sshd = Sshd { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(
+                Instant::now() < deadline && sshd.child.try_wait().ok().flatten().is_none(),
+                "sshd did not listen on port {port}: {}",
+                std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sshd
+    }
+
+    /// The libvirt URI of the system daemon through this sshd, with
+    /// libvirt's libssh transport: the client key and a known-hosts file
+    /// of the test's own (the `qemu+ssh` transport would add the host key
+    /// to root's `~/.ssh/known_hosts`).
+    fn uri(&self) -> String {
+        let d = self.dir.path();
+        format!(
+            "qemu+libssh://root@127.0.0.1:{}/system?keyfile={}&known_hosts={}&known_hosts_verify=ignore&sshauth=privkey",
+            self.port,
+            d.join("client").display(),
+            d.join("known_hosts").display()
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_remote_uri_uploads_boots_and_reaches_the_agent() {
+    let _serial = serial();
+    let (key, dir) = image();
+    let sshd = Sshd::start();
+    let uri = sshd.uri();
+    let host = connect(&uri);
+    assert!(host.is_remote(), "{uri}");
+
+    // A key of this test's own, so the upload really goes through the
+    // remote stream even when the local test uploaded the entry already;
+    // removed at the end.
+    let test_key = format!("{key}-remote-test-{}", std::process::id());
+    let image = host.ensure_images(&test_key, dir).expect("ensure_images");
+    assert!(image.uploaded);
+    let sizes = |p: &Path| std::fs::metadata(p).expect("volume").len();
+    assert_eq!(sizes(&image.rootfs), sizes(&dir.join("rootfs.erofs")));
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cluster = cluster("remote");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        boot_and_drive(&host, &config(&cluster, "far1", &image, tmp.path()));
+    }));
+    host.remove_images(&test_key).expect("remove_images");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[test]
+fn an_upload_without_its_completion_marker_is_redone() {
+    let _serial = serial();
+    let host = connect(SYSTEM);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (file, size) in [
+        ("kernel", 1000),
+        ("initramfs", 2000),
+        ("rootfs.erofs", 4096),
+    ] {
+        let mut f = std::fs::File::create(tmp.path().join(file)).expect("create");
+        f.write_all(&vec![7u8; size]).expect("write");
+    }
+    let key = format!("marker-test-{}", std::process::id());
+    let first = host.ensure_images(&key, tmp.path()).expect("upload");
+    assert!(first.uploaded);
+    assert_eq!(
+        std::fs::read(&first.initramfs).expect("volume"),
+        vec![7u8; 2000]
+    );
+    assert!(
+        !host
+            .ensure_images(&key, tmp.path())
+            .expect("again")
+            .uploaded
+    );
+
+    // An interrupted upload: the volumes are there but the marker is not.
+    let conn = virt::connect::Connect::open(Some(SYSTEM)).expect("connect");
+    let pool = conn.lookup_storage_pool_by_name(POOL_NAME).expect("pool");
+    pool.lookup_storage_vol_by_name(&format!("{key}.complete"))
+        .expect("marker")
+        .delete(0)
+        .expect("delete marker");
+    // ... and a file that changed size (a truncated volume looks the same).
+    std::fs::write(tmp.path().join("rootfs.erofs"), vec![9u8; 8192]).expect("write");
+    let redone = host.ensure_images(&key, tmp.path()).expect("redo");
+    assert!(redone.uploaded);
+    assert_eq!(
+        std::fs::read(&redone.rootfs).expect("volume"),
+        vec![9u8; 8192]
+    );
+    host.remove_images(&key).expect("remove_images");
+    assert!(pool
+        .lookup_storage_vol_by_name(&format!("{key}-kernel"))
+        .is_err());
+}
