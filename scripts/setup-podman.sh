@@ -27,6 +27,24 @@ if [[ $(stat -fc %T /sys/fs/cgroup) != cgroup2fs ]] && command -v runc >/dev/nul
     settings+=("[engine]" "# cgroups here are not the unified v2 hierarchy, which crun needs" 'runtime = "runc"')
 fi
 
+# Every container's systemd takes inotify instances, counted per user on
+# the host: the kernel's default of 128 runs out at a few dozen nodes
+# ("Failed to create inotify object: Too many open files").
+want_instances=8192
+have_instances=$(cat /proc/sys/fs/inotify/max_user_instances)
+if ((have_instances < want_instances)); then
+    if [[ $(id -u) -eq 0 ]]; then
+        sysctl -q -w fs.inotify.max_user_instances=$want_instances
+        if [[ -d /etc/sysctl.d ]]; then
+            echo "fs.inotify.max_user_instances = $want_instances" > /etc/sysctl.d/50-testbed.conf
+        fi
+        echo "setup-podman: raised fs.inotify.max_user_instances from $have_instances to $want_instances" >&2
+    else
+        echo "setup-podman: fs.inotify.max_user_instances is $have_instances; dozens of container nodes need more:" >&2
+        echo "  sudo sysctl -w fs.inotify.max_user_instances=$want_instances" >&2
+    fi
+fi
+
 if [[ $(id -u) -eq 0 ]]; then
     dir=/etc/containers/containers.conf.d
 else
