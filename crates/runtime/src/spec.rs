@@ -70,6 +70,13 @@ pub enum BackendSpec {
     Qemu,
     /// One container per node, owned by a container engine.
     Container { engine: EngineInfo },
+    /// One transient libvirt domain per node, on one or more libvirt hosts.
+    Libvirt {
+        /// The hosts' libvirt URIs.
+        hosts: Vec<String>,
+        /// Node → index into `hosts`.
+        placement: BTreeMap<String, usize>,
+    },
 }
 
 impl BackendSpec {
@@ -78,6 +85,7 @@ impl BackendSpec {
         match self {
             BackendSpec::Qemu => "qemu".to_owned(),
             BackendSpec::Container { engine } => engine.engine.to_string(),
+            BackendSpec::Libvirt { .. } => "libvirt".to_owned(),
         }
     }
 }

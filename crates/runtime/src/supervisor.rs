@@ -29,6 +29,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,7 @@ use crate::api::{
     self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request, WaitFor,
 };
 use crate::container::{self, ContainerConfig, ContainerNic, Containers, FaultProgram, Peer};
+use crate::libvirt::{self, DomainConfig, HostImage, LibvirtHost, UdpNic};
 use crate::qemu::{self, NicConfig, VmConfig, VmProcess};
 use crate::qmp::Qmp;
 use crate::spec::{BackendSpec, ClusterSpec, NodeSpec};
@@ -69,6 +71,10 @@ pub enum SupervisorError {
     Api { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
+    #[error(transparent)]
+    Libvirt(#[from] crate::libvirt::LibvirtError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Where the supervisor's log lines go (the CLI writes them to
@@ -92,6 +98,9 @@ struct NodeRt {
     container_id: Option<String>,
     /// The fault rules last applied in the container's network namespace.
     applied: Option<FaultProgram>,
+    /// Whether `pid` is only a boot's token (libvirt: the QEMU runs on a
+    /// libvirt host, possibly another machine).
+    libvirt: bool,
     /// Incremented at every boot and power loss.
     generation: u64,
     /// Why the VM is expected to stop (set by crash/shutdown), so its exit
@@ -128,6 +137,34 @@ impl AgentConn {
 enum Runner {
     Qemu,
     Container(Containers),
+    Libvirt(Box<LibvirtRt>),
+}
+
+/// The libvirt backend's connections and what it prepared on each host.
+struct LibvirtRt {
+    hosts: Vec<LibvirtHost>,
+    /// Node → index into `hosts`.
+    placement: BTreeMap<String, usize>,
+    /// `(node, network)` → the NIC's UDP tunnel to its switch port.
+    nics: BTreeMap<(String, String), UdpNic>,
+    /// `(host index, image key)` → where that image's files are there.
+    images: Mutex<BTreeMap<(usize, String), HostImage>>,
+    /// Identifies this supervisor's run in the domains' metadata.
+    run_id: String,
+}
+
+impl LibvirtRt {
+    fn index_of(&self, node: &str) -> usize {
+        self.placement
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+            .min(self.hosts.len() - 1)
+    }
+
+    fn host_of(&self, node: &str) -> &LibvirtHost {
+        &self.hosts[self.index_of(node)]
+    }
 }
 
 enum SpawnCmd {
@@ -200,6 +237,10 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
             let switch = Switch::fault_table(&names, spec.seed)?;
             (Runner::Container(engine), switch, None)
         }
+        BackendSpec::Libvirt { hosts, placement } => {
+            let (rt, switch) = libvirt_start(&spec, hosts, placement)?;
+            (Runner::Libvirt(Box::new(rt)), switch, None)
+        }
     };
 
     let mut nodes = BTreeMap::new();
@@ -222,6 +263,7 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
                 agent_conn: None,
                 container_id: None,
                 applied: None,
+                libvirt: matches!(spec.backend, BackendSpec::Libvirt { .. }),
                 generation: 0,
                 expected_stop: None,
             },
@@ -253,6 +295,9 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
         let thread = std::thread::Builder::new().name("spawner".into());
         let started = match qemu_bin {
             Some(qemu_bin) => thread.spawn(move || spawner(&shared, &qemu_bin, &rx)),
+            None if matches!(shared.runner, Runner::Libvirt(_)) => {
+                thread.spawn(move || libvirt_watch(&shared, &rx))
+            }
             None => thread.spawn(move || container_watch(&shared, &rx)),
         };
         started.map_err(|source| SupervisorError::Api {
@@ -268,16 +313,19 @@ pub fn run(dir: &StateDir, log: Log) -> Result<(), SupervisorError> {
         let _ = std::thread::Builder::new()
             .name("boot-all".into())
             .spawn(move || {
-                if let Runner::Container(engine) = &shared.runner {
-                    if let Err(e) =
+                let prepared = match &shared.runner {
+                    Runner::Qemu => Ok(()),
+                    Runner::Container(engine) => {
                         container_prepare(&shared.spec, &shared.dir, engine, &shared.log)
-                    {
-                        let message = format!("preparing the containers failed: {e}");
-                        for name in shared.spec.nodes.iter().map(|n| n.name.clone()) {
-                            shared.fail(&name, 0, message.clone());
-                        }
-                        return;
+                            .map_err(|e| format!("preparing the containers failed: {e}"))
                     }
+                    Runner::Libvirt(rt) => libvirt_prepare(&shared, rt),
+                };
+                if let Err(message) = prepared {
+                    for name in shared.spec.nodes.iter().map(|n| n.name.clone()) {
+                        shared.fail(&name, 0, message.clone());
+                    }
+                    return;
                 }
                 for name in shared.spec.nodes.iter().map(|n| n.name.clone()) {
                     start_boot(&shared, &name);
@@ -459,7 +507,7 @@ impl Shared {
             accel: match self.spec.backend {
                 // Containers run on the host's kernel: nothing is emulated.
                 BackendSpec::Container { .. } => "none".to_owned(),
-                BackendSpec::Qemu => self.spec.accel.to_string(),
+                BackendSpec::Qemu | BackendSpec::Libvirt { .. } => self.spec.accel.to_string(),
             },
             supervisor_pid: std::process::id(),
             nodes: statuses,
@@ -509,7 +557,7 @@ fn node_status(dir: &StateDir, n: &NodeRt) -> NodeStatus {
             .iter()
             .map(|nic| format!("{}/{} ({})", nic.ip, nic.prefix, nic.network))
             .collect(),
-        pid: n.pid,
+        pid: n.pid.filter(|_| !n.libvirt),
         uptime_ms: n.started.map(|t| testbed_proto::millis(t.elapsed())),
         message: n.message.clone(),
         console_log: dir.node(&n.spec.name).console_log(),
@@ -622,6 +670,9 @@ fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
     if let Runner::Container(engine) = &shared.runner {
         return container_boot(shared, engine, &spec, generation);
     }
+    if let Runner::Libvirt(rt) = &shared.runner {
+        return libvirt_boot(shared, rt, &spec, generation);
+    }
     let config = vm_config(shared, &spec);
     let (tx, rx) = mpsc::channel();
     shared.spawn_cmd(SpawnCmd::Start {
@@ -674,6 +725,19 @@ fn attach(shared: &Arc<Shared>, name: &str, generation: u64, started: Instant) {
             }
         },
         Runner::Container(engine) => container_agent(shared, engine, name),
+        Runner::Libvirt(rt) => loop {
+            if !still_current() {
+                return;
+            }
+            let domain = libvirt::domain_name(&shared.spec.cluster, name);
+            match rt.host_of(name).open_agent(&domain) {
+                Ok(channel) => break socket_pair_channel(channel.reader, channel.writer),
+                Err(e) if Instant::now() >= deadline => {
+                    return shared.fail(name, generation, e.to_string());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        },
     };
     let (reader, writer, conn) = match channel {
         Ok(parts) => parts,
@@ -1068,6 +1132,12 @@ fn power(shared: &Arc<Shared>, name: &str, action: PowerAction) -> Reply {
                     });
                     let _ = rx.recv();
                 }
+                Runner::Libvirt(rt) => {
+                    let domain = libvirt::domain_name(&shared.spec.cluster, name);
+                    if let Err(e) = rt.host_of(name).destroy(&domain) {
+                        return error(e.to_string(), Some(name));
+                    }
+                }
                 Runner::Container(engine) => {
                     // Removed, not just killed: the kernel answers pings in
                     // a dead container's network namespace until the
@@ -1114,6 +1184,16 @@ fn power(shared: &Arc<Shared>, name: &str, action: PowerAction) -> Reply {
                         engine.pause(&cname)
                     } else {
                         engine.unpause(&cname)
+                    };
+                    r.map_err(|e| Box::new(error(e.to_string(), Some(name))))
+                }
+                Runner::Libvirt(rt) => {
+                    let domain = libvirt::domain_name(&shared.spec.cluster, name);
+                    let host = rt.host_of(name);
+                    let r = if pause {
+                        host.suspend(&domain)
+                    } else {
+                        host.resume(&domain)
                     };
                     r.map_err(|e| Box::new(error(e.to_string(), Some(name))))
                 }
@@ -1177,6 +1257,10 @@ fn clean_stop(
         })?,
         Runner::Container(engine) => engine
             .kill(&container::container_name(&shared.spec.cluster, name))
+            .map_err(|e| Box::new(error(e.to_string(), Some(name))))?,
+        Runner::Libvirt(rt) => rt
+            .host_of(name)
+            .destroy(&libvirt::domain_name(&shared.spec.cluster, name))
             .map_err(|e| Box::new(error(e.to_string(), Some(name))))?,
     }
     match wait_for(shared, name, Duration::from_secs(30), stopped) {
@@ -1288,6 +1372,11 @@ fn down(shared: &Arc<Shared>) {
             conn.close();
         }
         for line in container::remove_cluster(engine, shared.dir.path()) {
+            shared.log(&format!("down: {line}"));
+        }
+    }
+    if let Runner::Libvirt(rt) = &shared.runner {
+        for line in libvirt_remove(&rt.hosts, &shared.spec.cluster, shared.dir.path()) {
             shared.log(&format!("down: {line}"));
         }
     }
@@ -1619,4 +1708,292 @@ fn container_sync_faults(shared: &Shared) -> Result<(), String> {
         }
     }
     first_error.map_or(Ok(()), Err)
+}
+
+/// The local side of a socket pair as an agent channel.
+fn socket_pair_channel(reader: UnixStream, writer: UnixStream) -> Result<Channel, String> {
+    let conn = reader
+        .try_clone()
+        .map_err(|e| format!("agent channel: {e}"))?;
+    Ok((
+        Box::new(reader),
+        Box::new(writer),
+        AgentConn::Socket(Arc::new(conn)),
+    ))
+}
+
+/// The addresses a libvirt host on `host` (a name or address; empty for a
+/// local URI) and this machine reach each other at: `(ours, theirs)`.
+/// Loopback for local and loopback hosts; otherwise the source address of
+/// the route towards the host (a UDP `connect`, which sends nothing).
+fn addresses_towards(host: &str) -> Result<(IpAddr, IpAddr), String> {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    if host.is_empty() || host == "localhost" {
+        return Ok((loopback, loopback));
+    }
+    let remote = (host, 9)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve the libvirt host {host}: {e}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| format!("the libvirt host {host} has no IPv4 address"))?;
+    if remote.ip().is_loopback() {
+        return Ok((loopback, remote.ip()));
+    }
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    probe
+        .connect(remote)
+        .map_err(|e| format!("no route to the libvirt host {host}: {e}"))?;
+    let local = probe.local_addr().map_err(|e| e.to_string())?.ip();
+    Ok((local, remote.ip()))
+}
+
+/// The host part of a libvirt URI (empty when it has none).
+fn uri_host(uri: &str) -> String {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return String::new();
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned()
+}
+
+/// Connects to every libvirt host and starts the switch with one UDP port
+/// per NIC: on loopback for nodes of a daemon on this machine (or reached
+/// over loopback), on all addresses for a remote host, whose domains send
+/// to the address this machine has towards it. A port still accepts
+/// datagrams from its one peer only.
+fn libvirt_start(
+    spec: &ClusterSpec,
+    uris: &[String],
+    placement: &BTreeMap<String, usize>,
+) -> Result<(LibvirtRt, Switch), SupervisorError> {
+    if uris.is_empty() {
+        return Err(SupervisorError::Config(
+            "the libvirt backend needs at least one host URI".to_owned(),
+        ));
+    }
+    let mut hosts = Vec::new();
+    let mut addrs = Vec::new();
+    for uri in uris {
+        hosts.push(LibvirtHost::connect(uri)?);
+        let host = if libvirt::uri_is_remote(uri) {
+            uri_host(uri)
+        } else {
+            String::new()
+        };
+        addrs.push(addresses_towards(&host).map_err(SupervisorError::Config)?);
+    }
+    let mut ports = Vec::new();
+    let mut keys = Vec::new();
+    for node in &spec.nodes {
+        let h = placement
+            .get(&node.name)
+            .copied()
+            .unwrap_or(0)
+            .min(uris.len() - 1);
+        let (ours, theirs) = addrs[h];
+        for nic in &node.nics {
+            // QEMU binds its end on the libvirt host; a free port can only
+            // be asked for here, which is exact for loopback hosts. On a
+            // remote host a collision shows as the domain's bind error,
+            // never as misrouting.
+            let peer_port = switch::reserve_udp_port()
+                .map_err(|e| SupervisorError::Config(format!("cannot reserve a UDP port: {e}")))?
+                .port();
+            let bind_ip = if ours.is_loopback() {
+                ours
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            };
+            ports.push(PortSpec {
+                segment: nic.network.clone(),
+                node: node.name.clone(),
+                transport: switch::Transport::Udp {
+                    bind: SocketAddr::new(bind_ip, 0),
+                    peer: SocketAddr::new(theirs, peer_port),
+                },
+            });
+            keys.push((
+                node.name.clone(),
+                nic.network.clone(),
+                nic.mac.clone(),
+                ours,
+            ));
+        }
+    }
+    let switch = Switch::start(&ports, spec.seed)?;
+    let mut nics = BTreeMap::new();
+    for ((node, network, mac, ours), (info, port)) in
+        keys.into_iter().zip(switch.ports().iter().zip(&ports))
+    {
+        let bound: SocketAddr = info.switch_addr.parse().map_err(|_| {
+            SupervisorError::Config(format!("unexpected switch port {}", info.switch_addr))
+        })?;
+        if let switch::Transport::Udp { peer, .. } = &port.transport {
+            nics.insert(
+                (node, network),
+                UdpNic {
+                    mac,
+                    switch: SocketAddr::new(ours, bound.port()),
+                    local: *peer,
+                },
+            );
+        }
+    }
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rt = LibvirtRt {
+        hosts,
+        placement: placement.clone(),
+        nics,
+        images: Mutex::new(BTreeMap::new()),
+        run_id: format!("{started}-{}", std::process::id()),
+    };
+    Ok((rt, switch))
+}
+
+/// Copies the images each host's nodes need into its storage pool (once
+/// per content hash and host; a complete copy is kept for later runs).
+fn libvirt_prepare(shared: &Shared, rt: &LibvirtRt) -> Result<(), String> {
+    let mut wanted = std::collections::BTreeSet::new();
+    for node in &shared.spec.nodes {
+        let dir = node
+            .image
+            .kernel
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        wanted.insert((rt.index_of(&node.name), node.image.key.clone(), dir));
+    }
+    for (h, key, dir) in wanted {
+        let host = &rt.hosts[h];
+        let start = Instant::now();
+        let image = host
+            .ensure_images(&key, &dir)
+            .map_err(|e| format!("copying image {key} to {}: {e}", host.uri()))?;
+        if image.uploaded {
+            shared.log(&format!(
+                "uploaded image {} to {} in {:.1}s",
+                &key[..key.len().min(12)],
+                host.uri(),
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        lock(&rt.images).insert((h, key), image);
+    }
+    Ok(())
+}
+
+/// One boot of a libvirt node: a fresh transient domain (a leftover of the
+/// same name made by testbed is destroyed first), then the agent as for a
+/// VM of the QEMU backend.
+fn libvirt_boot(shared: &Arc<Shared>, rt: &LibvirtRt, spec: &NodeSpec, generation: u64) {
+    let name = spec.name.as_str();
+    let h = rt.index_of(name);
+    let host = &rt.hosts[h];
+    let Some(image) = lock(&rt.images).get(&(h, spec.image.key.clone())).cloned() else {
+        return shared.fail(
+            name,
+            generation,
+            format!("image {} is not on {}", spec.image.key, host.uri()),
+        );
+    };
+    let mut nics = Vec::new();
+    for nic in &spec.nics {
+        match rt.nics.get(&(name.to_owned(), nic.network.clone())) {
+            Some(udp) => nics.push(udp.clone()),
+            None => {
+                return shared.fail(
+                    name,
+                    generation,
+                    format!("no switch port for network {}", nic.network),
+                )
+            }
+        }
+    }
+    let config = DomainConfig {
+        cluster: shared.spec.cluster.clone(),
+        node: name.to_owned(),
+        run_id: rt.run_id.clone(),
+        state_dir: shared.dir.path().to_path_buf(),
+        accel: shared.spec.accel,
+        memory_mib: spec.memory_mib,
+        cpus: spec.cpus,
+        kernel: image.kernel,
+        initramfs: image.initramfs,
+        rootfs: image.rootfs,
+        cmdline: spec.image.cmdline.clone(),
+        nics,
+        console_log: shared.dir.node(name).console_log(),
+        autodestroy: false,
+    };
+    let _ = host.destroy(&config.name());
+    let started = Instant::now();
+    if let Err(e) = host.start(&config) {
+        return shared.fail(name, generation, e.to_string());
+    }
+    // The QEMU runs on the libvirt host: `pid` only marks this boot.
+    if !shared.set(name, generation, |n| {
+        n.state = NodeState::Booting;
+        n.pid = Some(generation as u32);
+        n.started = Some(started);
+    }) {
+        return;
+    }
+    attach(shared, name, generation, started);
+}
+
+/// The libvirt backend's watcher: notices domains that ended (a guest's
+/// power-off or reboot, a destroy from outside) by polling once a second,
+/// and ends with the supervisor's spawner channel.
+fn libvirt_watch(shared: &Arc<Shared>, rx: &mpsc::Receiver<SpawnCmd>) {
+    let Runner::Libvirt(rt) = &shared.runner else {
+        return;
+    };
+    loop {
+        match rx.recv_timeout(Duration::from_millis(1000)) {
+            Ok(SpawnCmd::KillAll { reply }) | Ok(SpawnCmd::Kill { reply, .. }) => {
+                let _ = reply.send(());
+            }
+            Ok(SpawnCmd::Start { reply, .. }) => {
+                let _ = reply.send(Err("the libvirt backend starts no QEMU itself".to_owned()));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let running: Vec<(String, u32)> = lock(&shared.nodes)
+            .iter()
+            .filter_map(|(name, n)| n.pid.map(|p| (name.clone(), p)))
+            .collect();
+        for (name, token) in running {
+            let domain = libvirt::domain_name(&shared.spec.cluster, &name);
+            if let Ok(false) = rt.host_of(&name).is_running(&domain) {
+                vm_exited(shared, &name, token, "the domain ended");
+            }
+        }
+    }
+}
+
+/// Destroys every domain on `hosts` that testbed made for `cluster` from
+/// the state directory `state`; domains of another state directory, or
+/// without testbed's metadata, are left alone. One line per action.
+pub(crate) fn libvirt_remove(hosts: &[LibvirtHost], cluster: &str, state: &Path) -> Vec<String> {
+    let mut report = Vec::new();
+    for host in hosts {
+        match host.list(cluster) {
+            Ok(domains) => {
+                for d in domains.iter().filter(|d| d.metadata.state_dir == state) {
+                    match host.destroy(&d.name) {
+                        Ok(()) => {
+                            report.push(format!("destroyed domain {} on {}", d.name, host.uri()))
+                        }
+                        Err(e) => report.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => report.push(e.to_string()),
+        }
+    }
+    report
 }

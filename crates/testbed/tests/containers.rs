@@ -303,17 +303,27 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
     assert!(support::wait_until(
         std::time::Duration::from_secs(10),
         || !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z'))
     ));
     assert!(containers().contains(&"testbed-pods-node1".to_owned()));
     let out = env.testbed(&["down"]);
     assert_eq!(out.status.code(), Some(0));
     let said = text(&out.stdout) + &text(&out.stderr);
-    assert!(said.contains("removed container testbed-pods-node1"), "{said}");
+    assert!(
+        said.contains("removed container testbed-pods-node1"),
+        "{said}"
+    );
     assert!(said.contains("removed network testbed-pods-lan"), "{said}");
     let left = containers();
-    assert!(!left.iter().any(|c| c.starts_with("testbed-pods-")), "{left:?}");
+    assert!(
+        !left.iter().any(|c| c.starts_with("testbed-pods-")),
+        "{left:?}"
+    );
     assert!(!networks().contains(&"testbed-pods-lan".to_owned()));
     check_images_removed(&env, &images_before);
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());

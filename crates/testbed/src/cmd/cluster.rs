@@ -47,6 +47,8 @@ pub enum Backend {
     Podman,
     /// One docker container per node; see docs/containers.md
     Docker,
+    /// One transient libvirt domain per node, on one or more hosts; see docs/libvirt.md
+    Libvirt,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +56,12 @@ pub struct UpArgs {
     /// Virtualization backend
     #[arg(long, value_enum, default_value = "qemu")]
     pub backend: Backend,
+    /// libvirt: the URI of the one host [default: $LIBVIRT_DEFAULT_URI, else qemu:///system as root, qemu:///session otherwise]
+    #[arg(long, value_name = "URI")]
+    pub connect: Option<String>,
+    /// libvirt: a host's URI; repeat for several (nodes are placed round-robin, or as their role pins); replaces the composition's [[hosts]]
+    #[arg(long = "host", value_name = "URI")]
+    pub hosts: Vec<String>,
     /// Accelerator
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
@@ -161,8 +169,38 @@ pub fn bring_up(
         );
     }
 
+    if args.backend != Backend::Libvirt && (args.connect.is_some() || !args.hosts.is_empty()) {
+        return Err(Failure::Usage(
+            "--connect and --host are for --backend libvirt".to_owned(),
+        ));
+    }
+    if args.connect.is_some() && !args.hosts.is_empty() {
+        return Err(Failure::Usage(
+            "give either --connect URI (one host) or --host URI (repeatable), not both".to_owned(),
+        ));
+    }
     let backend = match args.backend {
         Backend::Qemu => BackendSpec::Qemu,
+        Backend::Libvirt => {
+            let (hosts, placement) = libvirt_placement(&t, args)?;
+            for (i, uri) in hosts.iter().enumerate() {
+                let nodes: Vec<&str> = placement
+                    .iter()
+                    .filter(|(_, h)| **h == i)
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                eprintln!(
+                    "{} libvirt host {uri}: {}",
+                    elapsed(start),
+                    if nodes.is_empty() {
+                        "no nodes".to_owned()
+                    } else {
+                        nodes.join(", ")
+                    }
+                );
+            }
+            BackendSpec::Libvirt { hosts, placement }
+        }
         Backend::Podman | Backend::Docker => {
             let wanted = match args.backend {
                 Backend::Docker => Engine::Docker,
@@ -284,6 +322,37 @@ pub fn bring_up(
             Err(e)
         }
     }
+}
+
+/// The libvirt URI used when none is given: `$LIBVIRT_DEFAULT_URI`, else
+/// the system daemon for root and the user's session daemon otherwise.
+fn default_libvirt_uri() -> String {
+    match std::env::var("LIBVIRT_DEFAULT_URI") {
+        Ok(uri) if !uri.is_empty() => uri,
+        _ if rustix::process::geteuid().is_root() => "qemu:///system".to_owned(),
+        _ => "qemu:///session".to_owned(),
+    }
+}
+
+/// The libvirt hosts (`--host`, else `--connect`, else the default) and
+/// each node's host: round-robin in plan order.
+fn libvirt_placement(
+    t: &Target,
+    args: &UpArgs,
+) -> Result<(Vec<String>, BTreeMap<String, usize>), Failure> {
+    let hosts: Vec<String> = if !args.hosts.is_empty() {
+        args.hosts.clone()
+    } else {
+        vec![args.connect.clone().unwrap_or_else(default_libvirt_uri)]
+    };
+    let placement = t
+        .plan
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.clone(), i % hosts.len()))
+        .collect();
+    Ok((hosts, placement))
 }
 
 /// Prepares the spec and starts the supervisor.

@@ -49,6 +49,12 @@ pub struct TestArgs {
     /// Backend, if the cluster has to be brought up
     #[arg(long, value_enum, default_value = "qemu")]
     pub backend: Backend,
+    /// libvirt: the URI of the one host (see `testbed up --help`)
+    #[arg(long, value_name = "URI")]
+    pub connect: Option<String>,
+    /// libvirt: a host's URI; repeat for several (see `testbed up --help`)
+    #[arg(long = "host", value_name = "URI")]
+    pub hosts: Vec<String>,
     /// Accelerator, if the cluster has to be brought up
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
@@ -212,6 +218,8 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
     if !was_running {
         let up = UpArgs {
             backend: args.backend,
+            connect: args.connect.clone(),
+            hosts: args.hosts.clone(),
             accel: args.accel,
             timeout: None,
             keep_failed: args.keep,
