@@ -192,9 +192,9 @@ fn hosts(cx: &mut Ctx<'_>, raw: Option<&Spanned<Vec<RawHost>>>) -> Vec<Host> {
                 format!("host \"{name}\" has an empty uri"),
                 Some("give its libvirt URI, e.g. \"qemu:///system\" or \"qemu+ssh://root@node7/system\"".to_string()),
             );
-        } else if !uri
+        } else if uri
             .split_once(':')
-            .is_some_and(|(scheme, _)| !scheme.is_empty())
+            .is_none_or(|(scheme, _)| scheme.is_empty())
         {
             cx.err(
                 h.uri.span(),
