@@ -36,6 +36,9 @@ pub struct Composition {
     pub secrets: Vec<Secret>,
     /// The networks, in file order (one `lan` when the file has none).
     pub networks: Vec<Network>,
+    /// The libvirt hosts (`[[hosts]]`), in file order; empty when the file
+    /// has none. Only `--backend libvirt` uses them.
+    pub hosts: Vec<Host>,
     /// `[test]`, when present.
     pub test: Option<TestSpec>,
 }
@@ -91,10 +94,22 @@ pub struct Role {
     pub networks: Vec<String>,
     /// Files, keyed by guest path; a role's entry replaces a default's.
     pub files: Vec<FileSpec>,
+    /// The name of the host (in [`Composition::hosts`]) every node of the
+    /// role is pinned to, if any.
+    pub host: Option<String>,
     /// Where the role is declared (its key in `[roles]`).
     pub name_span: Range<usize>,
     /// Where its count is set, if it is.
     pub count_span: Option<Range<usize>>,
+}
+
+/// A libvirt hypervisor host, `[[hosts]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Host {
+    /// The host's name (default `hostN`, N its 1-based position).
+    pub name: String,
+    /// Its libvirt URI, e.g. `qemu:///system`.
+    pub uri: String,
 }
 
 /// A file placed in the guest.

@@ -26,7 +26,7 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 pub use composition::{
-    Cluster, Composition, Distro, FileKind, FileSpec, Network, Role, Secret, TestSpec,
+    Cluster, Composition, Distro, FileKind, FileSpec, Host, Network, Role, Secret, TestSpec,
 };
 pub use diag::{Diagnostic, Diagnostics, Location, SourceFile};
 pub use net::{Mac, Subnet};

@@ -103,6 +103,10 @@ pub struct Node {
     pub cpus: u32,
     /// NICs, in the composition's network order.
     pub nics: Vec<Nic>,
+    /// The `[[hosts]]` entry the node is pinned to by its role's `host`.
+    /// Unpinned nodes are placed by the libvirt backend, not here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A node's interface on one network.
@@ -298,6 +302,7 @@ pub fn plan(comp: &Composition, scale: &Scale) -> Result<Plan, Diagnostics> {
                 memory_mib: role.memory_mib,
                 cpus: role.cpus,
                 nics,
+                host: role.host.clone(),
             });
         }
     }

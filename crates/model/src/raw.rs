@@ -45,6 +45,11 @@ pub struct RawComposition {
     // Not wrapped in `Spanned`: toml cannot give spanned keys inside a
     // spanned table, and the keys' spans matter more.
     pub networks: Option<SpannedMap<RawNetwork>>,
+    /// The libvirt hosts nodes are placed on, in order; used only by
+    /// `--backend libvirt` (`testbed up --host URI` replaces this list).
+    #[serde(default)]
+    #[schemars(with = "Vec<RawHost>")]
+    pub hosts: Option<Spanned<Vec<RawHost>>>,
     /// The test run by `testbed test`.
     #[serde(default)]
     #[schemars(with = "RawTest")]
@@ -113,6 +118,26 @@ pub struct RawRole {
     #[serde(default)]
     #[schemars(with = "IndexMap<String, RawFile>")]
     pub files: SpannedMap<RawFile>,
+    /// The name of a `[[hosts]]` entry every node of the role is placed on
+    /// (`--backend libvirt` only; default: round-robin over the hosts).
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub host: Option<Spanned<String>>,
+}
+
+/// `[[hosts]]`: a libvirt hypervisor host.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    /// `[a-z][a-z0-9-]*`, at most 63 characters; default `hostN`, N being
+    /// the entry's position (1-based).
+    #[serde(default)]
+    #[schemars(with = "String", regex(pattern = r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: Option<Spanned<String>>,
+    /// The host's libvirt URI, e.g. `"qemu:///system"` or
+    /// `"qemu+ssh://root@node7/system"`.
+    #[schemars(with = "String")]
+    pub uri: Spanned<String>,
 }
 
 /// `files."/abs/path"`: exactly one of `content`, `source` or `template`.

@@ -25,6 +25,8 @@ const MAX_ROLE_NAME: usize = 40;
 const MAX_NETWORK_NAME: usize = 15;
 /// The most networks a composition may declare (MACs carry the index in a byte).
 const MAX_NETWORKS: usize = 64;
+/// Host names are labels of the user's choosing; keep them host-name-like.
+const MAX_HOST_NAME: usize = 63;
 /// The most nodes one role may have.
 pub(crate) const MAX_COUNT: i64 = 4096;
 
@@ -103,11 +105,17 @@ pub fn parse(
     let cluster = cluster(&mut cx, raw.cluster.as_ref(), default_name);
     let networks = networks(&mut cx, raw.networks.as_ref());
     let network_names: Vec<String> = networks.iter().map(|n| n.name.clone()).collect();
+    let hosts = hosts(&mut cx, raw.hosts.as_ref());
+    let host_names: Vec<String> = hosts.iter().map(|h| h.name.clone()).collect();
 
     let defaults = raw.defaults.as_ref().map(|d| d.get_ref());
     if let Some(d) = defaults {
         for diag in check_defaults(cx.src, cx.dir, d) {
             cx.sink.push(diag);
+        }
+        // Checked once here; roles inherit it quietly.
+        if let Some(h) = &d.host {
+            host_ref(&mut cx, h, &host_names, "[defaults]");
         }
     }
     if raw.roles.is_empty() {
@@ -120,7 +128,11 @@ pub fn parse(
     }
     let mut roles = Vec::new();
     for (name, role) in &raw.roles {
-        if let Some(r) = self::role(&mut cx, name, role.get_ref(), defaults, &network_names) {
+        let names = Names {
+            networks: &network_names,
+            hosts: &host_names,
+        };
+        if let Some(r) = self::role(&mut cx, name, role.get_ref(), defaults, &names) {
             roles.push(r);
         }
     }
@@ -135,8 +147,91 @@ pub fn parse(
         roles,
         secrets,
         networks,
+        hosts,
         test,
     })
+}
+
+/// `[[hosts]]`: names (given or `hostN`) checked and unique, URIs with a scheme.
+fn hosts(cx: &mut Ctx<'_>, raw: Option<&Spanned<Vec<RawHost>>>) -> Vec<Host> {
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    let mut out: Vec<Host> = Vec::new();
+    for (i, h) in raw.get_ref().iter().enumerate() {
+        let position = i + 1;
+        let name = match &h.name {
+            Some(n) => {
+                cx.check(n, |s| units::check_name(s, "host", MAX_HOST_NAME));
+                n.get_ref().clone()
+            }
+            None => format!("host{position}"),
+        };
+        if let Some(first) = out.iter().position(|o| o.name == name) {
+            // A default name has no text of its own: point at the entry's uri.
+            let (span, how) = match &h.name {
+                Some(n) => (n.span(), String::new()),
+                None => (
+                    h.uri.span(),
+                    format!(" (host {position} has no name, so it is called \"{name}\")"),
+                ),
+            };
+            cx.err(
+                span,
+                format!("duplicate host name \"{name}\"{how}"),
+                Some(format!(
+                    "host {} is already called \"{name}\"; give every host its own name",
+                    first + 1
+                )),
+            );
+        }
+        let uri = h.uri.get_ref();
+        if uri.trim().is_empty() {
+            cx.err(
+                h.uri.span(),
+                format!("host \"{name}\" has an empty uri"),
+                Some("give its libvirt URI, e.g. \"qemu:///system\" or \"qemu+ssh://root@node7/system\"".to_string()),
+            );
+        } else if uri
+            .split_once(':')
+            .is_none_or(|(scheme, _)| scheme.is_empty())
+        {
+            cx.err(
+                h.uri.span(),
+                format!("bad libvirt URI \"{uri}\" of host \"{name}\""),
+                Some("a libvirt URI starts with a scheme, e.g. \"qemu:///system\" or \"qemu+ssh://root@node7/system\"".to_string()),
+            );
+        }
+        out.push(Host {
+            name,
+            uri: uri.clone(),
+        });
+    }
+    out
+}
+
+/// Checks that a role's (or `[defaults]`'s) `host` names a `[[hosts]]` entry.
+fn host_ref(cx: &mut Ctx<'_>, v: &Spanned<String>, host_names: &[String], owner: &str) -> bool {
+    let name = v.get_ref();
+    if host_names.contains(name) {
+        return true;
+    }
+    if host_names.is_empty() {
+        cx.err(
+            v.span(),
+            format!("{owner} is pinned to host \"{name}\" but the composition has no [[hosts]]"),
+            Some(format!(
+                "`host` needs [[hosts]]: add one with name = \"{name}\" and its libvirt uri, e.g. uri = \"qemu:///system\""
+            )),
+        );
+    } else {
+        cx.err(
+            v.span(),
+            format!("unknown host \"{name}\" in {owner}"),
+            Some(format!("defined hosts: {}", host_names.join(", "))),
+        );
+    }
+    false
 }
 
 fn cluster(
@@ -392,13 +487,20 @@ fn positive(
     u32::try_from(n).ok()
 }
 
+/// The names a role may refer to.
+struct Names<'a> {
+    networks: &'a [String],
+    hosts: &'a [String],
+}
+
 fn role(
     cx: &mut Ctx<'_>,
     name: &Spanned<String>,
     raw: &RawRole,
     defaults: Option<&RawRole>,
-    network_names: &[String],
+    names: &Names<'_>,
 ) -> Option<Role> {
+    let network_names = names.networks;
     let role_name = name.get_ref().clone();
     let name_ok = cx.check(name, |s| units::check_name(s, "role", MAX_ROLE_NAME));
 
@@ -525,6 +627,16 @@ fn role(
         }
     }
 
+    // A role's own `host` is checked here; one from [defaults] was checked once.
+    let host = match (&raw.host, defaults.and_then(|d| d.host.as_ref())) {
+        (Some(h), _) => {
+            host_ref(cx, h, names.hosts, &format!("role \"{role_name}\""));
+            Some(h.get_ref().clone())
+        }
+        (None, Some(h)) => Some(h.get_ref().clone()),
+        (None, None) => None,
+    };
+
     Some(Role {
         name: role_name,
         count: count?,
@@ -535,6 +647,7 @@ fn role(
         services,
         networks,
         files: files.into_values().collect(),
+        host,
         name_span: name.span(),
         count_span: count_raw.map(|c| c.span()),
     })

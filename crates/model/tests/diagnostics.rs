@@ -347,6 +347,87 @@ const CASES: &[Case] = &[
         column: 12,
         help: "write \"package question type value\", e.g. \"gridengine-common shared/gridengineconfig boolean false\"",
     },
+    Case {
+        name: "a host name that is not a name",
+        toml: "[[hosts]]\nname = \"Far\"\nuri = \"qemu:///system\"\n[roles.ctl]\n",
+        files: &[],
+        message: "bad host name \"Far\"",
+        line: 2,
+        column: 8,
+        help: "a host name starts with a lowercase letter",
+    },
+    Case {
+        name: "two hosts with the same name",
+        toml: "[[hosts]]\nname = \"a\"\nuri = \"qemu:///system\"\n\n[[hosts]]\nname = \"a\"\nuri = \"qemu+ssh://root@node7/system\"\n[roles.ctl]\n",
+        files: &[],
+        message: "duplicate host name \"a\"",
+        line: 6,
+        column: 8,
+        help: "host 1 is already called \"a\"; give every host its own name",
+    },
+    Case {
+        name: "a host named like another's default name",
+        toml: "[[hosts]]\nname = \"host2\"\nuri = \"qemu:///system\"\n[[hosts]]\nuri = \"qemu:///session\"\n[roles.ctl]\n",
+        files: &[],
+        message: "duplicate host name \"host2\" (host 2 has no name, so it is called \"host2\")",
+        line: 5,
+        column: 7,
+        help: "host 1 is already called \"host2\"",
+    },
+    Case {
+        name: "a host with an empty uri",
+        toml: "[[hosts]]\nname = \"a\"\nuri = \"\"\n[roles.ctl]\n",
+        files: &[],
+        message: "host \"a\" has an empty uri",
+        line: 3,
+        column: 7,
+        help: "e.g. \"qemu:///system\"",
+    },
+    Case {
+        name: "a host uri without a scheme",
+        toml: "[[hosts]]\nuri = \"node7\"\n[roles.ctl]\n",
+        files: &[],
+        message: "bad libvirt URI \"node7\" of host \"host1\"",
+        line: 2,
+        column: 7,
+        help: "a libvirt URI starts with a scheme",
+    },
+    Case {
+        name: "a role pinned to an unknown host",
+        toml: "[[hosts]]\nname = \"a\"\nuri = \"qemu:///system\"\n[[hosts]]\nuri = \"qemu:///session\"\n[roles.ctl]\nhost = \"b\"\n",
+        files: &[],
+        message: "unknown host \"b\" in role \"ctl\"",
+        line: 7,
+        column: 8,
+        help: "defined hosts: a, host2",
+    },
+    Case {
+        name: "a role pinned to a host without [[hosts]]",
+        toml: "[roles.ctl]\nhost = \"a\"\n",
+        files: &[],
+        message: "role \"ctl\" is pinned to host \"a\" but the composition has no [[hosts]]",
+        line: 2,
+        column: 8,
+        help: "`host` needs [[hosts]]",
+    },
+    Case {
+        name: "[defaults] pinned to an unknown host",
+        toml: "[[hosts]]\nuri = \"qemu:///system\"\n[defaults]\nhost = \"a\"\n[roles.ctl]\n",
+        files: &[],
+        message: "unknown host \"a\" in [defaults]",
+        line: 4,
+        column: 8,
+        help: "defined hosts: host1",
+    },
+    Case {
+        name: "an unknown key in [[hosts]]",
+        toml: "[[hosts]]\nuri = \"qemu:///system\"\nurl = \"x\"\n[roles.ctl]\n",
+        files: &[],
+        message: "unknown field `url`",
+        line: 3,
+        column: 1,
+        help: "see docs/composition.md",
+    },
 ];
 
 #[test]
@@ -446,6 +527,23 @@ fn scale_errors_name_the_flag() {
     let d = r.expect_err("must fail");
     assert_eq!(first(&d).message, "--scale names unknown role \"nodes\"");
     assert!(first(&d).location.is_none());
+}
+
+#[test]
+fn host_problems_are_all_reported() {
+    // Bad name, duplicate, bad uri and an unknown pin: four problems at once;
+    // a bad host in [defaults] is reported once, not once per role.
+    let toml = "[[hosts]]\nname = \"A\"\nuri = \"qemu:///system\"\n\
+                [[hosts]]\nname = \"b\"\nuri = \"\"\n\
+                [[hosts]]\nname = \"b\"\nuri = \"x\"\n\
+                [defaults]\nhost = \"c\"\n[roles.r]\n[roles.s]\n[roles.t]\nhost = \"d\"\n";
+    let (_dir, r) = run(toml, &[], &Scale::default());
+    let diags = r.expect_err("must fail");
+    let lines: Vec<usize> = diags
+        .iter()
+        .filter_map(|d| d.location.as_ref().map(|l| l.line))
+        .collect();
+    assert_eq!(lines, vec![2, 6, 8, 9, 11, 15], "{diags}");
 }
 
 #[test]

@@ -20,8 +20,8 @@ fn parse_all(text: String, dir: &Path) {
 const KEYS: &[&str] = &[
     "cluster", "name", "distro", "kernel", "mirror", "defaults", "roles", "count", "memory",
     "cpus", "packages", "services", "networks", "files", "content", "source", "template", "mode",
-    "owner", "secrets", "file", "bytes", "subnet", "test", "script", "timeout", "a", "b", "lan",
-    "/etc/x",
+    "owner", "secrets", "file", "bytes", "subnet", "test", "script", "timeout", "hosts", "host",
+    "uri", "a", "b", "lan", "/etc/x",
 ];
 
 const STRINGS: &[&str] = &[
@@ -44,6 +44,9 @@ const STRINGS: &[&str] = &[
     "compute1",
     "é",
     "../x",
+    "qemu:///system",
+    "host1",
+    "host2",
 ];
 
 fn leaf() -> impl Strategy<Value = toml::Value> {

@@ -238,3 +238,42 @@ fn the_grid_engine_example_scales_without_edits() {
         );
     }
 }
+
+#[test]
+fn hosts_parse_in_order_and_pinned_roles_carry_their_host() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let toml = "[[hosts]]\nname = \"a\"\nuri = \"qemu:///system\"\n\
+                [[hosts]]\nuri = \"qemu+ssh://root@node7/system\"\n\
+                [[hosts]]\nname = \"far\"\nuri = \"qemu+ssh://root@node8/system\"\n\
+                [roles.ctl]\nhost = \"far\"\n\
+                [roles.compute]\ncount = 2\n";
+    let (comp, plan) = check(&write(dir.path(), toml), &Scale::default()).expect("valid");
+    let hosts: Vec<(&str, &str)> = comp
+        .hosts
+        .iter()
+        .map(|h| (h.name.as_str(), h.uri.as_str()))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            ("a", "qemu:///system"),
+            ("host2", "qemu+ssh://root@node7/system"),
+            ("far", "qemu+ssh://root@node8/system"),
+        ]
+    );
+    assert_eq!(comp.role("ctl").expect("ctl").host.as_deref(), Some("far"));
+    assert_eq!(comp.role("compute").expect("compute").host, None);
+    assert_eq!(plan.node("ctl").expect("ctl").host.as_deref(), Some("far"));
+    // Unpinned nodes are placed by the backend, not by the plan.
+    assert_eq!(plan.node("compute1").expect("compute1").host, None);
+    let json = serde_json::to_value(&plan).expect("json");
+    assert_eq!(json["nodes"][0]["host"], "far");
+    assert!(json["nodes"][1].get("host").is_none());
+
+    // A host in [defaults] pins every role that does not set its own.
+    let toml = "[[hosts]]\nuri = \"qemu:///system\"\n[[hosts]]\nuri = \"qemu:///session\"\n\
+                [defaults]\nhost = \"host2\"\n[roles.a]\n[roles.b]\nhost = \"host1\"\n";
+    let (_, plan) = check(&write(dir.path(), toml), &Scale::default()).expect("valid");
+    assert_eq!(plan.node("a").expect("a").host.as_deref(), Some("host2"));
+    assert_eq!(plan.node("b").expect("b").host.as_deref(), Some("host1"));
+}

@@ -1,0 +1,34 @@
+//! The JSON Schema knows the keys the parser accepts, including `[[hosts]]`
+//! and a role's `host` (the CLI's schema test checks the full list of keys).
+
+use testbed_model::schema::json_schema;
+
+#[test]
+fn schema_knows_hosts_and_the_role_host_key() {
+    let v: serde_json::Value = serde_json::from_str(&json_schema()).expect("json");
+    assert_eq!(v["additionalProperties"], false);
+    let top = v["properties"].as_object().expect("properties");
+    for key in [
+        "cluster", "defaults", "roles", "secrets", "networks", "hosts", "test",
+    ] {
+        assert!(top.contains_key(key), "top-level key {key}");
+    }
+    assert_eq!(v["properties"]["hosts"]["type"], "array");
+    let host = &v["definitions"]["RawHost"];
+    assert_eq!(host["additionalProperties"], false);
+    for key in ["name", "uri"] {
+        assert!(host["properties"].get(key).is_some(), "host key {key}");
+        let described = host["properties"][key]["description"].as_str();
+        assert!(described.is_some_and(|d| !d.is_empty()), "host key {key}");
+    }
+    assert_eq!(host["required"], serde_json::json!(["uri"]));
+    let role = &v["definitions"]["RawRole"];
+    for key in [
+        "count", "memory", "cpus", "packages", "debconf", "services", "networks", "files", "host",
+    ] {
+        assert!(role["properties"].get(key).is_some(), "role key {key}");
+    }
+    assert!(role["properties"]["host"]["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("[[hosts]]")));
+}
