@@ -195,12 +195,12 @@ fn schema_is_json_and_knows_every_key() {
         .collect();
     assert_eq!(
         top,
-        ["cluster", "defaults", "roles", "secrets", "networks", "test"]
+        ["cluster", "defaults", "roles", "secrets", "networks", "hosts", "test"]
     );
     assert_eq!(v["additionalProperties"], false);
     let role = &v["definitions"]["RawRole"];
     for key in [
-        "count", "memory", "cpus", "packages", "services", "networks", "files",
+        "count", "memory", "cpus", "packages", "services", "networks", "files", "host",
     ] {
         assert!(role["properties"].get(key).is_some(), "role key {key}");
     }

@@ -340,18 +340,45 @@ fn libvirt_placement(
     t: &Target,
     args: &UpArgs,
 ) -> Result<(Vec<String>, BTreeMap<String, usize>), Failure> {
+    let listed: Vec<String> = t.comp.hosts.iter().map(|h| h.uri.clone()).collect();
     let hosts: Vec<String> = if !args.hosts.is_empty() {
         args.hosts.clone()
+    } else if let Some(uri) = &args.connect {
+        vec![uri.clone()]
+    } else if !listed.is_empty() {
+        listed
     } else {
-        vec![args.connect.clone().unwrap_or_else(default_libvirt_uri)]
+        vec![default_libvirt_uri()]
     };
-    let placement = t
-        .plan
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.name.clone(), i % hosts.len()))
-        .collect();
+    // Unpinned nodes go round-robin, in plan order; a pinned role's nodes
+    // go to its host, found by the URI its `[[hosts]]` entry names.
+    let mut placement = BTreeMap::new();
+    let mut next = 0;
+    for node in &t.plan.nodes {
+        let index = match &node.host {
+            Some(name) => {
+                let uri = t
+                    .comp
+                    .hosts
+                    .iter()
+                    .find(|h| &h.name == name)
+                    .map(|h| h.uri.as_str())
+                    .unwrap_or_default();
+                hosts.iter().position(|h| h == uri).ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "node {} is pinned to host {name} ({uri}), which is not among the hosts given: {}",
+                        node.name,
+                        hosts.join(", ")
+                    ))
+                })?
+            }
+            None => {
+                next += 1;
+                (next - 1) % hosts.len()
+            }
+        };
+        placement.insert(node.name.clone(), index);
+    }
     Ok((hosts, placement))
 }
 
