@@ -218,6 +218,21 @@ impl UnitStatus {
 }
 
 pub fn unit_status(unit: &str) -> Result<UnitStatus, SystemError> {
+    // A name without a type suffix is a service, as for systemctl itself.
+    let full = if unit.contains('.') {
+        unit.to_owned()
+    } else {
+        format!("{unit}.service")
+    };
+    // The jobs first, then the state: a start job that runs between the
+    // two reads is then seen as pending, never as "gone" next to the
+    // state from before it ran (inactive, and a condition result of "no",
+    // which is also what a unit that never started shows): that race
+    // made a slow start look like a skip on a busy host.
+    let jobs = run(
+        "systemctl",
+        &["list-jobs", "--no-legend", "--plain", "--", &full],
+    )?;
     let text = run(
         "systemctl",
         &[
@@ -229,16 +244,6 @@ pub fn unit_status(unit: &str) -> Result<UnitStatus, SystemError> {
         ],
     )?;
     let mut status = parse_unit_status(&text);
-    // A name without a type suffix is a service, as for systemctl itself.
-    let full = if unit.contains('.') {
-        unit.to_owned()
-    } else {
-        format!("{unit}.service")
-    };
-    let jobs = run(
-        "systemctl",
-        &["list-jobs", "--no-legend", "--plain", "--", &full],
-    )?;
     status.job_pending = jobs
         .lines()
         .any(|l| l.split_whitespace().nth(1) == Some(&full));
