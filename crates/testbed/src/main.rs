@@ -65,6 +65,12 @@ enum Command {
     },
     /// Print the JSON Schema of testbed.toml, for editors
     Schema,
+    /// Check this host for what testbed needs (QEMU, KVM, memory, store, libvirt, podman) and say what to fix
+    Doctor {
+        /// Print the checks as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Pin every role's packages to exact versions in testbed.lock
     Lock {
         #[command(flatten)]
@@ -246,6 +252,7 @@ fn main() -> ExitCode {
         }
         Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),
+        Command::Doctor { json } => cmd::doctor::doctor(json),
         Command::Schema => {
             println!("{}", testbed_model::schema::json_schema());
             Ok(())

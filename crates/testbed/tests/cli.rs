@@ -206,3 +206,43 @@ fn schema_is_json_and_knows_every_key() {
     }
     assert_eq!(role["additionalProperties"], false);
 }
+
+#[test]
+fn doctor_probes_the_host_and_says_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = testbed(&["doctor", "--json"], dir.path());
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let checks = checks.as_array().expect("a list of checks");
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["name"].as_str()).collect();
+    for name in [
+        "qemu",
+        "kvm",
+        "memory",
+        "store",
+        "image builder",
+        "ssh-keygen",
+        "libvirt",
+        "containers",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+    for c in checks {
+        let level = c["level"].as_str().expect("level");
+        assert!(["ok", "warn", "fail"].contains(&level), "{c}");
+        assert!(!c["found"].as_str().unwrap_or("").is_empty(), "{c}");
+        // Whatever is not fine comes with what to do about it.
+        assert_eq!(level != "ok", c.get("fix").is_some(), "{c}");
+    }
+    let failed = checks.iter().any(|c| c["level"] == "fail");
+    assert_eq!(out.status.code(), Some(if failed { 1 } else { 0 }));
+
+    // A QEMU that is not there fails the check, with the fix, and exit 1.
+    let out = testbed_command(&["doctor"], dir.path())
+        .env("TESTBED_QEMU", dir.path().join("no-such-qemu"))
+        .output()
+        .expect("run");
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("FAIL qemu"), "{said}");
+    assert!(said.contains("no-such-qemu"), "{said}");
+}

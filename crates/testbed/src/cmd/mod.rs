@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod doctor;
 pub mod fault;
 pub mod image;
 pub mod init;

@@ -1,0 +1,305 @@
+//! `testbed doctor`: checks the host for what each part of testbed needs
+//! and says what to fix. Every check is a real probe (opening /dev/kvm,
+//! asking QEMU its version, connecting to libvirt, asking podman), never a
+//! guess from installed packages.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde::Serialize;
+use testbed_runtime::accel::{self, Accel};
+
+use crate::output::{Failure, Outcome};
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Level {
+    /// Works.
+    Ok,
+    /// Works, but slower or only in part; or only one backend is missing.
+    Warn,
+    /// `up` with the default backend cannot work.
+    Fail,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    level: Level,
+    /// What was found.
+    found: String,
+    /// What to do about it, when it is not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<String>,
+}
+
+fn check(name: &'static str, level: Level, found: String, fix: Option<&str>) -> Check {
+    Check {
+        name,
+        level,
+        found,
+        fix: fix.map(str::to_owned),
+    }
+}
+
+fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn meminfo_kib(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+/// Free bytes on the file system holding `path` (or its nearest existing
+/// parent).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = path;
+    while !p.exists() {
+        p = p.parent()?;
+    }
+    let st = rustix::fs::statvfs(p).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn qemu() -> Check {
+    let bin = match testbed_runtime::qemu::find_qemu() {
+        Ok(bin) => bin,
+        Err(e) => {
+            return check(
+                "qemu",
+                Level::Fail,
+                e.to_string(),
+                Some("run scripts/setup-host.sh, which installs qemu-system-x86"),
+            )
+        }
+    };
+    match Command::new(&bin).arg("--version").output() {
+        Ok(out) if out.status.success() => check(
+            "qemu",
+            Level::Ok,
+            format!("{} ({})", first_line(&out.stdout), bin.display()),
+            None,
+        ),
+        Ok(out) => check(
+            "qemu",
+            Level::Fail,
+            format!(
+                "{} --version failed: {}",
+                bin.display(),
+                first_line(&out.stderr)
+            ),
+            Some("reinstall qemu-system-x86"),
+        ),
+        Err(e) => check(
+            "qemu",
+            Level::Fail,
+            format!("cannot run {}: {e}", bin.display()),
+            Some("reinstall qemu-system-x86"),
+        ),
+    }
+}
+
+fn kvm() -> Check {
+    let d = accel::detect();
+    match d.accel {
+        Accel::Kvm => check("kvm", Level::Ok, d.reason, None),
+        Accel::Tcg => check(
+            "kvm",
+            Level::Warn,
+            format!("VMs will be emulated (TCG, ~10x slower): {}", d.reason),
+            Some("on a host with VT-x/AMD-V, load kvm_intel or kvm_amd and add your user to the kvm group; containers (--backend podman) need no KVM"),
+        ),
+    }
+}
+
+fn memory() -> Check {
+    let available = meminfo_kib("MemAvailable:").unwrap_or(0) / 1024;
+    let total = meminfo_kib("MemTotal:").unwrap_or(0) / 1024;
+    let found = format!("{available} MiB available of {total} MiB");
+    if available < 2048 {
+        check(
+            "memory",
+            Level::Warn,
+            found,
+            Some("each VM node takes its memory (512 MiB by default) plus ~250 MiB under TCG; lower `memory` or use containers"),
+        )
+    } else {
+        check("memory", Level::Ok, found, None)
+    }
+}
+
+fn store() -> Check {
+    let root = match testbed_image::store::Store::default_root() {
+        Ok(root) => root,
+        Err(e) => {
+            return check(
+                "store",
+                Level::Fail,
+                e.to_string(),
+                Some("set TESTBED_STORE"),
+            )
+        }
+    };
+    let free = free_bytes(&root).map_or(0, |b| b / (1024 * 1024));
+    let found = format!("{} ({free} MiB free)", root.display());
+    if free < 4096 {
+        check(
+            "store",
+            Level::Warn,
+            found,
+            Some("image builds need about 4 GiB free; `testbed store gc` removes unused images, or point TESTBED_STORE elsewhere"),
+        )
+    } else {
+        check("store", Level::Ok, found, None)
+    }
+}
+
+fn builder() -> Check {
+    let found = Command::new("mmdebstrap")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| first_line(&o.stdout));
+    let root = rustix::process::geteuid().is_root();
+    match (found, root) {
+        (Some(v), true) => check("image builder", Level::Ok, v, None),
+        (Some(v), false) => check(
+            "image builder",
+            Level::Warn,
+            format!("{v}; not root"),
+            Some("building images needs root today (mmdebstrap in root mode); running clusters does not"),
+        ),
+        (None, _) => check(
+            "image builder",
+            Level::Fail,
+            "mmdebstrap is not installed".to_owned(),
+            Some("run scripts/setup-host.sh"),
+        ),
+    }
+}
+
+fn libvirt() -> Check {
+    let uri = match std::env::var("LIBVIRT_DEFAULT_URI") {
+        Ok(uri) if !uri.is_empty() => uri,
+        _ if rustix::process::geteuid().is_root() => "qemu:///system".to_owned(),
+        _ => "qemu:///session".to_owned(),
+    };
+    match testbed_runtime::libvirt::LibvirtHost::connect(&uri) {
+        Ok(_) => check(
+            "libvirt",
+            Level::Ok,
+            format!("{uri} answers (--backend libvirt)"),
+            None,
+        ),
+        Err(e) => check(
+            "libvirt",
+            Level::Warn,
+            format!("{uri}: {e}"),
+            Some("only for --backend libvirt: as root run scripts/setup-libvirt.sh; without root see docs/libvirt.md (session mode, or the polkit rule for a group)"),
+        ),
+    }
+}
+
+fn podman() -> Check {
+    match testbed_runtime::container::detect(None) {
+        Ok(info) => {
+            let instances = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let found = format!(
+                "{}{} answers (--backend {}); fs.inotify.max_user_instances = {instances}",
+                info.engine,
+                if info.rootless { " (rootless)" } else { "" },
+                info.engine
+            );
+            if instances < 1024 {
+                check(
+                    "containers",
+                    Level::Warn,
+                    found,
+                    Some("a few dozen container nodes exhaust the inotify instances: run scripts/setup-podman.sh (as root it raises the limit)"),
+                )
+            } else {
+                check("containers", Level::Ok, found, None)
+            }
+        }
+        Err(e) => check(
+            "containers",
+            Level::Warn,
+            e.to_string(),
+            Some("only for --backend podman/docker: run scripts/setup-host.sh (installs podman and runs scripts/setup-podman.sh)"),
+        ),
+    }
+}
+
+fn ssh_keygen() -> Check {
+    match Command::new("ssh-keygen").arg("-?").output() {
+        Ok(_) => check(
+            "ssh-keygen",
+            Level::Ok,
+            "present (per-cluster keys)".to_owned(),
+            None,
+        ),
+        Err(e) => check(
+            "ssh-keygen",
+            Level::Fail,
+            format!("cannot run ssh-keygen: {e}"),
+            Some("install openssh-client (scripts/setup-host.sh)"),
+        ),
+    }
+}
+
+/// `testbed doctor [--json]`: exit 0 when nothing failed (warnings
+/// allowed), 1 otherwise.
+pub fn doctor(json: bool) -> Outcome {
+    let checks = vec![
+        qemu(),
+        kvm(),
+        memory(),
+        store(),
+        builder(),
+        ssh_keygen(),
+        libvirt(),
+        podman(),
+    ];
+    let failed = checks.iter().filter(|c| c.level == Level::Fail).count();
+    if json {
+        let text = serde_json::to_string_pretty(&checks)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
+        println!("{text}");
+    } else {
+        for c in &checks {
+            let mark = match c.level {
+                Level::Ok => "ok  ",
+                Level::Warn => "warn",
+                Level::Fail => "FAIL",
+            };
+            println!("{mark} {:<14} {}", c.name, c.found);
+            if let Some(fix) = &c.fix {
+                println!("     {:<14} fix: {fix}", "");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Failure::Reported(1));
+    }
+    Ok(())
+}
