@@ -220,6 +220,15 @@ pub struct ContainerNic {
     pub mac: String,
 }
 
+/// The engine's bridge address on an internal network of `subnet`
+/// (`A.B.C.D/N`): its first host address, which podman and docker give
+/// the bridge by default (testbed reserves .1-.10 for such uses).
+pub fn gateway(subnet: &str) -> Option<String> {
+    let (addr, _) = subnet.split_once('/')?;
+    let ip: std::net::Ipv4Addr = addr.parse().ok()?;
+    Some(std::net::Ipv4Addr::from(u32::from(ip).checked_add(1)?).to_string())
+}
+
 /// The engine's name of a cluster's network.
 pub fn network_name(cluster: &str, network: &str) -> String {
     format!("testbed-{cluster}-{network}")
@@ -550,9 +559,17 @@ pub struct Peer {
 }
 
 /// The program of a node whose peers are `peers` on `interfaces` (pure).
-pub fn fault_program(interfaces: &[String], peers: &[Peer]) -> FaultProgram {
+///
+/// `gateways` are the engine's bridge addresses on the node's networks:
+/// the host's side of an internal network, outside the cluster, which a
+/// node must not reach (a VM has no such address at all).
+pub fn fault_program(interfaces: &[String], peers: &[Peer], gateways: &[String]) -> FaultProgram {
     let mut ipt =
         String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for gw in gateways {
+        let _ = writeln!(ipt, "-A INPUT -s {gw}/32 -j DROP");
+        let _ = writeln!(ipt, "-A OUTPUT -d {gw}/32 -j DROP");
+    }
     let mut needs_netem = false;
     for p in peers {
         match &p.verdict {
@@ -719,6 +736,12 @@ mod tests {
     }
 
     #[test]
+    fn the_bridge_is_the_first_address_of_the_subnet() {
+        assert_eq!(gateway("10.44.0.0/24").as_deref(), Some("10.44.0.1"));
+        assert_eq!(gateway("nonsense"), None);
+    }
+
+    #[test]
     fn networks_are_internal() {
         let args = network_args("testbed-slurm-lan", "10.44.0.0/24", &BTreeMap::new());
         assert_eq!(
@@ -741,6 +764,7 @@ mod tests {
         let p = fault_program(
             &["eth0".to_owned()],
             &[peer("b", "10.0.0.12", Some(LinkRule::default()))],
+            &[],
         );
         assert_eq!(
             p.iptables,
@@ -769,7 +793,11 @@ mod tests {
                 peer("c", "10.0.0.13", Some(lossy)),
                 peer("d", "10.0.0.14", Some(slow)),
             ],
+            &["10.0.0.1".to_owned()],
         );
+        // The engine's bridge (the host's side) is unreachable, both ways.
+        assert!(p.iptables.contains("-A INPUT -s 10.0.0.1/32 -j DROP\n"));
+        assert!(p.iptables.contains("-A OUTPUT -d 10.0.0.1/32 -j DROP\n"));
         assert!(p.iptables.contains("-A INPUT -s 10.0.0.12/32 -j DROP\n"));
         assert!(p.iptables.contains("-A OUTPUT -d 10.0.0.12/32 -j DROP\n"));
         assert!(p.iptables.contains(

@@ -633,14 +633,26 @@ impl LibvirtHost {
     /// ends; the pump towards the agent ends when the caller drops both
     /// handles.
     pub fn open_agent(&self, name: &str) -> Result<AgentChannel, LibvirtError> {
-        let Some((dom, _)) = self.owned(name)? else {
+        if self.owned(name)?.is_none() {
             return Err(LibvirtError::NoDomain {
                 uri: self.uri.clone(),
                 domain: name.to_string(),
             });
-        };
-        let stream = Stream::new(&self.conn, 0)
-            .map_err(self.domain_err(name, "open an agent stream for"))?;
+        }
+        // A connection of the channel's own: the streams of every node
+        // (agents, consoles) and the supervisor's calls on one connection
+        // share one socket and one client lock, and an agent's reply was
+        // seen to wait minutes behind them under load. The stream holds
+        // its connection open; it closes when the stream is freed.
+        let conn = Connect::open(Some(&self.uri)).map_err(|source| LibvirtError::Connect {
+            uri: self.uri.clone(),
+            source,
+        })?;
+        let dom = conn
+            .lookup_domain_by_name(name)
+            .map_err(self.domain_err(name, "look up"))?;
+        let stream =
+            Stream::new(&conn, 0).map_err(self.domain_err(name, "open an agent stream for"))?;
         dom.open_channel(
             Some(testbed_proto::VIRTIO_PORT_NAME),
             &stream,

@@ -1680,7 +1680,19 @@ fn container_sync_faults(shared: &Shared) -> Result<(), String> {
                         }
                     }
                 }
-                let program = container::fault_program(&interfaces, &peers);
+                let gateways: Vec<String> = spec
+                    .nics
+                    .iter()
+                    .filter_map(|nic| {
+                        let net = shared
+                            .spec
+                            .networks
+                            .iter()
+                            .find(|n| n.name == nic.network)?;
+                        container::gateway(&net.subnet)
+                    })
+                    .collect();
+                let program = container::fault_program(&interfaces, &peers, &gateways);
                 Some((name, pid, applied, program))
             })
             .collect()

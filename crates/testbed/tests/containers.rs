@@ -210,6 +210,11 @@ const FAULTS: &str = r#"
 let a = node1; let b = node2; let c = node3;
 start_all();
 
+subtest("the engine's bridge, the host's side, is out of reach", || {
+    a.fail("ping -c1 -W1 10.78.0.1");
+    a.succeed("ping -c1 -W2 node2");
+});
+
 subtest("a partition cuts across groups only, heal restores it", || {
     partition([[a], [b, c]]);
     a.fail("ping -c1 -W1 node2");
@@ -279,7 +284,7 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
     let out = env.testbed(&["test", "--backend", "podman"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let all = text(&out.stdout) + &text(&out.stderr);
-    assert!(all.contains("5 passed, 0 failed"), "{all}");
+    assert!(all.contains("6 passed, 0 failed"), "{all}");
     assert!(!env.running());
     let left = containers();
     assert!(
