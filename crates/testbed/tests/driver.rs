@@ -80,7 +80,7 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
     for name in [
         "every compute node is idle in sinfo",
         "/home is shared over NFS",
-        "an array job spreads over every compute node and writes to /home",
+        "an array job spreads over every compute node",
         "an MPI job runs across nodes",
         "a crashed node goes down, its job is requeued, and it comes back",
         "a partitioned node loses its controller until healed",
