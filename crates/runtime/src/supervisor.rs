@@ -151,6 +151,12 @@ struct LibvirtRt {
     images: Mutex<BTreeMap<(usize, String), HostImage>>,
     /// Identifies this supervisor's run in the domains' metadata.
     run_id: String,
+    /// Set by `down`: no domain is created any more.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Domain creations under way, which `down` waits for: a domain the
+    /// daemon finishes creating after `down` listed the cluster's domains
+    /// would outlive the cluster.
+    creating: std::sync::atomic::AtomicUsize,
 }
 
 impl LibvirtRt {
@@ -1376,6 +1382,12 @@ fn down(shared: &Arc<Shared>) {
         }
     }
     if let Runner::Libvirt(rt) = &shared.runner {
+        use std::sync::atomic::Ordering;
+        rt.stopping.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while rt.creating.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         for line in libvirt_remove(&rt.hosts, &shared.spec.cluster, shared.dir.path()) {
             shared.log(&format!("down: {line}"));
         }
@@ -1861,6 +1873,8 @@ fn libvirt_start(
         nics,
         images: Mutex::new(BTreeMap::new()),
         run_id: format!("{started}-{}", std::process::id()),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+        creating: std::sync::atomic::AtomicUsize::new(0),
     };
     Ok((rt, switch))
 }
@@ -1940,9 +1954,17 @@ fn libvirt_boot(shared: &Arc<Shared>, rt: &LibvirtRt, spec: &NodeSpec, generatio
         console_log: shared.dir.node(name).console_log(),
         autodestroy: false,
     };
+    use std::sync::atomic::Ordering;
+    rt.creating.fetch_add(1, Ordering::SeqCst);
+    if rt.stopping.load(Ordering::SeqCst) {
+        rt.creating.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
     let _ = host.destroy(&config.name());
     let started = Instant::now();
-    if let Err(e) = host.start(&config) {
+    let created = host.start(&config);
+    rt.creating.fetch_sub(1, Ordering::SeqCst);
+    if let Err(e) = created {
         return shared.fail(name, generation, e.to_string());
     }
     // The QEMU runs on the libvirt host: `pid` only marks this boot.
