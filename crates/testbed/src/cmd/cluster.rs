@@ -184,10 +184,13 @@ pub fn bring_up(
         Backend::Libvirt => {
             let (hosts, placement) = libvirt_placement(&t, args)?;
             for (i, uri) in hosts.iter().enumerate() {
-                let nodes: Vec<&str> = placement
+                // In plan order, as `status` lists them.
+                let nodes: Vec<&str> = t
+                    .plan
+                    .nodes
                     .iter()
-                    .filter(|(_, h)| **h == i)
-                    .map(|(n, _)| n.as_str())
+                    .filter(|n| placement.get(&n.name) == Some(&i))
+                    .map(|n| n.name.as_str())
                     .collect();
                 eprintln!(
                     "{} libvirt host {uri}: {}",
