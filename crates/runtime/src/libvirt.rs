@@ -182,13 +182,22 @@ pub struct AgentChannel {
 /// `qemu+ssh://root@127.0.0.1:2222/system` and `qemu+tcp://host/system`
 /// are remote, even on loopback, because they take the remote code path.
 pub fn uri_is_remote(uri: &str) -> bool {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return false;
+    let transport = uri
+        .split_once("://")
+        .and_then(|(scheme, _)| scheme.split_once('+'))
+        .map(|(_, t)| t);
+    !uri_host(uri).is_empty() && transport != Some("unix")
+}
+
+/// The host part of a libvirt URI, without user and port (empty when it
+/// has none, as in `qemu:///system`).
+pub fn uri_host(uri: &str) -> String {
+    let Some((_, rest)) = uri.split_once("://") else {
+        return String::new();
     };
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let transport = scheme.split_once('+').map(|(_, t)| t);
-    !host.is_empty() && transport != Some("unix")
+    host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned()
 }
 
 /// The pool directory for `uri` when testbed has to create its pool:

@@ -1771,16 +1771,6 @@ fn addresses_towards(host: &str) -> Result<(IpAddr, IpAddr), String> {
     Ok((local, remote.ip()))
 }
 
-/// The host part of a libvirt URI (empty when it has none).
-fn uri_host(uri: &str) -> String {
-    let Some((_, rest)) = uri.split_once("://") else {
-        return String::new();
-    };
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned()
-}
-
 /// Connects to every libvirt host and starts the switch with one UDP port
 /// per NIC: on loopback for nodes of a daemon on this machine (or reached
 /// over loopback), on all addresses for a remote host, whose domains send
@@ -1801,7 +1791,7 @@ fn libvirt_start(
     for uri in uris {
         hosts.push(LibvirtHost::connect(uri)?);
         let host = if libvirt::uri_is_remote(uri) {
-            uri_host(uri)
+            libvirt::uri_host(uri)
         } else {
             String::new()
         };

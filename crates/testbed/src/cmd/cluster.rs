@@ -329,7 +329,7 @@ pub fn bring_up(
 
 /// The libvirt URI used when none is given: `$LIBVIRT_DEFAULT_URI`, else
 /// the system daemon for root and the user's session daemon otherwise.
-fn default_libvirt_uri() -> String {
+pub(crate) fn default_libvirt_uri() -> String {
     match std::env::var("LIBVIRT_DEFAULT_URI") {
         Ok(uri) if !uri.is_empty() => uri,
         _ if rustix::process::geteuid().is_root() => "qemu:///system".to_owned(),

@@ -196,11 +196,7 @@ fn builder() -> Check {
 }
 
 fn libvirt() -> Check {
-    let uri = match std::env::var("LIBVIRT_DEFAULT_URI") {
-        Ok(uri) if !uri.is_empty() => uri,
-        _ if rustix::process::geteuid().is_root() => "qemu:///system".to_owned(),
-        _ => "qemu:///session".to_owned(),
-    };
+    let uri = super::cluster::default_libvirt_uri();
     match testbed_runtime::libvirt::LibvirtHost::connect(&uri) {
         Ok(_) => check(
             "libvirt",
