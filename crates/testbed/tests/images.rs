@@ -10,10 +10,9 @@ mod support;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 
-use support::{copy_example, testbed_command, text};
+use support::{agent_binary, copy_example, testbed_command, text};
 
 /// `testbed ARGS` in `cwd` with its own store (these tests measure what a
 /// build puts there), the agent found the way an installed testbed finds
@@ -27,42 +26,6 @@ fn testbed(args: &[&str], cwd: &Path, store: &Path) -> Output {
         .env_remove("TESTBED_AGENT")
         .output()
         .expect("run testbed")
-}
-
-/// The agent binary beside the `testbed` under test, where the CLI looks
-/// for it. `cargo test --workspace` has built it already (then this is a
-/// no-op); `cargo test -p testbed` has not, and a test cannot depend on
-/// another package's binary, so cargo builds it here in the same target
-/// directory and profile.
-fn agent_binary() -> &'static Path {
-    static AGENT: OnceLock<PathBuf> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        let profile_dir = Path::new(env!("CARGO_BIN_EXE_testbed"))
-            .parent()
-            .expect("<target>/<profile>");
-        let target_dir = profile_dir.parent().expect("the target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let out = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--locked",
-                "-p",
-                "testbed-agent",
-                "--profile",
-                profile,
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .output()
-            .expect("run cargo");
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let agent = profile_dir.join("testbed-agent");
-        assert!(agent.is_file(), "no agent at {}", agent.display());
-        agent
-    })
 }
 
 /// One entry of a `rootfs.tar`: its type, mode and link target.

@@ -45,6 +45,42 @@ pub fn testbed_command(args: &[&str], cwd: &Path) -> Command {
     cmd
 }
 
+/// The agent binary beside the `testbed` under test, where the CLI looks
+/// for it (every VM test boots images that carry it). `cargo test
+/// --workspace` has built it already (then this is a no-op); `cargo test
+/// -p testbed` has not, and a test cannot depend on another package's
+/// binary, so cargo builds it here, in the same target directory and
+/// profile. The build takes the whole workspace, as `cargo test
+/// --workspace` does: built alone (`-p testbed-agent`) its dependencies'
+/// features unify differently, which gives another agent binary, hence
+/// another key for every image and a rebuild of them all (this filled
+/// CI's disk once).
+pub fn agent_binary() -> &'static Path {
+    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    AGENT.get_or_init(|| {
+        let profile_dir = Path::new(env!("CARGO_BIN_EXE_testbed"))
+            .parent()
+            .expect("<target>/<profile>");
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--locked", "--workspace", "--bin", "testbed-agent"])
+            .arg("--profile")
+            .arg(profile)
+            .arg("--target-dir")
+            .arg(target_dir)
+            .output()
+            .expect("run cargo");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let agent = profile_dir.join("testbed-agent");
+        assert!(agent.is_file(), "no agent at {}", agent.display());
+        agent
+    })
+}
+
 /// Polls `cond` every 100 ms until it holds, at most `timeout`; the last
 /// answer of `cond` decides.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -134,6 +170,7 @@ impl Env {
     /// and this environment's state directory; the command, its exit code
     /// and its output are echoed on stderr.
     pub fn testbed(&self, args: &[&str]) -> Output {
+        agent_binary();
         let out = testbed_command(args, &self.comp)
             .env("TESTBED_STORE", store())
             .env("TESTBED_STATE_DIR", &self.state)
