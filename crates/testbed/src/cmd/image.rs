@@ -30,7 +30,7 @@ pub(crate) fn agent_binary() -> anyhow::Result<PathBuf> {
         let path = PathBuf::from(path);
         anyhow::ensure!(
             path.is_file(),
-            "TESTBED_AGENT is {}, which is not a file; point it at a testbed-agent binary (`cargo build -p testbed-agent` makes one)",
+            "TESTBED_AGENT is {}, which is not a file; point it at a testbed-agent binary (`cargo build --bins` in the workspace makes one)",
             path.display()
         );
         return Ok(path);
@@ -39,7 +39,7 @@ pub(crate) fn agent_binary() -> anyhow::Result<PathBuf> {
     let path = exe.with_file_name("testbed-agent");
     anyhow::ensure!(
         path.is_file(),
-        "the guest agent binary is missing: every image carries it, and it is looked for at {}; build it with `cargo build -p testbed-agent` (with the same profile as testbed, e.g. --release), or set TESTBED_AGENT to its path",
+        "the guest agent binary is missing: every image carries it, and it is looked for at {}; build it with `cargo build --bins` in the workspace (with the same profile as testbed, e.g. --release), or set TESTBED_AGENT to its path",
         path.display()
     );
     Ok(path)
@@ -681,7 +681,7 @@ mod tests {
         std::env::set_var("TESTBED_AGENT", dir.path().join("missing"));
         let err = agent_binary().expect_err("not a file").to_string();
         assert!(err.starts_with("TESTBED_AGENT is "), "{err}");
-        assert!(err.contains("cargo build -p testbed-agent"), "{err}");
+        assert!(err.contains("cargo build --bins"), "{err}");
         std::env::remove_var("TESTBED_AGENT");
         // The unit test binary lives in target/<profile>/deps, where no
         // agent is built.
@@ -693,7 +693,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("cargo build -p testbed-agent") && err.contains("TESTBED_AGENT"),
+            err.contains("cargo build --bins") && err.contains("TESTBED_AGENT"),
             "{err}"
         );
     }
