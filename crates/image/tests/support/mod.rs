@@ -31,7 +31,10 @@ pub fn boot_packages() -> Vec<&'static str> {
 /// The guest agent binary, built by cargo in this test's own target
 /// directory and profile: `cargo test --workspace` has built it already (then
 /// this is a no-op), `cargo test -p testbed-image` has not, and an
-/// integration test cannot depend on another package's binary.
+/// integration test cannot depend on another package's binary. Built with
+/// the workspace, as `cargo test --workspace` builds it: alone (`-p
+/// testbed-agent`) its dependencies' features unify differently and the
+/// binary, hence every image key, differs from the CLI tests' one.
 pub fn agent_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     // <target>/<profile>/deps/<test>
@@ -48,7 +51,8 @@ pub fn agent_binary() -> PathBuf {
         .args([
             "build",
             "--locked",
-            "-p",
+            "--workspace",
+            "--bin",
             "testbed-agent",
             "--profile",
             profile,
