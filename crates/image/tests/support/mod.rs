@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod workspace_bins;
+
 /// The kernel package of node images (the composition's default).
 pub const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 
@@ -29,39 +31,11 @@ pub fn boot_packages() -> Vec<&'static str> {
 }
 
 /// The guest agent binary, built by cargo in this test's own target
-/// directory and profile: `cargo test --workspace` has built it already (then
-/// this is a no-op), `cargo test -p testbed-image` has not, and an
-/// integration test cannot depend on another package's binary. Built with
-/// the workspace, as `cargo test --workspace` builds it: alone (`-p
-/// testbed-agent`) its dependencies' features unify differently and the
-/// binary, hence every image key, differs from the CLI tests' one.
+/// directory and profile with the workspace's features
+/// ([`workspace_bins`]): `cargo test --workspace` has built it already
+/// (then this is a no-op), `cargo test -p testbed-image` has not.
 pub fn agent_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // <target>/<profile>/deps/<test>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("the target directory");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(other) => other,
-    };
-    run(Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--locked",
-            "--workspace",
-            "--bin",
-            "testbed-agent",
-            "--profile",
-            profile,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir));
-    let agent = profile_dir.join("testbed-agent");
-    assert!(agent.is_file(), "no agent at {}", agent.display());
-    agent
+    workspace_bins::build_workspace_bins(&["testbed-agent"]).join("testbed-agent")
 }
 
 /// Polls `cond` every 100 ms until it returns `Some`, or `timeout` passes.

@@ -22,6 +22,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+#[path = "../../../image/tests/support/workspace_bins.rs"]
+mod workspace_bins;
+
 /// The store shared by this crate's tests, so images are built once.
 pub fn store() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
@@ -46,38 +49,13 @@ pub fn testbed_command(args: &[&str], cwd: &Path) -> Command {
 }
 
 /// The agent binary beside the `testbed` under test, where the CLI looks
-/// for it (every VM test boots images that carry it). `cargo test
-/// --workspace` has built it already (then this is a no-op); `cargo test
-/// -p testbed` has not, and a test cannot depend on another package's
-/// binary, so cargo builds it here, in the same target directory and
-/// profile. The build takes the whole workspace, as `cargo test
-/// --workspace` does: built alone (`-p testbed-agent`) its dependencies'
-/// features unify differently, which gives another agent binary, hence
-/// another key for every image and a rebuild of them all (this filled
-/// CI's disk once).
+/// for it (every VM test boots images that carry it), built with the
+/// workspace's features ([`workspace_bins`]): `cargo test --workspace` has
+/// built it already (then this is a no-op), `cargo test -p testbed` has not.
 pub fn agent_binary() -> &'static Path {
     static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     AGENT.get_or_init(|| {
-        let profile_dir = Path::new(env!("CARGO_BIN_EXE_testbed"))
-            .parent()
-            .expect("<target>/<profile>");
-        let target_dir = profile_dir.parent().expect("the target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--locked", "--workspace", "--bin", "testbed-agent"])
-            .arg("--profile")
-            .arg(profile)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .output()
-            .expect("run cargo");
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let agent = profile_dir.join("testbed-agent");
-        assert!(agent.is_file(), "no agent at {}", agent.display());
-        agent
+        workspace_bins::build_workspace_bins(&["testbed-agent"]).join("testbed-agent")
     })
 }
 
