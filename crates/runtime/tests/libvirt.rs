@@ -26,6 +26,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "../../image/tests/support/workspace_bins.rs"]
+mod workspace_bins;
+
+use testbed_image::manifest::sha256_file;
 use testbed_proto::{Client, ClientOptions, ExecRequest};
 use testbed_runtime::accel::Accel;
 use testbed_runtime::libvirt::{DomainConfig, LibvirtError, LibvirtHost, UdpNic, POOL_NAME};
@@ -70,33 +74,7 @@ fn run(cmd: &mut Command) -> Vec<u8> {
 fn image() -> &'static (String, PathBuf) {
     static IMAGE: OnceLock<(String, PathBuf)> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test's own path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test runs from <target>/<profile>/deps");
-        let target_dir = profile_dir.parent().expect("the target directory");
-        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
-        };
-        // The whole workspace, as `cargo test --workspace` and the CLI's
-        // own tests build it: one package alone unifies dependency features
-        // differently, giving another agent binary, hence another image key.
-        run(Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--locked",
-                "--workspace",
-                "--bin",
-                "testbed-agent",
-                "--bin",
-                "testbed",
-                "--profile",
-                profile,
-            ])
-            .arg("--target-dir")
-            .arg(target_dir));
+        let profile_dir = workspace_bins::build_workspace_bins(&["testbed-agent", "testbed"]);
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
         let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store");
         let json = run(Command::new(profile_dir.join("testbed"))
@@ -364,6 +342,7 @@ fn a_remote_uri_uploads_through_its_stream() {
             (&image.initramfs, "initramfs"),
             (&image.rootfs, "rootfs.erofs"),
         ] {
+            let sha256 = |p: &Path| sha256_file(p).expect("hash");
             assert_eq!(
                 sha256(volume),
                 sha256(&dir.join(file)),
@@ -377,16 +356,6 @@ fn a_remote_uri_uploads_through_its_stream() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
-}
-
-/// The SHA-256 of a file, as hex.
-fn sha256(path: &Path) -> String {
-    let out = run(Command::new("sha256sum").arg(path));
-    String::from_utf8_lossy(&out)
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[test]
