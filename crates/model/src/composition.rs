@@ -61,6 +61,35 @@ pub struct Cluster {
     pub kernel: String,
     /// The apt mirror for image builds; `None` means the host's apt sources.
     pub mirror: Option<String>,
+    /// The snapshot archive image builds fall back to for locked packages
+    /// the mirror no longer has; `None` when the key is absent, which leaves
+    /// the choice to the image builder (its default, or `TESTBED_SNAPSHOT`).
+    pub snapshot: Option<Snapshot>,
+}
+
+/// `[cluster] snapshot`: where image builds fetch a locked package that the
+/// mirror no longer has.
+///
+/// It never changes an image: every package is checked against the SHA-256
+/// in the lock, whichever archive it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// `"off"`: no fallback; packages come from the mirror only.
+    Off,
+    /// The base URL of a snapshot archive laid out as
+    /// `BASE/archive/ARCHIVE/YYYYMMDDTHHMMSSZ/`, without a trailing `/`.
+    Url(String),
+}
+
+// Serialized as written in the file (`"off"` or the URL), so that the
+// cluster's JSON reads like the composition.
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Snapshot::Off => s.serialize_str("off"),
+            Snapshot::Url(url) => s.serialize_str(url),
+        }
+    }
 }
 
 /// A distribution as `vendor/suite`.

@@ -26,7 +26,8 @@ pub mod validate;
 use std::path::{Path, PathBuf};
 
 pub use composition::{
-    Cluster, Composition, Distro, FileKind, FileSpec, Host, Network, Role, Secret, TestSpec,
+    Cluster, Composition, Distro, FileKind, FileSpec, Host, Network, Role, Secret, Snapshot,
+    TestSpec,
 };
 pub use diag::{Diagnostic, Diagnostics, Location, SourceFile};
 pub use net::{Mac, Subnet};

@@ -76,6 +76,16 @@ pub struct RawCluster {
     #[serde(default)]
     #[schemars(with = "String")]
     pub mirror: Option<Spanned<String>>,
+    /// The base URL of a Debian snapshot archive (laid out as
+    /// `BASE/archive/ARCHIVE/YYYYMMDDTHHMMSSZ/`) that image builds fetch a
+    /// locked package from when the mirror no longer has it, or `"off"` for
+    /// no such fallback. An `http://`, `https://` or `file://` URL (default:
+    /// Debian's public snapshot service for `debian/*` distros; the
+    /// environment variable `TESTBED_SNAPSHOT` overrides both). Not part of
+    /// any image key: every package is checked against the lock's SHA-256.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub snapshot: Option<Spanned<String>>,
 }
 
 /// `[roles.NAME]` and `[defaults]`.

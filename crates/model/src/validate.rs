@@ -292,6 +292,24 @@ fn cluster(
         }
         m.get_ref().clone()
     });
+    let snapshot = raw
+        .and_then(|c| c.snapshot.as_ref())
+        .map(|s| match parse_snapshot(s.get_ref()) {
+            Some(v) => v,
+            None => {
+                cx.err(
+                    s.span(),
+                    format!("bad snapshot \"{}\"", s.get_ref()),
+                    Some(
+                        "use \"off\" or an http://, https:// or file:// URL of a Debian snapshot archive, e.g. \"http://127.0.0.1:8080\""
+                            .to_string(),
+                    ),
+                );
+                // Stands in for the invalid value so validation can go on;
+                // the composition is rejected anyway.
+                Snapshot::Off
+            }
+        });
     Cluster {
         name,
         distro: Distro {
@@ -300,7 +318,22 @@ fn cluster(
         },
         kernel,
         mirror,
+        snapshot,
     }
+}
+
+/// Parses `[cluster] snapshot`: `"off"`, or a URL with one of the schemes the
+/// image builder can fetch from and something after the scheme. One trailing
+/// `/` is dropped, because the builder appends `/archive/...` itself.
+fn parse_snapshot(text: &str) -> Option<Snapshot> {
+    if text == "off" {
+        return Some(Snapshot::Off);
+    }
+    let url = text.strip_suffix('/').unwrap_or(text);
+    let rest = ["http://", "https://", "file://"]
+        .iter()
+        .find_map(|p| url.strip_prefix(p))?;
+    (!rest.is_empty()).then(|| Snapshot::Url(url.to_string()))
 }
 
 /// The span of a top-level table header or key, for problems with a whole

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use testbed_model::{check, Diagnostics, Scale};
+use testbed_model::{check, Diagnostics, Scale, Snapshot};
 
 struct Case {
     name: &'static str,
@@ -220,6 +220,24 @@ const CASES: &[Case] = &[
         line: 2,
         column: 8,
         help: "a cluster name starts with a lowercase letter",
+    },
+    Case {
+        name: "a snapshot that is not a URL",
+        toml: "[cluster]\nsnapshot = \"ftp.example/x\"\n[roles.n]\n",
+        files: &[],
+        message: "bad snapshot \"ftp.example/x\"",
+        line: 2,
+        column: 12,
+        help: "use \"off\" or an http://, https:// or file:// URL",
+    },
+    Case {
+        name: "a snapshot URL with nothing after the scheme",
+        toml: "[cluster]\nsnapshot = \"https://\"\n[roles.n]\n",
+        files: &[],
+        message: "bad snapshot \"https://\"",
+        line: 2,
+        column: 12,
+        help: "use \"off\" or an http://, https:// or file:// URL",
     },
     Case {
         name: "package with a version",
@@ -552,6 +570,49 @@ fn defaults_problems_are_reported_once() {
     let (_dir, r) = run(toml, &[], &Scale::default());
     let diags = r.expect_err("must fail");
     assert_eq!(diags.len(), 1, "{diags}");
+}
+
+#[test]
+fn snapshot_is_off_or_a_url_without_its_trailing_slash() {
+    // A fixed name: the default one comes from the (random) folder name.
+    let parse = |toml: &str| {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("testbed.toml");
+        std::fs::write(
+            &path,
+            format!("[cluster]\nname = \"snap\"\n{toml}[roles.n]\n"),
+        )
+        .expect("write");
+        check(&path, &Scale::default()).expect("valid")
+    };
+    let (comp, plain) = parse("");
+    assert_eq!(comp.cluster.snapshot, None);
+    let (comp, _) = parse("snapshot = \"off\"\n");
+    assert_eq!(comp.cluster.snapshot, Some(Snapshot::Off));
+    for (written, kept) in [
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:8080"),
+        (
+            "https://example.invalid/snap",
+            "https://example.invalid/snap",
+        ),
+        ("file:///srv/snapshot/", "file:///srv/snapshot"),
+    ] {
+        let (comp, plan) = parse(&format!("snapshot = \"{written}\"\n"));
+        assert_eq!(comp.cluster.snapshot, Some(Snapshot::Url(kept.to_string())));
+        // Where packages come from never changes what is built.
+        assert_eq!(
+            serde_json::to_string(&plan).expect("json"),
+            serde_json::to_string(&plain).expect("json"),
+            "{written}"
+        );
+    }
+    // "off" is a keyword, not a host name; a root-only file URL names nothing.
+    for bad in ["OFF", "", "file:///", "//127.0.0.1/x"] {
+        let toml = format!("[cluster]\nsnapshot = \"{bad}\"\n[roles.n]\n");
+        let (_dir, r) = run(&toml, &[], &Scale::default());
+        let d = r.expect_err(bad);
+        assert_eq!(first(&d).message, format!("bad snapshot \"{bad}\""));
+    }
 }
 
 #[test]

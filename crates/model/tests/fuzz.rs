@@ -18,10 +18,10 @@ fn parse_all(text: String, dir: &Path) {
 }
 
 const KEYS: &[&str] = &[
-    "cluster", "name", "distro", "kernel", "mirror", "defaults", "roles", "count", "memory",
-    "cpus", "packages", "services", "networks", "files", "content", "source", "template", "mode",
-    "owner", "secrets", "file", "bytes", "subnet", "test", "script", "timeout", "hosts", "host",
-    "uri", "a", "b", "lan", "/etc/x",
+    "cluster", "name", "distro", "kernel", "mirror", "snapshot", "defaults", "roles", "count",
+    "memory", "cpus", "packages", "services", "networks", "files", "content", "source", "template",
+    "mode", "owner", "secrets", "file", "bytes", "subnet", "test", "script", "timeout", "hosts",
+    "host", "uri", "a", "b", "lan", "/etc/x",
 ];
 
 const STRINGS: &[&str] = &[
@@ -47,6 +47,9 @@ const STRINGS: &[&str] = &[
     "qemu:///system",
     "host1",
     "host2",
+    "off",
+    "http://127.0.0.1:8080/",
+    "file://",
 ];
 
 fn leaf() -> impl Strategy<Value = toml::Value> {

@@ -32,3 +32,22 @@ fn schema_knows_hosts_and_the_role_host_key() {
         .as_str()
         .is_some_and(|d| d.contains("[[hosts]]")));
 }
+
+#[test]
+fn schema_knows_every_cluster_key_and_describes_snapshot() {
+    let v: serde_json::Value = serde_json::from_str(&json_schema()).expect("json");
+    let cluster = &v["definitions"]["RawCluster"];
+    assert_eq!(cluster["additionalProperties"], false);
+    let keys: Vec<&str> = cluster["properties"]
+        .as_object()
+        .expect("properties")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, ["name", "distro", "kernel", "mirror", "snapshot"]);
+    let snapshot = &cluster["properties"]["snapshot"];
+    assert_eq!(snapshot["type"], "string");
+    let described = snapshot["description"].as_str().unwrap_or_default();
+    assert!(described.contains("\"off\""), "{described}");
+    assert!(described.contains("TESTBED_SNAPSHOT"), "{described}");
+}
