@@ -31,14 +31,24 @@ pub struct SourceLine {
     pub components: Vec<String>,
     /// The keyring the archive is signed with.
     pub signed_by: Option<String>,
+    /// `trusted=yes`: apt accepts the archive unsigned (a local mirror).
+    pub trusted: bool,
 }
 
 impl SourceLine {
     /// The line as `sources.list` and mmdebstrap's mirror arguments take it.
     pub fn one_line(&self) -> String {
-        let opts = match &self.signed_by {
-            Some(k) => format!(" [signed-by={k}]"),
-            None => String::new(),
+        let mut opts: Vec<String> = Vec::new();
+        if let Some(k) = &self.signed_by {
+            opts.push(format!("signed-by={k}"));
+        }
+        if self.trusted {
+            opts.push("trusted=yes".into());
+        }
+        let opts = if opts.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", opts.join(" "))
         };
         format!(
             "deb{opts} {} {} {}",
@@ -49,9 +59,15 @@ impl SourceLine {
     }
 }
 
+/// The environment variable naming a sources file (one-line `.list` or
+/// deb822 `.sources`) to read instead of the host's `/etc/apt` sources:
+/// a local mirror for CI, or a machine whose apt points elsewhere.
+pub const SOURCES_ENV: &str = "TESTBED_APT_SOURCES";
+
 /// The sources a spec resolves against: the `mirror` if set (its suite only,
 /// so that a snapshot URL pins everything), otherwise every source of the
-/// host whose suite is `suite` or `suite-*` (updates, security).
+/// host (or of [`SOURCES_ENV`]) whose suite is `suite` or `suite-*`
+/// (updates, security).
 pub fn sources_for(vendor: &str, suite: &str, mirror: Option<&str>) -> Result<Vec<SourceLine>> {
     if let Some(mirror) = mirror {
         let signed_by = (vendor == "debian" && Path::new(DEBIAN_KEYRING).is_file())
@@ -61,9 +77,13 @@ pub fn sources_for(vendor: &str, suite: &str, mirror: Option<&str>) -> Result<Ve
             suite: suite.to_string(),
             components: vec!["main".into()],
             signed_by,
+            trusted: false,
         }]);
     }
-    let all = host_sources(Path::new("/etc/apt"))?;
+    let all = match std::env::var_os(SOURCES_ENV).filter(|v| !v.is_empty()) {
+        Some(file) => sources_file(Path::new(&file))?,
+        None => host_sources(Path::new("/etc/apt"))?,
+    };
     let wanted = filter_suite(all, suite);
     if wanted.is_empty() {
         return Err(ImageError::NoSources {
@@ -83,6 +103,17 @@ fn filter_suite(all: Vec<SourceLine>, suite: &str) -> Vec<SourceLine> {
         .filter(|s| s.suite == suite || s.suite.starts_with(&prefix))
         .filter(|s| seen.insert(s.clone()))
         .collect()
+}
+
+/// Reads one sources file: deb822 when it ends in `.sources`, one-line
+/// otherwise.
+pub fn sources_file(path: &Path) -> Result<Vec<SourceLine>> {
+    let text = fs::read_to_string(path).at("cannot read the apt sources", path)?;
+    Ok(if path.extension().is_some_and(|e| e == "sources") {
+        parse_deb822(&text)
+    } else {
+        parse_one_line(&text)
+    })
 }
 
 /// Reads the host's `deb` sources, one-line and deb822 forms alike.
@@ -128,6 +159,7 @@ pub(crate) fn parse_one_line(text: &str) -> Vec<SourceLine> {
         };
         let mut rest = rest.trim();
         let mut signed_by = None;
+        let mut trusted = false;
         if let Some(opts) = rest.strip_prefix('[') {
             let Some((opts, after)) = opts.split_once(']') else {
                 continue;
@@ -135,6 +167,9 @@ pub(crate) fn parse_one_line(text: &str) -> Vec<SourceLine> {
             for opt in opts.split_whitespace() {
                 if let Some(k) = opt.strip_prefix("signed-by=") {
                     signed_by = Some(k.to_string());
+                }
+                if opt == "trusted=yes" {
+                    trusted = true;
                 }
             }
             rest = after.trim();
@@ -148,6 +183,7 @@ pub(crate) fn parse_one_line(text: &str) -> Vec<SourceLine> {
             suite: suite.to_string(),
             components: words.map(str::to_string).collect(),
             signed_by,
+            trusted,
         });
     }
     out
@@ -181,6 +217,7 @@ pub(crate) fn parse_deb822(text: &str) -> Vec<SourceLine> {
             .map(str::trim)
             .filter(|k| k.starts_with('/') && !k.contains('\n'))
             .map(str::to_string);
+        let trusted = get("Trusted").is_some_and(|v| v.trim() == "yes");
         for uri in get("URIs").unwrap_or("").split_whitespace() {
             for suite in get("Suites").unwrap_or("").split_whitespace() {
                 out.push(SourceLine {
@@ -188,6 +225,7 @@ pub(crate) fn parse_deb822(text: &str) -> Vec<SourceLine> {
                     suite: suite.to_string(),
                     components: components.clone(),
                     signed_by: signed_by.clone(),
+                    trusted,
                 });
             }
         }
@@ -365,6 +403,21 @@ impl AptRoot {
         let mut cmd = self.apt_get()?;
         cmd.args(["-q", "update", "-o", "APT::Update::Error-Mode=any"]);
         tools::run(&mut cmd, "apt-get update")?;
+        Ok(())
+    }
+
+    /// Downloads exact package versions into `dir` (apt checks each file
+    /// against the index it came from).
+    pub fn download(&self, dir: &Path, packages: &[&crate::lock::LockedPackage]) -> Result<()> {
+        let mut cmd = self.apt_get()?;
+        cmd.current_dir(dir).args(["-q", "download"]);
+        for p in packages {
+            cmd.arg(format!("{}={}", p.name, p.version));
+        }
+        tools::run(
+            &mut cmd,
+            format!("apt-get download ({} packages)", packages.len()),
+        )?;
         Ok(())
     }
 

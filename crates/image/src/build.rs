@@ -2,10 +2,12 @@
 //!
 //! For each role: compute the key (no I/O beyond reading the agent); a key
 //! already in the store is a hit and costs nothing more. The misses are
-//! deduplicated by key (roles with identical inputs build once), checked
-//! against a fresh archive index (every locked version must still be
-//! downloadable with the locked digest), then built in parallel, each in its
-//! own `.tmp` directory of the store: mmdebstrap, check against the lock,
+//! deduplicated by key (roles with identical inputs build once), their
+//! packages gathered into the store's package cache from whichever source
+//! has them with the locked digest ([`crate::debs`]), then built in
+//! parallel, each in its own `.tmp` directory of the store: a local
+//! repository of exactly the locked files, mmdebstrap from it (no network),
+//! check against the lock,
 //! unit trims, static files and agent, services disabled, the agent's unit,
 //! normalization, the boot
 //! artifacts, the manifest, and an atomic rename into place.
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::apt::{self, AptRoot, SourceLine};
+use crate::debs::{self, PackageSources};
 use crate::error::{ImageError, IoContext, Result};
 use crate::lock::{Lockfile, RoleLock};
 use crate::manifest::{KeyInputs, Manifest, MANIFEST};
@@ -78,6 +80,9 @@ pub struct BuildOptions {
     /// At most this many builds at once; defaults to the available
     /// parallelism.
     pub jobs: Option<usize>,
+    /// Where packages may come from besides the store's cache and the
+    /// network, and whether the network may be used.
+    pub packages: PackageSources,
 }
 
 /// The outcome for one role.
@@ -109,9 +114,6 @@ pub fn keys(specs: &[ImageSpec], lock: &Lockfile, lock_path: &Path) -> Result<Ve
         .map(|s| Ok(KeyInputs::new(s, lock.role(s, lock_path)?)?.key()))
         .collect()
 }
-
-/// Vendor, suite and mirror: what an index is downloaded for.
-type Distro = (String, String, Option<String>);
 
 struct Job<'a> {
     key: String,
@@ -222,109 +224,51 @@ fn run_jobs(
         .clamp(1, jobs.len().max(1));
     store.check_space(SPACE_PER_BUILD_MIB * parallel as u64)?;
 
-    let arch = apt::host_arch()?;
-    let network = apt::host_network_config()?;
-    // One index per distribution and mirror, shared by its roles' builds.
-    let mut indices: BTreeMap<Distro, (Vec<SourceLine>, AptRoot)> = BTreeMap::new();
-    let apt_dir = store.temp_dir("apt")?;
-    let result = (|| {
-        for job in &jobs {
-            let group = (
-                job.lock.vendor.clone(),
-                job.lock.suite.clone(),
-                job.lock.mirror.clone(),
-            );
-            if !indices.contains_key(&group) {
-                let sources = apt::sources_for(&group.0, &group.1, group.2.as_deref())?;
-                let dir = apt_dir.join(indices.len().to_string());
-                let root = AptRoot::create(&dir, &sources, &arch, &network)?;
-                progress.event(Event::UpdatingIndex {
-                    distro: format!("{}/{}", group.0, group.1),
-                });
-                root.update()?;
-                indices.insert(group.clone(), (sources, root));
-            }
-            progress.event(Event::Step {
-                role: job.roles[0].clone(),
-                step: Step::CheckingArchive,
-            });
-            let (_, root) = &indices[&group];
-            check_downloadable(&job.roles[0], job.lock, &root.index()?)?;
-        }
-        let queue = Mutex::new(VecDeque::from(jobs));
-        let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
-        std::thread::scope(|scope| {
-            for _ in 0..parallel {
-                scope.spawn(|| loop {
-                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                        return;
-                    }
-                    let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
-                        return;
-                    };
-                    let group = (
-                        job.lock.vendor.clone(),
-                        job.lock.suite.clone(),
-                        job.lock.mirror.clone(),
-                    );
-                    let (sources, root) = &indices[&group];
-                    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        build_one(store, &job, sources, root, &network, progress, artifacts)
-                    }))
-                    .unwrap_or_else(|_| {
-                        Err(ImageError::Panicked {
-                            role: job.roles[0].clone(),
-                        })
-                    });
-                    if let Err(e) = res {
-                        if let Ok(mut slot) = first_error.lock() {
-                            slot.get_or_insert(e);
-                        }
-                    }
-                });
-            }
+    let roles: Vec<(&str, &RoleLock)> =
+        jobs.iter().map(|j| (j.roles[0].as_str(), j.lock)).collect();
+    for (role, _) in &roles {
+        progress.event(Event::Step {
+            role: role.to_string(),
+            step: Step::Packages,
         });
-        match first_error.into_inner() {
-            Ok(Some(e)) => Err(e),
-            _ => Ok(()),
-        }
-    })();
-    let _ = remove_tree(&apt_dir);
-    result
-}
-
-/// Every locked version must be in the index with the locked digest.
-fn check_downloadable(role: &str, lock: &RoleLock, index: &apt::PackageIndex) -> Result<()> {
-    for p in &lock.packages {
-        match index.find(&p.name, &p.version, &p.arch) {
-            None => {
-                return Err(ImageError::NotDownloadable {
-                    role: role.into(),
-                    package: p.name.clone(),
-                    version: p.version.clone(),
-                })
-            }
-            Some(e) if e.sha256 != p.sha256 => {
-                return Err(ImageError::DigestMismatch {
-                    role: role.into(),
-                    package: p.name.clone(),
-                    version: p.version.clone(),
-                    locked: p.sha256.clone(),
-                    found: e.sha256.clone(),
-                })
-            }
-            Some(_) => {}
-        }
     }
-    Ok(())
+    debs::fetch(store, &roles, &options.packages, progress)?;
+    let queue = Mutex::new(VecDeque::from(jobs));
+    let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                    return;
+                }
+                let Some(job) = queue.lock().ok().and_then(|mut q| q.pop_front()) else {
+                    return;
+                };
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    build_one(store, &job, progress, artifacts)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(ImageError::Panicked {
+                        role: job.roles[0].clone(),
+                    })
+                });
+                if let Err(e) = res {
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 fn build_one(
     store: &Store,
     job: &Job<'_>,
-    sources: &[SourceLine],
-    apt_root: &AptRoot,
-    network: &[String],
     progress: &dyn Progress,
     artifacts: &dyn Artifacts,
 ) -> Result<()> {
@@ -342,13 +286,13 @@ fn build_one(
             })
         };
         step(Step::Bootstrapping);
+        let repo = work.join("repo");
+        debs::local_repo(store, &repo, &job.lock.packages)?;
         rootfs::bootstrap(
             &rootfs::Bootstrap {
                 role,
                 lock: job.lock,
-                sources,
-                lists: &apt_root.lists_dir(),
-                network,
+                repo: &repo,
                 debconf: &job.spec.debconf,
             },
             &tree,
@@ -396,46 +340,4 @@ fn build_one(
         elapsed: started.elapsed(),
     });
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::lock::LockedPackage;
-
-    #[test]
-    fn locked_versions_must_still_be_downloadable_with_their_digest() {
-        let mut index = apt::PackageIndex::default();
-        index.add_packages("Package: munge\nVersion: 0.5.15-2\nArchitecture: amd64\nSHA256: aa\n");
-        let mut lock = RoleLock {
-            vendor: "debian".into(),
-            suite: "bookworm".into(),
-            mirror: None,
-            architecture: "amd64".into(),
-            kernel: "k".into(),
-            requested: vec!["munge".into()],
-            source_date_epoch: 0,
-            packages: vec![LockedPackage {
-                name: "munge".into(),
-                version: "0.5.15-2".into(),
-                arch: "amd64".into(),
-                sha256: "aa".into(),
-            }],
-        };
-        check_downloadable("ctl", &lock, &index).expect("available");
-        lock.packages[0].sha256 = "bb".into();
-        let err = check_downloadable("ctl", &lock, &index).expect_err("digest");
-        assert!(matches!(err, ImageError::DigestMismatch { .. }));
-        lock.packages[0].version = "0.5.14-1".into();
-        let err = check_downloadable("ctl", &lock, &index).expect_err("gone");
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with("role `ctl`: package `munge` version `0.5.14-1`"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("testbed lock --update") && msg.contains("archive snapshot"),
-            "{msg}"
-        );
-    }
 }

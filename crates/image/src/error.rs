@@ -65,30 +65,12 @@ pub enum ImageError {
         message: String,
     },
 
-    /// A locked package version is not in the archive any more.
-    #[error("role `{role}`: package `{package}` version `{version}` from the lock is no longer downloadable from the configured sources; run `testbed lock --update` to move to current versions, or set `mirror` to an archive snapshot that still has it")]
-    NotDownloadable {
-        /// The role concerned.
-        role: String,
-        /// The package name.
-        package: String,
-        /// The locked version.
-        version: String,
-    },
-
-    /// The archive serves different bytes for a locked version.
-    #[error("role `{role}`: package `{package}` version `{version}` has SHA-256 {found} in the archive but {locked} in the lock; the archive changed under the same version, re-lock with `testbed lock --update` if you trust it")]
-    DigestMismatch {
-        /// The role concerned.
-        role: String,
-        /// The package name.
-        package: String,
-        /// The version.
-        version: String,
-        /// The digest in the lock.
-        locked: String,
-        /// The digest in the archive index.
-        found: String,
+    /// Locked packages that no source (cache, vendor folder, mirror,
+    /// snapshot archive) has with the locked digest.
+    #[error("{}", unavailable(.missing))]
+    Unavailable {
+        /// Each package, with what every source said.
+        missing: Vec<crate::debs::Missing>,
     },
 
     /// The lock file does not match the composition.
@@ -189,6 +171,51 @@ pub enum ImageError {
         /// The role concerned.
         role: String,
     },
+}
+
+/// The packages no source has, one per line, with what was tried: the
+/// reasons every package shares once, the others after their package.
+fn unavailable(missing: &[crate::debs::Missing]) -> String {
+    let mut roles: Vec<&str> = missing
+        .iter()
+        .flat_map(|m| m.roles.iter().map(String::as_str))
+        .collect();
+    roles.sort();
+    roles.dedup();
+    let shared: Vec<&String> = missing
+        .first()
+        .map(|m| {
+            m.tried
+                .iter()
+                .filter(|t| missing.iter().all(|o| o.tried.contains(t)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let roles: Vec<String> = roles.iter().map(|r| format!("`{r}`")).collect();
+    let mut out = format!(
+        "{} locked package{} of role{} {} can be had from no source:",
+        missing.len(),
+        if missing.len() == 1 { "" } else { "s" },
+        if roles.len() == 1 { "" } else { "s" },
+        roles.join(", ")
+    );
+    for m in missing {
+        out.push_str(&format!("\n  {} {} ({})", m.name, m.version, m.arch));
+        let own: Vec<&str> = m
+            .tried
+            .iter()
+            .filter(|t| !shared.contains(t))
+            .map(String::as_str)
+            .collect();
+        if !own.is_empty() {
+            out.push_str(&format!(": {}", own.join("; ")));
+        }
+    }
+    for t in shared {
+        out.push_str(&format!("\n  tried: {t}"));
+    }
+    out.push_str("\nthe lock is left as it is. `testbed lock --update` moves it to the archive's current versions (and lists each change); `testbed vendor` on a machine that has these packages makes a folder for `--vendor`; a `snapshot` archive that has them (docs/images.md) lets the lock build as it is");
+    out
 }
 
 fn suggest(names: &[String]) -> String {

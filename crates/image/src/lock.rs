@@ -2,6 +2,14 @@
 //! version, architecture and the SHA-256 of its `.deb` from the archive
 //! index, plus the `SOURCE_DATE_EPOCH` the image is built with.
 //!
+//! Since format 2 every role also records its *snapshot point*: the time
+//! of the archive state it was resolved against (`YYYYMMDDTHHMMSSZ`, the
+//! timestamp form of Debian's snapshot archive) and the archives it was
+//! resolved against, by name (`debian bookworm main`). When the mirror no
+//! longer serves a locked version, the build finds it in a snapshot archive
+//! at that point (see [`crate::debs`]). Format 1 locks (no snapshot point)
+//! are read and upgraded with [`Lockfile::upgrade`].
+//!
 //! The file is TOML written by hand (not by serde) so that it is one line
 //! per package, sorted, and byte-identical when re-locking changes nothing.
 //! Resolution runs the host's apt against a private tree (see [`crate::apt`])
@@ -17,9 +25,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::apt::{self, AptRoot, PackageIndex};
+use crate::apt::{self, AptRoot, PackageIndex, SourceLine};
 use crate::error::{ImageError, IoContext, Result};
 use crate::progress::{Event, Progress};
+use crate::snapshot;
 use crate::spec::ImageSpec;
 
 /// Packages every image needs whatever the role: an init system and the
@@ -40,7 +49,10 @@ pub const ALWAYS: &[&str] = &[
 ];
 
 /// The lock file format version written by this builder.
-pub const LOCK_VERSION: u32 = 1;
+pub const LOCK_VERSION: u32 = 2;
+
+/// The oldest format version this builder still reads (and upgrades).
+pub const OLDEST_LOCK_VERSION: u32 = 1;
 
 /// The whole lock file.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,6 +86,15 @@ pub struct RoleLock {
     /// `SOURCE_DATE_EPOCH` for the build: every timestamp in the image is
     /// clamped to it.
     pub source_date_epoch: u64,
+    /// The snapshot point: when the archive was in the state this role was
+    /// resolved against, as `YYYYMMDDTHHMMSSZ`. Absent in format 1 locks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The archives this role was resolved against, by name, suite and
+    /// components (`debian-security bookworm-security main`): what a
+    /// snapshot archive is asked for. Absent in format 1 locks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archives: Vec<String>,
     /// Every installed package, sorted by name.
     pub packages: Vec<LockedPackage>,
 }
@@ -114,16 +135,103 @@ impl Lockfile {
             path: path.to_path_buf(),
             message: e.to_string().trim().to_string(),
         })?;
-        if lock.version != LOCK_VERSION {
+        if !(OLDEST_LOCK_VERSION..=LOCK_VERSION).contains(&lock.version) {
             return Err(ImageError::BadLock {
                 path: path.to_path_buf(),
                 message: format!(
-                    "format version {} is not supported (this testbed writes {LOCK_VERSION}); run `testbed lock --update`",
+                    "format version {} is not supported (this testbed reads {OLDEST_LOCK_VERSION} to {LOCK_VERSION}); run `testbed lock --update`",
                     lock.version
                 ),
             });
         }
+        if lock.version == LOCK_VERSION {
+            if let Some((role, _)) = lock.roles.iter().find(|(_, r)| r.snapshot.is_none()) {
+                return Err(ImageError::BadLock {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "role `{role}` has no `snapshot` point; run `testbed lock --update`"
+                    ),
+                });
+            }
+        }
+        for (role, r) in &lock.roles {
+            if let Some(ts) = &r.snapshot {
+                if snapshot::parse_timestamp(ts).is_none() {
+                    return Err(ImageError::BadLock {
+                        path: path.to_path_buf(),
+                        message: format!(
+                            "role `{role}`: snapshot `{ts}` is not a timestamp of the form YYYYMMDDTHHMMSSZ"
+                        ),
+                    });
+                }
+            }
+        }
         Ok(lock)
+    }
+
+    /// Brings a format 1 lock to the current format without changing any
+    /// package: each role's snapshot point is its `source-date-epoch`
+    /// (which `lock` takes from the archive state the packages were
+    /// resolved against, and keeps only while they stay the same, so every
+    /// locked version was in the archive at that time), and its archives
+    /// are named from `sources` (the sources the role resolves against
+    /// today). Returns whether anything changed; image keys never do.
+    pub fn upgrade(
+        &mut self,
+        sources: impl Fn(&RoleLock) -> Result<Vec<SourceLine>>,
+    ) -> Result<bool> {
+        if self.version == LOCK_VERSION {
+            return Ok(false);
+        }
+        for r in self.roles.values_mut() {
+            if r.snapshot.is_none() {
+                r.snapshot = Some(snapshot::format_timestamp(r.source_date_epoch));
+            }
+            if r.archives.is_empty() {
+                r.archives = snapshot::archives(&sources(r)?);
+            }
+        }
+        self.version = LOCK_VERSION;
+        Ok(true)
+    }
+
+    /// What changed from `old` to `self`, one line per role and package:
+    /// what `lock --update` reports, so that versions never change
+    /// silently.
+    pub fn changes_from(&self, old: &Lockfile) -> Vec<String> {
+        let mut out = Vec::new();
+        for (role, new) in &self.roles {
+            let Some(prev) = old.roles.get(role) else {
+                out.push(format!("{role}: new role, {} packages", new.packages.len()));
+                continue;
+            };
+            let before: BTreeMap<&str, &str> = prev
+                .packages
+                .iter()
+                .map(|p| (p.name.as_str(), p.version.as_str()))
+                .collect();
+            let after: BTreeMap<&str, &str> = new
+                .packages
+                .iter()
+                .map(|p| (p.name.as_str(), p.version.as_str()))
+                .collect();
+            for (name, v) in &after {
+                match before.get(name) {
+                    None => out.push(format!("{role}: {name} {v} (added)")),
+                    Some(old_v) if old_v != v => out.push(format!("{role}: {name} {old_v} -> {v}")),
+                    Some(_) => {}
+                }
+            }
+            for (name, v) in &before {
+                if !after.contains_key(name) {
+                    out.push(format!("{role}: {name} {v} (removed)"));
+                }
+            }
+        }
+        for role in old.roles.keys().filter(|r| !self.roles.contains_key(*r)) {
+            out.push(format!("{role}: role removed"));
+        }
+        out
     }
 
     /// Writes the lock file atomically (temp file, then rename), so a reader
@@ -139,7 +247,8 @@ impl Lockfile {
         let mut out = String::new();
         out.push_str("# testbed.lock: written by `testbed lock`, do not edit by hand.\n");
         out.push_str("# Per role, every package its image installs, with the exact version and\n");
-        out.push_str("# the SHA-256 of the .deb as the archive index lists it.\n");
+        out.push_str("# the SHA-256 of the .deb as the archive index lists it, and the snapshot\n");
+        out.push_str("# point: when the archive held exactly these versions (docs/images.md).\n");
         let _ = writeln!(out, "version = {}", self.version);
         for (role, r) in &self.roles {
             let _ = writeln!(out, "\n[roles.{}]", key(role));
@@ -153,6 +262,13 @@ impl Lockfile {
             let requested: Vec<String> = r.requested.iter().map(|p| quote(p)).collect();
             let _ = writeln!(out, "requested = [{}]", requested.join(", "));
             let _ = writeln!(out, "source-date-epoch = {}", r.source_date_epoch);
+            if let Some(ts) = &r.snapshot {
+                let _ = writeln!(out, "snapshot = {}", quote(ts));
+            }
+            if !r.archives.is_empty() {
+                let archives: Vec<String> = r.archives.iter().map(|a| quote(a)).collect();
+                let _ = writeln!(out, "archives = [{}]", archives.join(", "));
+            }
             out.push_str("packages = [\n");
             for p in &r.packages {
                 let _ = writeln!(
@@ -318,13 +434,20 @@ pub fn lock(
                 role: spec.role.clone(),
             });
             let packages = resolve(&root, &index, spec)?;
-            let kept_epoch = previous
+            let kept = previous
                 .and_then(|p| p.roles.get(&spec.role))
-                .filter(|old| old.packages == packages)
-                .map(|old| old.source_date_epoch);
+                .filter(|old| old.packages == packages);
             // A fresh lock takes the archive's own date, so that two people
-            // locking against the same archive state get the same file.
-            let epoch = kept_epoch.or(index.release_date).unwrap_or_else(now_unix);
+            // locking against the same archive state get the same file; the
+            // snapshot point is that date too. Unchanged packages keep both:
+            // they were in the archive then as they are now.
+            let epoch = kept
+                .map(|old| old.source_date_epoch)
+                .or(index.release_date)
+                .unwrap_or_else(now_unix);
+            let snapshot_point = kept
+                .and_then(|old| old.snapshot.clone())
+                .unwrap_or_else(|| snapshot::format_timestamp(epoch));
             progress.event(Event::Locked {
                 role: spec.role.clone(),
                 packages: packages.len(),
@@ -339,6 +462,8 @@ pub fn lock(
                     kernel: spec.kernel.clone(),
                     requested: sorted(&spec.packages),
                     source_date_epoch: epoch,
+                    snapshot: Some(snapshot_point),
+                    archives: snapshot::archives(&sources),
                     packages,
                 },
             );
@@ -472,6 +597,8 @@ mod tests {
                 kernel: "linux-image-cloud-amd64".into(),
                 requested: vec!["munge".into()],
                 source_date_epoch: 1_746_869_602,
+                snapshot: Some("20250510T093322Z".into()),
+                archives: vec!["debian bookworm main".into()],
                 packages,
             },
         );
@@ -510,6 +637,76 @@ mod tests {
             .starts_with("/x/testbed.lock: invalid lock file"));
         let err = Lockfile::parse("version = 9\n", Path::new("t.lock")).expect_err("version");
         assert!(err.to_string().contains("format version 9"));
+        let mut text = sample().to_toml();
+        text = text.replace("20250510T093322Z", "2025-05-10");
+        let err = Lockfile::parse(&text, Path::new("t.lock")).expect_err("timestamp");
+        assert!(
+            err.to_string().contains("`2025-05-10` is not a timestamp"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_format_1_lock_is_read_and_upgraded_without_changing_a_package() {
+        let new = sample();
+        // What a format 1 lock looked like: no snapshot point, no archives.
+        let old_text = new
+            .to_toml()
+            .replace("version = 2", "version = 1")
+            .lines()
+            .filter(|l| !l.starts_with("snapshot = ") && !l.starts_with("archives = "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut old = Lockfile::parse(&old_text, Path::new("t.lock")).expect("format 1 reads");
+        assert_eq!(old.version, 1);
+        assert!(old.roles["ctl"].snapshot.is_none());
+        let sources = |_: &RoleLock| {
+            Ok(vec![SourceLine {
+                uri: "http://mirror.example.invalid/debian".into(),
+                suite: "bookworm".into(),
+                components: vec!["main".into()],
+                signed_by: None,
+                trusted: false,
+            }])
+        };
+        assert!(old.upgrade(sources).expect("upgrade"));
+        // The snapshot point is the epoch, the archives are named, and the
+        // packages (so the image keys) are those of the old file.
+        assert_eq!(old, new);
+        assert!(!old.upgrade(sources).expect("again"), "already current");
+        assert!(old.changes_from(&new).is_empty());
+        // A format 2 lock must have its snapshot point.
+        let missing = new
+            .to_toml()
+            .replace("snapshot = \"20250510T093322Z\"\n", "");
+        let err = Lockfile::parse(&missing, Path::new("t.lock")).expect_err("no point");
+        assert!(err.to_string().contains("has no `snapshot` point"), "{err}");
+    }
+
+    #[test]
+    fn changes_name_every_moved_package() {
+        let old = sample();
+        let mut new = sample();
+        let ctl = new.roles.get_mut("ctl").expect("ctl");
+        ctl.packages.retain(|p| p.name != "procps");
+        ctl.packages[0].version = "9.9".into();
+        ctl.packages.push(LockedPackage {
+            name: "zzz".into(),
+            version: "1".into(),
+            arch: "all".into(),
+            sha256: "ef".repeat(32),
+        });
+        new.roles.remove("odd role");
+        let first = old.roles["ctl"].packages[0].name.clone();
+        assert_eq!(
+            new.changes_from(&old),
+            [
+                format!("ctl: {first} 1:2.3-4+deb12u1 -> 9.9"),
+                "ctl: zzz 1 (added)".to_string(),
+                "ctl: procps 1:2.3-4+deb12u1 (removed)".to_string(),
+                "odd role: role removed".to_string(),
+            ]
+        );
     }
 
     #[test]

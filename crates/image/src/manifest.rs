@@ -23,7 +23,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// The builder's identity, part of every key. The revision is bumped
 /// whenever what the builder does to a tree changes (normalization, the
 /// stage-1, the image formats), so old entries are not reused.
-pub const BUILDER: &str = concat!("testbed-image/", env!("CARGO_PKG_VERSION"), "+r4");
+pub const BUILDER: &str = concat!("testbed-image/", env!("CARGO_PKG_VERSION"), "+r5");
 
 /// Everything an image is a function of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -232,6 +232,8 @@ mod tests {
             kernel: "linux-image-cloud-amd64".into(),
             requested: vec!["munge".into()],
             source_date_epoch: 1,
+            snapshot: Some("19700101T000001Z".into()),
+            archives: vec!["debian bookworm main".into()],
             packages: vec![LockedPackage {
                 name: "munge".into(),
                 version: "1".into(),
@@ -291,6 +293,21 @@ mod tests {
         let mut l = lock();
         l.packages[0].version = "2".into();
         assert_ne!(
+            KeyInputs::new(&spec("ctl"), &l).expect("inputs").key(),
+            base
+        );
+        // Where packages are found is not an input: the snapshot point and
+        // the archives' names (and a format 1 lock without them) give the
+        // same key, so upgrading a lock keeps its images.
+        let mut l = lock();
+        l.snapshot = None;
+        l.archives.clear();
+        assert_eq!(
+            KeyInputs::new(&spec("ctl"), &l).expect("inputs").key(),
+            base
+        );
+        l.snapshot = Some("20300101T000000Z".into());
+        assert_eq!(
             KeyInputs::new(&spec("ctl"), &l).expect("inputs").key(),
             base
         );

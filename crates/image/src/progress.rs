@@ -55,6 +55,21 @@ pub enum Event {
         /// Wall time of the build.
         elapsed: Duration,
     },
+    /// Locked packages were found in a source (once per source, after
+    /// every package is found or known missing).
+    PackagesFrom {
+        /// The source.
+        origin: crate::debs::Origin,
+        /// `name version` of each.
+        packages: Vec<String>,
+    },
+    /// Downloading packages from a source.
+    Downloading {
+        /// The source.
+        origin: crate::debs::Origin,
+        /// How many packages.
+        count: usize,
+    },
     /// Removed a temporary directory left by an interrupted build.
     CleanedStale {
         /// Its name inside the store.
@@ -65,8 +80,8 @@ pub enum Event {
 /// The steps of one image build, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Checking the locked versions against the archive index.
-    CheckingArchive,
+    /// Gathering the locked packages into the store's package cache.
+    Packages,
     /// Running mmdebstrap.
     Bootstrapping,
     /// Masking the units nodes do without, adding static files, the agent
@@ -83,7 +98,7 @@ pub enum Step {
 impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Step::CheckingArchive => "checking locked versions",
+            Step::Packages => "gathering locked packages",
             Step::Bootstrapping => "building root filesystem",
             Step::Customizing => "adding files and the agent",
             Step::Normalizing => "normalizing",

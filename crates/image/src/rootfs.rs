@@ -10,10 +10,12 @@
 //! `--include=name=version`. The result is checked against the lock by
 //! reading the image's dpkg status.
 //!
-//! The package lists come from our own `apt-get update` (the one that
-//! checked the locked versions are still downloadable) and are copied in by
-//! a setup hook, so mmdebstrap skips its update and builds from the very
-//! index we checked.
+//! The only source mmdebstrap sees is a local flat repository holding
+//! exactly the locked `.deb`s, each checked against the lock's digest
+//! ([`crate::debs::local_repo`]): the build reads no network, and where a
+//! package came from (cache, vendor folder, mirror, snapshot archive) cannot
+//! change the image. mmdebstrap's `file-mirror-automount` hook makes the
+//! repository visible inside the chroot for the packages apt installs there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -21,7 +23,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use crate::apt::SourceLine;
 use crate::error::{ImageError, IoContext, Result};
 use crate::lock::{LockedPackage, RoleLock};
 use crate::spec::StaticFile;
@@ -67,14 +68,17 @@ pub const JOURNALD_DROPIN: (&str, &str) = (
     "# Written by testbed: the root's writable layer is a tmpfs.\n[Journal]\nStorage=volatile\n",
 );
 
+/// mmdebstrap's hooks that make `file://` repositories visible inside the
+/// chroot (Debian's mmdebstrap package ships them).
+const AUTOMOUNT_HOOKS: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
+
 /// What mmdebstrap needs for one role.
 #[derive(Debug)]
 pub(crate) struct Bootstrap<'a> {
     pub role: &'a str,
     pub lock: &'a RoleLock,
-    pub sources: &'a [SourceLine],
-    pub lists: &'a Path,
-    pub network: &'a [String],
+    /// The local repository of the locked packages.
+    pub repo: &'a Path,
     /// Lines for `debconf-set-selections`, given once the essential
     /// packages are in and before the role's packages are configured.
     pub debconf: &'a [String],
@@ -105,7 +109,6 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
         .map(|p| format!("{}={}", p.name, p.version))
         .collect();
     let prefs_q = sh_quote(&prefs.to_string_lossy());
-    let lists_q = sh_quote(&b.lists.to_string_lossy());
     let mut cmd = Command::new(mmdebstrap);
     // Root mode only: see `ImageError::NeedsRoot` for why unshare mode is
     // not used yet.
@@ -113,16 +116,13 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
         .arg("--variant=apt")
         .arg("--format=directory")
         .arg(format!("--architectures={}", b.lock.architecture))
-        .arg("--skip=update")
+        .arg(format!("--hook-dir={AUTOMOUNT_HOOKS}"))
         // fsync after every file only slows the build: the result is hashed
         // and renamed into the store afterwards.
         .arg("--dpkgopt=force-unsafe-io")
         .arg(format!("--include={}", includes.join(",")))
         .arg(format!(
             "--setup-hook=cp {prefs_q} \"$1/etc/apt/preferences.d/testbed\""
-        ))
-        .arg(format!(
-            "--setup-hook=cp -a {lists_q}/. \"$1/var/lib/apt/lists/\""
         ));
     if !b.debconf.is_empty() {
         let answers = work.join("debconf");
@@ -136,13 +136,22 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
             sh_quote(&answers.to_string_lossy())
         ));
     }
-    for line in b.network {
-        cmd.arg(format!("--aptopt={line}"));
-    }
-    cmd.arg(&b.lock.suite).arg(target);
-    for s in b.sources {
-        cmd.arg(s.one_line());
-    }
+    // The automount hook bind-mounts the repository at the same path inside
+    // the chroot, creating its directories there, and leaves them behind.
+    // Seen through a symlink in a fresh folder of /tmp, which normalization
+    // empties, the repository leaves no trace in the image whatever the
+    // store's path.
+    let link_dir = tempfile::Builder::new()
+        .prefix(".testbed-repo-")
+        .tempdir_in("/tmp")
+        .at("cannot create a temporary directory in", "/tmp")?;
+    fs::set_permissions(link_dir.path(), fs::Permissions::from_mode(0o755))
+        .at("cannot set the mode of", link_dir.path())?;
+    let link = link_dir.path().join("repo");
+    std::os::unix::fs::symlink(b.repo, &link).at("cannot create", &link)?;
+    cmd.arg(&b.lock.suite)
+        .arg(target)
+        .arg(format!("deb [trusted=yes] file://{} ./", link.display()));
     // A clean, fixed environment: maintainer scripts see the same locale,
     // time zone and epoch on every host. `INITRD=No` stops the kernel's
     // postinst from generating an initramfs-tools initrd, which we do not
@@ -158,18 +167,8 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
         .env("SOURCE_DATE_EPOCH", b.lock.source_date_epoch.to_string())
         .env("INITRD", "No")
         .env("DEBIAN_FRONTEND", "noninteractive");
-    for var in [
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "TMPDIR",
-    ] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
+    if let Some(v) = std::env::var_os("TMPDIR") {
+        cmd.env("TMPDIR", v);
     }
     let out = cmd.output().map_err(|e| ImageError::Command {
         what: format!("mmdebstrap for role {}", b.role),
@@ -179,21 +178,6 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
     let log = work.join("mmdebstrap.log");
     fs::write(&log, &out.stderr).at("cannot write", &log)?;
     if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        // apt's "version not found" means the archive dropped a locked
-        // version between the check and the download.
-        if let Some(p) = b.lock.packages.iter().find(|p| {
-            stderr.contains(&format!(
-                "Version '{}' for '{}' was not found",
-                p.version, p.name
-            ))
-        }) {
-            return Err(ImageError::NotDownloadable {
-                role: b.role.into(),
-                package: p.name.clone(),
-                version: p.version.clone(),
-            });
-        }
         return Err(ImageError::Command {
             what: format!("mmdebstrap for role {}", b.role),
             status: out.status.to_string(),

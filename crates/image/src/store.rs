@@ -7,12 +7,16 @@
 //!                   rootfs.tar, rootfs.files, manifest.json
 //! .tmp/<name>-<pid>/ builds in progress; renamed to <key>/ when complete
 //! .refs/<hash>.json  which lock file used which keys, for `ls` and `gc`
+//! .packages/<sha256>.deb  the package cache: every .deb a build fetched,
+//!                   by digest (docs/images.md, "Where packages come from")
 //! ```
 //!
 //! Invariants: an entry directory exists only once it is complete (it is
 //! renamed into place atomically from `.tmp`), so its presence alone is a
 //! cache hit; a `.tmp` directory whose owning process is gone is garbage and
-//! is removed by the next build; keys never contain role names.
+//! is removed by the next build; keys never contain role names; a file in
+//! `.packages` has exactly the digest of its name (it is checked before it
+//! is renamed in, and again whenever it is used).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -31,6 +35,7 @@ pub const STORE_ENV: &str = "TESTBED_STORE";
 
 const TMP: &str = ".tmp";
 const REFS: &str = ".refs";
+const PACKAGES: &str = ".packages";
 
 /// A store on disk.
 #[derive(Debug, Clone)]
@@ -60,6 +65,24 @@ pub struct GcReport {
     pub freed: u64,
     /// Keys kept because a lock file still uses them.
     pub kept: Vec<String>,
+    /// Cached packages removed (no known lock names them).
+    pub packages_removed: usize,
+    /// Cached packages kept.
+    pub packages_kept: usize,
+    /// Why cached packages were all kept, when gc could not tell which
+    /// are needed (a registered lock file it cannot read).
+    pub packages_note: Option<String>,
+}
+
+/// The package cache, as `store ls` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackageCacheInfo {
+    /// Its directory.
+    pub path: PathBuf,
+    /// How many `.deb` files.
+    pub count: usize,
+    /// Their total size in bytes.
+    pub size: u64,
 }
 
 /// One registered lock file and the keys its roles were built into.
@@ -97,7 +120,12 @@ impl Store {
 
     /// Opens (creating) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for d in [root.to_path_buf(), root.join(TMP), root.join(REFS)] {
+        for d in [
+            root.to_path_buf(),
+            root.join(TMP),
+            root.join(REFS),
+            root.join(PACKAGES),
+        ] {
             fs::create_dir_all(&d).at("cannot create", &d)?;
         }
         let root = fs::canonicalize(root).at("cannot resolve", root)?;
@@ -112,6 +140,42 @@ impl Store {
     /// Where the entry of `key` lives (whether or not it exists).
     pub fn entry_dir(&self, key: &str) -> PathBuf {
         self.root.join(key)
+    }
+
+    /// Where the cached `.deb` with this SHA-256 is (whether or not it is
+    /// there).
+    pub fn package_path(&self, sha256: &str) -> PathBuf {
+        self.package_dir().join(format!("{sha256}.deb"))
+    }
+
+    /// The package cache's directory.
+    pub fn package_dir(&self) -> PathBuf {
+        self.root.join(PACKAGES)
+    }
+
+    /// Moves a checked `.deb` into the package cache. `file` must be on the
+    /// store's filesystem (in `.tmp`) and have the digest `sha256`.
+    pub(crate) fn add_package(&self, file: &Path, sha256: &str) -> Result<PathBuf> {
+        let dest = self.package_path(sha256);
+        fs::rename(file, &dest).at("cannot move a package into", &dest)?;
+        Ok(dest)
+    }
+
+    /// The package cache's size.
+    pub fn package_cache(&self) -> Result<PackageCacheInfo> {
+        let dir = self.package_dir();
+        let mut info = PackageCacheInfo {
+            path: dir.clone(),
+            ..PackageCacheInfo::default()
+        };
+        for entry in fs::read_dir(&dir).at("cannot list", &dir)? {
+            let entry = entry.at("cannot list", &dir)?;
+            if entry.path().extension().is_some_and(|e| e == "deb") {
+                info.count += 1;
+                info.size += entry.metadata().at("cannot stat", entry.path())?.len();
+            }
+        }
+        Ok(info)
     }
 
     /// The manifest of `key` if the store has a complete entry for it.
@@ -245,14 +309,43 @@ impl Store {
     pub fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
         self.clean_stale(progress)?;
         let mut live: BTreeSet<String> = BTreeSet::new();
+        let mut needed: BTreeSet<String> = BTreeSet::new();
+        let mut report = GcReport::default();
         for (path, r) in self.refs()? {
             if r.lock.exists() {
                 live.extend(r.keys.values().cloned());
+                match crate::lock::Lockfile::read(&r.lock) {
+                    Ok(lock) => needed.extend(
+                        lock.roles
+                            .values()
+                            .flat_map(|role| role.packages.iter().map(|p| p.sha256.clone())),
+                    ),
+                    Err(e) => {
+                        report.packages_note.get_or_insert(format!(
+                            "every cached package is kept: cannot read {}: {e}",
+                            r.lock.display()
+                        ));
+                    }
+                }
             } else {
                 fs::remove_file(&path).at("cannot remove", &path)?;
             }
         }
-        let mut report = GcReport::default();
+        let packages = self.root.join(PACKAGES);
+        for entry in fs::read_dir(&packages).at("cannot list", &packages)? {
+            let path = entry.at("cannot list", &packages)?.path();
+            let sha = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if report.packages_note.is_some() || needed.contains(&sha) {
+                report.packages_kept += 1;
+            } else {
+                report.freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&path).at("cannot remove", &path)?;
+                report.packages_removed += 1;
+            }
+        }
         for entry in fs::read_dir(&self.root).at("cannot list", &self.root)? {
             let entry = entry.at("cannot list", &self.root)?;
             let key = entry.file_name().to_string_lossy().to_string();
@@ -405,6 +498,43 @@ mod tests {
         assert_eq!(report.kept, ["aaaa"]);
         assert!(store.lookup("aaaa").is_some());
         assert!(store.lookup("bbbb").is_none());
+    }
+
+    #[test]
+    fn gc_keeps_the_packages_an_existing_lock_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("open");
+        let add = |sha: &str| {
+            let tmp = store.root().join(TMP).join("p");
+            fs::write(&tmp, sha).expect("w");
+            store.add_package(&tmp, sha).expect("add");
+        };
+        add("aa");
+        add("bb");
+        add("cc");
+        assert_eq!(store.package_cache().expect("info").count, 3);
+        let lock = dir.path().join("testbed.lock");
+        fs::write(
+            &lock,
+            "version = 2\n[roles.ctl]\nvendor = \"debian\"\nsuite = \"bookworm\"\narchitecture = \"amd64\"\nkernel = \"k\"\nrequested = []\nsource-date-epoch = 0\nsnapshot = \"19700101T000000Z\"\npackages = [\n  { name = \"a\", version = \"1\", arch = \"all\", sha256 = \"aa\" },\n]\n",
+        )
+        .expect("w");
+        store.register(&lock, &BTreeMap::new()).expect("reg");
+        let gone = dir.path().join("gone.lock");
+        fs::write(&gone, "").expect("w");
+        store.register(&gone, &BTreeMap::new()).expect("reg");
+        fs::remove_file(&gone).expect("rm");
+        let report = store.gc(&NoProgress).expect("gc");
+        assert_eq!((report.packages_kept, report.packages_removed), (1, 2));
+        assert!(report.packages_note.is_none());
+        assert!(store.package_path("aa").is_file());
+        assert!(!store.package_path("bb").exists());
+        // A lock gc cannot read keeps every package, and says so.
+        add("dd");
+        fs::write(&lock, "not a lock").expect("w");
+        let report = store.gc(&NoProgress).expect("gc");
+        assert_eq!((report.packages_kept, report.packages_removed), (2, 0));
+        assert!(report.packages_note.expect("note").contains("cannot read"));
     }
 
     #[test]

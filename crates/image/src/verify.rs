@@ -80,11 +80,14 @@ pub fn verify_with(
     let reference = build_with(store, specs, lock, options, progress, artifacts)?;
     let fresh_root = store.temp_dir("verify")?;
     let fresh_store = Store::open(&fresh_root)?;
-    // The rebuild must not register itself as a user of the keys.
-    let fresh_options = BuildOptions {
+    // The rebuild must not register itself as a user of the keys. It reads
+    // the packages the reference build used from the store's cache (each
+    // checked against the lock again), so verifying needs no network.
+    let mut fresh_options = BuildOptions {
         lock_path: None,
         ..options.clone()
     };
+    fresh_options.packages.caches.push(store.package_dir());
     let rebuilt = match build_with(
         &fresh_store,
         specs,

@@ -75,15 +75,31 @@ enum Command {
     Lock {
         #[command(flatten)]
         comp: CompositionArg,
-        /// Re-resolve every role against the archive's current versions
-        #[arg(long)]
+        /// Re-resolve every role against the archive's current versions (and list what changed)
+        #[arg(long, conflicts_with = "check")]
         update: bool,
+        /// Check that every locked package can still be had (store cache, --vendor, mirror, snapshot archive) and say from where; changes nothing
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        packages: cmd::image::PackageArgs,
     },
     /// Build every role's image into the store (nothing is redone when inputs are unchanged)
     Build {
         #[command(flatten)]
         comp: CompositionArg,
         /// Print the store entries as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        packages: cmd::image::PackageArgs,
+    },
+    /// Copy every package the lock names into a folder, for `build --offline --vendor DIR` (air-gapped machines, CI caches)
+    Vendor {
+        /// [PATH] DIR: the composition (a testbed.toml or its folder) [default: ./testbed.toml], and the folder to write (created if needed; files already there with the right digest are kept)
+        #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+        paths: Vec<PathBuf>,
+        /// Print the result as JSON
         #[arg(long)]
         json: bool,
     },
@@ -211,7 +227,7 @@ enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove entries that no existing lock file references
+    /// Remove entries and cached packages that no existing lock file references
     Gc,
 }
 
@@ -225,8 +241,24 @@ fn main() -> ExitCode {
         Command::Plan { comp, scale, json } => {
             cmd::plan::run(comp.path.as_deref(), &scale.scale, json)
         }
-        Command::Lock { comp, update } => cmd::image::lock(comp.path.as_deref(), update),
-        Command::Build { comp, json } => cmd::image::build(comp.path.as_deref(), json),
+        Command::Lock {
+            comp,
+            update,
+            check,
+            packages,
+        } => cmd::image::lock(comp.path.as_deref(), update, check, &packages),
+        Command::Build {
+            comp,
+            json,
+            packages,
+        } => cmd::image::build(comp.path.as_deref(), json, &packages),
+        Command::Vendor { paths, json } => match paths.as_slice() {
+            [dir] => cmd::image::vendor(None, dir, json),
+            [comp, dir] => cmd::image::vendor(Some(comp), dir, json),
+            _ => Err(output::Failure::Usage(
+                "vendor takes [PATH] DIR: the composition and the folder to write".into(),
+            )),
+        },
         Command::Verify { comp } => cmd::image::verify(comp.path.as_deref()),
         Command::Store(StoreCommand::Ls { json }) => cmd::image::store_ls(json),
         Command::Store(StoreCommand::Gc) => cmd::image::store_gc(),
@@ -261,5 +293,17 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // clap checks positional order, conflicts and names only when a
+        // verb is parsed; this checks every verb at once.
+        super::Cli::command().debug_assert();
     }
 }

@@ -74,6 +74,8 @@ pub struct UpArgs {
     /// Print the final status as JSON
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub packages: super::image::PackageArgs,
 }
 
 /// `30s`, `5m`, `1h`, `250ms` or plain seconds.
@@ -237,7 +239,7 @@ pub fn bring_up(
     };
     let boot_timeout = args.timeout.unwrap_or(boot_timeout);
 
-    let built = super::image::build_for_up(&t.comp)?;
+    let built = super::image::build_for_up(&t.comp, &args.packages)?;
     let images: BTreeMap<String, ImageFiles> = built
         .iter()
         .map(|b| {

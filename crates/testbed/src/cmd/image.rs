@@ -1,6 +1,7 @@
-//! `testbed lock`, `testbed build`, `testbed verify` and `testbed store`:
-//! the composition's roles as image specs, the guest agent every image
-//! carries, and the image builder's progress on the terminal.
+//! `testbed lock`, `testbed build`, `testbed verify`, `testbed vendor` and
+//! `testbed store`: the composition's roles as image specs, the guest agent
+//! every image carries, where packages may come from (`--offline`,
+//! `--vendor`), and the image builder's progress on the terminal.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -9,13 +10,41 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use testbed_image::debs::{self, Acquired};
 use testbed_image::{
-    BuildOptions, Event, ImageError, ImageSpec, LockOptions, Lockfile, Progress, StaticFile, Step,
-    Store,
+    BuildOptions, Event, ImageError, ImageSpec, LockOptions, Lockfile, Origin, PackageSources,
+    Progress, StaticFile, Step, Store,
 };
-use testbed_model::{Composition, FileKind};
+use testbed_model::{Composition, FileKind, Snapshot};
 
 use crate::output::{Failure, Outcome};
+
+/// Where a build may take packages from: the flags `build`, `up`, `test`
+/// and `lock --check` share.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PackageArgs {
+    /// Use no network: take every locked package from the store's package cache or a --vendor folder
+    #[arg(long)]
+    pub offline: bool,
+    /// A folder of .deb files (as `testbed vendor` writes it) to take locked packages from; repeatable
+    #[arg(long = "vendor", value_name = "DIR")]
+    pub vendor: Vec<PathBuf>,
+}
+
+impl PackageArgs {
+    /// The image builder's package sources for `comp`.
+    pub fn sources(&self, comp: &Composition) -> PackageSources {
+        PackageSources {
+            vendor: self.vendor.clone(),
+            offline: self.offline,
+            snapshot: comp.cluster.snapshot.as_ref().map(|s| match s {
+                Snapshot::Off => "off".to_string(),
+                Snapshot::Url(url) => url.clone(),
+            }),
+            caches: Vec::new(),
+        }
+    }
+}
 
 /// The lock file beside a composition.
 pub fn lock_path(comp: &Composition) -> PathBuf {
@@ -98,6 +127,8 @@ fn failure(e: ImageError) -> Failure {
         ImageError::UnknownPackage { .. }
         | ImageError::StaleLock { .. }
         | ImageError::BadLock { .. } => Failure::Usage(e.to_string()),
+        // Itself a full report: one package per line, what was tried.
+        ImageError::Unavailable { .. } => Failure::Runtime(anyhow::anyhow!("{e}")),
         other => Failure::Runtime(other.into()),
     }
 }
@@ -121,7 +152,7 @@ impl Lines {
 
 fn step_name(step: Step) -> &'static str {
     match step {
-        Step::CheckingArchive => "checking locked versions against the archive",
+        Step::Packages => "gathering the locked packages",
         Step::Bootstrapping => "installing packages (mmdebstrap)",
         Step::Customizing => "adding static files and the agent, trimming units",
         Step::Normalizing => "removing non-deterministic files",
@@ -145,6 +176,56 @@ fn describe(event: &Event) -> String {
             elapsed.as_secs_f64()
         ),
         Event::CleanedStale { name } => format!("removed {name}, left by an interrupted build"),
+        Event::PackagesFrom { origin, packages } => from_line(origin, packages),
+        Event::Downloading { origin, count } => {
+            format!(
+                "downloading {count} package{} from {origin}",
+                plural(*count)
+            )
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Where packages came from, as one line: counts for the usual sources
+/// (the cache, the mirror), the packages by name for the others, so that a
+/// build from a snapshot archive or a vendor folder says what it took
+/// there.
+fn from_line(origin: &Origin, packages: &[String]) -> String {
+    /// Beyond this many, a vendor folder or another cache is summed up.
+    const NAMED: usize = 12;
+    let n = packages.len();
+    let mut names = packages.to_vec();
+    names.sort();
+    match origin {
+        Origin::Cache | Origin::Mirror => format!("{n} package{} from {origin}", plural(n)),
+        // The exception worth reading in full: what the mirror no longer has.
+        Origin::Snapshot { .. } => {
+            format!(
+                "{n} package{} from {origin}: {}",
+                plural(n),
+                names.join(", ")
+            )
+        }
+        _ if n <= NAMED => {
+            format!(
+                "{n} package{} from {origin}: {}",
+                plural(n),
+                names.join(", ")
+            )
+        }
+        _ => format!(
+            "{n} packages from {origin}: {}, and {} more",
+            names[..NAMED].join(", "),
+            n - NAMED
+        ),
     }
 }
 
@@ -301,7 +382,9 @@ impl Progress for Spinners {
                 role(&r),
                 format!("built {} in {:.1}s", short(&key), elapsed.as_secs_f64()),
             ),
-            event @ Event::CleanedStale { .. } => {
+            event @ (Event::CleanedStale { .. }
+            | Event::PackagesFrom { .. }
+            | Event::Downloading { .. }) => {
                 let _ = self.multi.println(describe(&event));
             }
         }
@@ -367,14 +450,20 @@ fn short(key: &str) -> &str {
 pub fn ensure_lock(
     comp: &Composition,
     specs: &[ImageSpec],
+    packages: &PackageArgs,
     progress: &dyn Progress,
 ) -> Result<Lockfile, Failure> {
     let path = lock_path(comp);
     match Lockfile::read_if_exists(&path).map_err(failure)? {
-        Some(lock) => {
+        Some(mut lock) => {
             lock.check_fresh(specs, &path).map_err(failure)?;
+            upgrade(&mut lock, &path)?;
             Ok(lock)
         }
+        None if packages.offline => Err(Failure::Usage(format!(
+            "{} does not exist, and making it needs the network; run `testbed lock` where the archive can be reached (or drop --offline)",
+            path.display()
+        ))),
         None => {
             let lock = testbed_image::lock(specs, None, &LockOptions::default(), progress)
                 .map_err(failure)?;
@@ -388,13 +477,41 @@ pub fn ensure_lock(
     }
 }
 
+/// Brings a lock written by an older testbed to the current format in
+/// place, saying so; package versions (so image keys) do not change.
+fn upgrade(lock: &mut Lockfile, path: &Path) -> Result<(), Failure> {
+    let from = lock.version;
+    let changed = lock
+        .upgrade(|r| testbed_image::apt::sources_for(&r.vendor, &r.suite, r.mirror.as_deref()))
+        .map_err(failure)?;
+    if changed {
+        lock.write(path).map_err(failure)?;
+        let points: std::collections::BTreeSet<&str> = lock
+            .roles
+            .values()
+            .filter_map(|r| r.snapshot.as_deref())
+            .collect();
+        note(&format!(
+            "upgraded {} from format {from} to {}: added each role's snapshot point ({}, from its source-date-epoch) and archives; no package version changed (commit it)",
+            path.display(),
+            lock.version,
+            points.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// The default store, and build options that register the composition's
 /// lock with it (so `store ls` and `gc` know who uses an entry).
-fn store_and_options(comp: &Composition) -> Result<(Store, BuildOptions), Failure> {
+fn store_and_options(
+    comp: &Composition,
+    packages: &PackageArgs,
+) -> Result<(Store, BuildOptions), Failure> {
     let store = Store::open_default().map_err(failure)?;
     let options = BuildOptions {
         lock_path: Some(lock_path(comp)),
         jobs: None,
+        packages: packages.sources(comp),
     };
     Ok((store, options))
 }
@@ -412,9 +529,12 @@ fn load(path: Option<&Path>, for_lock: bool) -> Result<(Composition, Vec<ImageSp
     Ok((comp, specs))
 }
 
-pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
+pub fn lock(path: Option<&Path>, update: bool, check: bool, packages: &PackageArgs) -> Outcome {
     let (comp, specs) = load(path, true)?;
     let lock_file = lock_path(&comp);
+    if check {
+        return lock_check(&comp, &specs, &lock_file, packages);
+    }
     let previous = Lockfile::read_if_exists(&lock_file).map_err(failure)?;
     if let (Some(prev), false) = (&previous, update) {
         if prev.check_fresh(&specs, &lock_file).is_ok() {
@@ -439,15 +559,121 @@ pub fn lock(path: Option<&Path>, update: bool) -> Outcome {
         return Ok(());
     }
     lock.write(&lock_file).map_err(failure)?;
-    println!("wrote {}", lock_file.display());
+    match &previous {
+        Some(prev) => {
+            let changes = lock.changes_from(prev);
+            println!(
+                "wrote {}: {} change{}",
+                lock_file.display(),
+                changes.len(),
+                plural(changes.len())
+            );
+            for c in changes {
+                println!("  {c}");
+            }
+        }
+        None => println!("wrote {}", lock_file.display()),
+    }
     Ok(())
 }
 
-pub fn build(path: Option<&Path>, json: bool) -> Outcome {
+/// `lock --check`: can every locked package be had, and from where? Reads
+/// indices, downloads no package, changes nothing.
+fn lock_check(
+    comp: &Composition,
+    specs: &[ImageSpec],
+    lock_file: &Path,
+    packages: &PackageArgs,
+) -> Outcome {
+    let Some(mut lock) = Lockfile::read_if_exists(lock_file).map_err(failure)? else {
+        return Err(Failure::Usage(format!(
+            "{} does not exist; `testbed lock` makes it",
+            lock_file.display()
+        )));
+    };
+    lock.check_fresh(specs, lock_file).map_err(failure)?;
+    // Checked as the build would read it, without writing the upgrade.
+    lock.upgrade(|r| testbed_image::apt::sources_for(&r.vendor, &r.suite, r.mirror.as_deref()))
+        .map_err(failure)?;
+    let store = Store::open_default().map_err(failure)?;
+    let roles: Vec<(&str, &testbed_image::lock::RoleLock)> =
+        lock.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let progress = Reporter::new();
+    let acquired = debs::acquire(&store, &roles, &packages.sources(comp), false, &progress)
+        .map_err(failure)?;
+    drop(progress);
+    print_sources(&acquired);
+    if acquired.missing.is_empty() {
+        println!("every locked package of {} can be had", lock_file.display());
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "{}",
+            ImageError::Unavailable {
+                missing: acquired.missing
+            }
+        )))
+    }
+}
+
+/// Where the packages come from, one line per source.
+fn print_sources(acquired: &Acquired) {
+    for (origin, packages) in &acquired.from {
+        println!("{}", from_line(origin, packages));
+    }
+    for r in &acquired.refused {
+        println!("refused: {r}");
+    }
+}
+
+/// `testbed vendor`: every locked package into a folder, for `--vendor`.
+pub fn vendor(path: Option<&Path>, dir: &Path, json: bool) -> Outcome {
+    let (comp, specs) = load(path, true)?;
+    let lock_file = lock_path(&comp);
+    let Some(mut lock) = Lockfile::read_if_exists(&lock_file).map_err(failure)? else {
+        return Err(Failure::Usage(format!(
+            "{} does not exist; `testbed lock` makes it",
+            lock_file.display()
+        )));
+    };
+    lock.check_fresh(&specs, &lock_file).map_err(failure)?;
+    upgrade(&mut lock, &lock_file)?;
+    let store = Store::open_default().map_err(failure)?;
+    let roles: Vec<(&str, &testbed_image::lock::RoleLock)> =
+        lock.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let progress = Reporter::new();
+    let sources = PackageArgs::default().sources(&comp);
+    let done = debs::vendor(&store, &roles, &sources, dir, &progress).map_err(failure)?;
+    drop(progress);
+    if json {
+        let v = serde_json::json!({
+            "dir": dir,
+            "packages": done.packages,
+            "bytes": done.bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    println!(
+        "{} packages ({:.1} MiB) of {} in {}, with SHA256SUMS",
+        done.packages,
+        done.bytes as f64 / (1024.0 * 1024.0),
+        lock_file.display(),
+        dir.display()
+    );
+    println!(
+        "build from it alone with: testbed build --offline --vendor {} {}",
+        dir.display(),
+        comp.dir.display()
+    );
+    Ok(())
+}
+
+pub fn build(path: Option<&Path>, json: bool, packages: &PackageArgs) -> Outcome {
     let (comp, specs) = load(path, false)?;
     let progress = Reporter::new();
-    let lock = ensure_lock(&comp, &specs, &progress)?;
-    let (store, options) = store_and_options(&comp)?;
+    let lock = ensure_lock(&comp, &specs, packages, &progress)?;
+    let (store, options) = store_and_options(&comp, packages)?;
     let built =
         testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)?;
     drop(progress);
@@ -476,8 +702,9 @@ pub fn build(path: Option<&Path>, json: bool) -> Outcome {
 pub fn verify(path: Option<&Path>) -> Outcome {
     let (comp, specs) = load(path, false)?;
     let progress = Reporter::new();
-    let lock = ensure_lock(&comp, &specs, &progress)?;
-    let (store, options) = store_and_options(&comp)?;
+    let packages = PackageArgs::default();
+    let lock = ensure_lock(&comp, &specs, &packages, &progress)?;
+    let (store, options) = store_and_options(&comp, &packages)?;
     let v = testbed_image::verify(&store, &specs, &lock, &options, &progress).map_err(failure)?;
     drop(progress);
     for r in &v.roles {
@@ -512,6 +739,7 @@ pub fn verify(path: Option<&Path>) -> Outcome {
 pub fn store_ls(json: bool) -> Outcome {
     let store = Store::open_default().map_err(failure)?;
     let entries = store.list().map_err(failure)?;
+    let cache = store.package_cache().map_err(failure)?;
     if json {
         let v: Vec<serde_json::Value> = entries
             .iter()
@@ -524,6 +752,11 @@ pub fn store_ls(json: bool) -> Outcome {
                 serde_json::json!({ "key": e.key, "path": e.path, "size": e.size, "users": users })
             })
             .collect();
+        let v = serde_json::json!({
+            "store": store.root(),
+            "entries": v,
+            "packages": { "path": cache.path, "count": cache.count, "size": cache.size },
+        });
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
@@ -546,8 +779,14 @@ pub fn store_ls(json: bool) -> Outcome {
         );
     }
     if entries.is_empty() {
-        println!("(empty)");
+        println!("(no images)");
     }
+    println!(
+        "package cache: {} .deb file{}, {:.1} MiB",
+        cache.count,
+        plural(cache.count),
+        cache.size as f64 / (1024.0 * 1024.0)
+    );
     Ok(())
 }
 
@@ -558,21 +797,29 @@ pub fn store_gc() -> Outcome {
         println!("removed {}", short(key));
     }
     println!(
-        "freed {:.1} MiB; kept {} entr{} still used by a lock file",
+        "freed {:.1} MiB; kept {} entr{} still used by a lock file; package cache: removed {}, kept {} a lock file names",
         report.freed as f64 / (1024.0 * 1024.0),
         report.kept.len(),
-        if report.kept.len() == 1 { "y" } else { "ies" }
+        if report.kept.len() == 1 { "y" } else { "ies" },
+        report.packages_removed,
+        report.packages_kept,
     );
+    if let Some(note) = &report.packages_note {
+        println!("{note}");
+    }
     Ok(())
 }
 
 /// Locks (if there is no lock yet) and builds every role of `comp`, with
 /// progress on stderr: what `up` does before booting.
-pub fn build_for_up(comp: &Composition) -> Result<Vec<testbed_image::BuiltImage>, Failure> {
+pub fn build_for_up(
+    comp: &Composition,
+    packages: &PackageArgs,
+) -> Result<Vec<testbed_image::BuiltImage>, Failure> {
     let specs = specs(comp)?;
     let progress = Reporter::new();
-    let lock = ensure_lock(comp, &specs, &progress)?;
-    let (store, options) = store_and_options(comp)?;
+    let lock = ensure_lock(comp, &specs, packages, &progress)?;
+    let (store, options) = store_and_options(comp, packages)?;
     testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)
 }
 
@@ -601,7 +848,7 @@ mod tests {
         );
         s.event(Event::Step {
             role: role("ctl"),
-            step: Step::CheckingArchive,
+            step: Step::Packages,
         });
         s.event(Event::CacheHit {
             role: role("compute"),

@@ -58,6 +58,8 @@ pub struct TestArgs {
     /// Accelerator, if the cluster has to be brought up
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: AccelChoice,
+    #[command(flatten)]
+    pub packages: super::image::PackageArgs,
 }
 
 fn elapsed(start: Instant) -> String {
@@ -224,6 +226,7 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
             timeout: None,
             keep_failed: args.keep,
             json: false,
+            packages: args.packages.clone(),
         };
         cluster::bring_up(path, scale, &up)?;
     } else {
