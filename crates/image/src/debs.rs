@@ -371,7 +371,7 @@ fn from_network(
             distro: distro.clone(),
         });
         let dir = fetch_dir.join(format!("mirror-{g}"));
-        from_index(
+        let _ = from_index(
             store,
             &dir,
             &mirror_sources,
@@ -412,7 +412,7 @@ fn from_network(
                 base: base.clone(),
                 point: point.clone(),
             };
-            from_index(
+            let read = from_index(
                 store,
                 &dir,
                 &at,
@@ -425,9 +425,24 @@ fn from_network(
                 out,
                 progress,
             )?;
+            // A later point of an archive that cannot be reached at all
+            // would only take as long to fail again.
+            if read == IndexRead::Unreachable {
+                break;
+            }
         }
     }
     Ok(())
+}
+
+/// Whether a source set's index could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IndexRead {
+    Read,
+    /// It answered, but not with an index (e.g. no such snapshot).
+    Failed,
+    /// It could not be reached at all (name, connection).
+    Unreachable,
 }
 
 /// One source set: update its index, take what it has with the locked
@@ -445,7 +460,7 @@ fn from_index(
     download: bool,
     out: &mut Acquired,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<IndexRead> {
     let root = AptRoot::create(dir, sources, arch, network)?;
     if let Err(e) = root.update() {
         let why = match &e {
@@ -459,7 +474,18 @@ fn from_index(
             need.tried
                 .push(format!("{origin}: cannot read its index: {why}"));
         }
-        return Ok(());
+        let unreachable = [
+            "Could not resolve",
+            "Could not connect",
+            "Connection failed",
+        ]
+        .iter()
+        .any(|m| why.contains(m));
+        return Ok(if unreachable {
+            IndexRead::Unreachable
+        } else {
+            IndexRead::Failed
+        });
     }
     let index = root.index()?;
     let mut wanted: Vec<&LockedPackage> = Vec::new();
@@ -482,7 +508,7 @@ fn from_index(
         }
     }
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(IndexRead::Read);
     }
     if download {
         progress.event(Event::Downloading {
@@ -524,7 +550,7 @@ fn from_index(
             }
         }
     }
-    Ok(())
+    Ok(IndexRead::Read)
 }
 
 /// The first `E:`/`Err:` line of apt's output, or its last line.

@@ -70,12 +70,28 @@ fn run(cmd: &mut Command) -> Vec<u8> {
 /// The Slurm example's `compute` image: (store key, entry folder). Built
 /// with the `testbed` CLI of this target directory and profile (cargo
 /// builds it and the agent here if `cargo test --workspace` has not yet),
-/// into `$CARGO_TARGET_TMPDIR/store`, the store of the CLI's VM tests.
+/// into `$CARGO_TARGET_TMPDIR/store`, the store of the CLI's VM tests. From
+/// a copy of the example without its lock, locked against today's archive
+/// as the CLI's tests do: the same images as theirs (the store builds them
+/// once), and a test of the runtime, not of how old the committed lock is
+/// (the package tests of the CLI cover that).
 fn image() -> &'static (String, PathBuf) {
     static IMAGE: OnceLock<(String, PathBuf)> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let profile_dir = workspace_bins::build_workspace_bins(&["testbed-agent", "testbed"]);
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
+        let example = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("runtime-libvirt/slurm");
+        let _ = std::fs::remove_dir_all(&example);
+        std::fs::create_dir_all(&example).expect("mkdir");
+        for entry in std::fs::read_dir(&source)
+            .expect("examples/slurm")
+            .flatten()
+        {
+            let keep = entry.path().is_file() && entry.file_name() != "testbed.lock";
+            if keep {
+                std::fs::copy(entry.path(), example.join(entry.file_name())).expect("copy");
+            }
+        }
         let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store");
         let json = run(Command::new(profile_dir.join("testbed"))
             .args(["build", "--json"])

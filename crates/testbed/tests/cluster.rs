@@ -343,7 +343,14 @@ fn faults_are_seen_from_inside_the_guests(env: &Env) {
 /// leaves the first one alone.
 fn a_second_cluster_runs_beside_the_first(first: &Env) {
     let second = Env::edited_example("slurm", "other", without_nfs);
-    let out = second.testbed(&["up", "--scale", "compute=1"]);
+    // The same composition, so the first one's lock fits it; with its
+    // images and packages in the store, `up --offline` needs no network.
+    std::fs::copy(
+        first.comp.join("testbed.lock"),
+        second.comp.join("testbed.lock"),
+    )
+    .expect("copy the lock");
+    let out = second.testbed(&["up", "--offline", "--scale", "compute=1"]);
     assert!(out.status.success(), "second up: {}", text(&out.stderr));
     let names: Vec<String> = status(&second)["nodes"]
         .as_array()

@@ -598,10 +598,16 @@ fn lock_check(
     let store = Store::open_default().map_err(failure)?;
     let roles: Vec<(&str, &testbed_image::lock::RoleLock)> =
         lock.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let progress = Reporter::new();
+    let reporter = Reporter::new();
+    // Where the packages come from goes to stdout below, once.
+    let progress = |event: Event| {
+        if !matches!(event, Event::PackagesFrom { .. }) {
+            reporter.event(event)
+        }
+    };
     let acquired = debs::acquire(&store, &roles, &packages.sources(comp), false, &progress)
         .map_err(failure)?;
-    drop(progress);
+    drop(reporter);
     print_sources(&acquired);
     if acquired.missing.is_empty() {
         println!("every locked package of {} can be had", lock_file.display());
