@@ -469,6 +469,38 @@ fn vendor_then_an_offline_build_without_network_gives_identical_images() {
         Some(packages.len() as u64)
     );
     assert_eq!(ls["entries"][0]["key"].as_str(), Some(r.key.as_str()));
+
+    // Another image of the same packages (a static file more: another key,
+    // the same lock) builds from the store's package cache alone, again
+    // without network.
+    let toml = format!("{COMPOSITION}files.\"/etc/testbed-cache-check\" = {{ content = \"1\" }}\n");
+    std::fs::write(comp.join("testbed.toml"), toml).expect("write");
+    let args = ["build", "--offline", "--json"];
+    let out = Command::new("unshare")
+        .arg("--net")
+        .arg(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .current_dir(&comp)
+        .env("NO_COLOR", "1")
+        .env("TESTBED_STORE", &store)
+        .output()
+        .expect("unshare");
+    let out = echo(&args, out);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "{} packages from the store's package cache",
+            packages.len()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_ne!(
+        built[0]["key"].as_str(),
+        Some(r.key.as_str()),
+        "another image"
+    );
 }
 
 #[test]
@@ -559,4 +591,45 @@ fn a_corrupt_deb_from_any_source_is_refused_and_nothing_is_committed() {
     );
     assert!(entries(&store).is_empty());
     assert!(!store.join(".packages").join(format!("{sha}.deb")).exists());
+}
+
+#[test]
+fn a_format_1_lock_is_upgraded_in_place_with_a_note_and_keeps_its_images() {
+    let r = reference();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let comp = tmp.path().join("comp");
+    copy_comp(&comp);
+    let current = std::fs::read_to_string(comp.join("testbed.lock")).expect("lock");
+    // The same lock as a testbed before format 2 wrote it: no snapshot
+    // point, no archives.
+    let old: String = current
+        .replace("version = 2", "version = 1")
+        .lines()
+        .filter(|l| !l.starts_with("snapshot = ") && !l.starts_with("archives = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(old, current);
+    std::fs::write(comp.join("testbed.lock"), &old).expect("write");
+    // The reference store has its image: the build is a cache hit.
+    let out = testbed(&["build", "--json"], &comp, &r.store, &[]);
+    assert!(out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("from format 1 to 2: added each role's snapshot point")
+            && err.contains("no package version changed"),
+        "the upgrade is said: {err}"
+    );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(built[0]["key"].as_str(), Some(r.key.as_str()), "same image");
+    assert_eq!(built[0]["cached"].as_bool(), Some(true));
+    // The snapshot point comes from the epoch and the archives from the
+    // same sources: the very file `lock` writes today.
+    assert_eq!(
+        std::fs::read_to_string(comp.join("testbed.lock")).expect("lock"),
+        current
+    );
+    // Once upgraded, nothing more is said.
+    let again = testbed(&["build"], &comp, &r.store, &[]);
+    assert!(again.status.success());
+    assert!(!text(&again.stderr).contains("upgraded"));
 }
