@@ -20,6 +20,25 @@ use crate::tools::{self, APT_GET};
 /// The keyring Debian's archive is signed with, when it is installed.
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// Debian's keys of the past (expired or retired), which old archive
+/// states are signed with.
+const DEBIAN_REMOVED_KEYS: &str = "/usr/share/keyrings/debian-archive-removed-keys.gpg";
+
+/// The keyrings a Debian archive state of any age is checked with, as a
+/// `signed-by` list: the current keys and, when installed, the removed
+/// ones. `None` when Debian's keyring is not installed.
+pub fn debian_keyrings() -> Option<String> {
+    if !Path::new(DEBIAN_KEYRING).is_file() {
+        return None;
+    }
+    let mut list = DEBIAN_KEYRING.to_string();
+    if Path::new(DEBIAN_REMOVED_KEYS).is_file() {
+        list.push(',');
+        list.push_str(DEBIAN_REMOVED_KEYS);
+    }
+    Some(list)
+}
+
 /// One `deb` source, in one-line form.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SourceLine {

@@ -224,11 +224,14 @@ fn run_jobs(
         .clamp(1, jobs.len().max(1));
     store.check_space(SPACE_PER_BUILD_MIB * parallel as u64)?;
 
-    let roles: Vec<(&str, &RoleLock)> =
-        jobs.iter().map(|j| (j.roles[0].as_str(), j.lock)).collect();
-    for (role, _) in &roles {
+    // Every role of a job, so that a missing package names them all.
+    let roles: Vec<(&str, &RoleLock)> = jobs
+        .iter()
+        .flat_map(|j| j.roles.iter().map(move |r| (r.as_str(), j.lock)))
+        .collect();
+    for job in &jobs {
         progress.event(Event::Step {
-            role: role.to_string(),
+            role: job.roles[0].clone(),
             step: Step::Packages,
         });
     }

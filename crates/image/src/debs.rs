@@ -197,22 +197,34 @@ pub fn acquire(
     // 1. The store's own cache.
     for need in needs.values_mut() {
         let path = store.package_path(&need.pkg.sha256);
-        if !path.exists() {
-            continue;
-        }
-        let found = sha256_file(&path)?;
+        let found = match sha256_file(&path) {
+            Ok(found) => found,
+            // Not cached (or removed by a `gc` meanwhile).
+            Err(ImageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                continue
+            }
+            Err(e) => return Err(e),
+        };
         if found == need.pkg.sha256 {
             take(need, Origin::Cache, &mut out);
-        } else {
-            // A damaged cache file is worthless: drop it and look further.
+            continue;
+        }
+        // A damaged cache file is worthless: drop it (unless only
+        // checking, which changes nothing) and look further.
+        let msg = if download {
             fs::remove_file(&path).at("cannot remove a damaged cached package", &path)?;
-            let msg = format!(
+            format!(
                 "{} had SHA-256 {found}, not the lock's: removed",
                 path.display()
-            );
-            out.refused.push(msg.clone());
-            need.tried.push(msg);
-        }
+            )
+        } else {
+            format!(
+                "{} has SHA-256 {found}, not the lock's: damaged",
+                path.display()
+            )
+        };
+        out.refused.push(msg.clone());
+        need.tried.push(msg);
     }
     if needs.values().any(|n| !n.found) {
         need_tried(&mut needs, "not in the store's package cache");
@@ -399,6 +411,32 @@ fn from_network(
         let mut snapshot_network = network.clone();
         // A snapshot's Release files expired long ago by design.
         snapshot_network.push("Acquire::Check-Valid-Until \"false\";".into());
+        // Signed by the distribution's keys, as the mirror is: otherwise a
+        // lock and a `snapshot` URL edited together could install anything.
+        let unsigned = std::env::var(snapshot::SNAPSHOT_UNSIGNED_ENV).is_ok_and(|v| v == "1");
+        let keyrings = match (unsigned, group.lock.vendor.as_str()) {
+            (true, _) => None,
+            (false, "debian") => match apt::debian_keyrings() {
+                Some(k) => Some(k),
+                None => {
+                    for need in needs.values_mut().filter(|n| in_group(n)) {
+                        need.tried.push(format!(
+                            "the snapshot archive {base}: cannot check its signature: Debian's keyring is not installed (debian-archive-keyring)"
+                        ));
+                    }
+                    continue;
+                }
+            },
+            (false, vendor) => {
+                for need in needs.values_mut().filter(|n| in_group(n)) {
+                    need.tried.push(format!(
+                        "the snapshot archive {base}: no keyring known for {vendor} to check it with (set {}=1 to accept it unsigned)",
+                        snapshot::SNAPSHOT_UNSIGNED_ENV
+                    ));
+                }
+                continue;
+            }
+        };
         for (i, point) in snapshot::points(&group.point).into_iter().enumerate() {
             if !needs.values().any(in_group) {
                 break;
@@ -406,7 +444,7 @@ fn from_network(
             progress.event(Event::UpdatingIndex {
                 distro: format!("{distro} in the snapshot archive at {point}"),
             });
-            let at = snapshot::sources_at(&base, &archives, &point);
+            let at = snapshot::sources_at(&base, &archives, &point, keyrings.as_deref());
             let dir = fetch_dir.join(format!("snapshot-{g}-{i}"));
             let origin = Origin::Snapshot {
                 base: base.clone(),
@@ -476,6 +514,7 @@ fn from_index(
         }
         let unreachable = [
             "Could not resolve",
+            "Temporary failure resolving",
             "Could not connect",
             "Connection failed",
         ]
@@ -517,7 +556,14 @@ fn from_index(
         });
         let files = dir.join("debs");
         fs::create_dir_all(&files).at("cannot create", &files)?;
-        root.download(&files, &wanted)?;
+        // A failed download (a mirror mid-sync, a throttled archive) is a
+        // reason for the packages it did not give, not the end: the files
+        // apt completed are used (checked below), the rest go on to the
+        // next source.
+        let failed = root.download(&files, &wanted).err().map(|e| match e {
+            ImageError::Command { stderr, .. } => first_error(&stderr),
+            other => other.to_string(),
+        });
         let mut got: BTreeMap<String, PathBuf> = BTreeMap::new();
         for entry in fs::read_dir(&files).at("cannot list", &files)? {
             let path = entry.at("cannot list", &files)?.path();
@@ -527,11 +573,11 @@ fn from_index(
         }
         for p in &wanted {
             let Some(path) = got.get(&p.sha256) else {
-                let need = needs.get_mut(p.sha256.as_str());
-                if let Some(need) = need {
-                    need.tried.push(format!(
-                        "{origin}: the download did not give the locked bytes"
-                    ));
+                if let Some(need) = needs.get_mut(p.sha256.as_str()) {
+                    need.tried.push(match &failed {
+                        Some(why) => format!("{origin}: the download failed: {why}"),
+                        None => format!("{origin}: the download did not give the locked bytes"),
+                    });
                 }
                 continue;
             };

@@ -144,6 +144,12 @@ impl Lockfile {
                 ),
             });
         }
+        if let Err(message) = lock.validate() {
+            return Err(ImageError::BadLock {
+                path: path.to_path_buf(),
+                message,
+            });
+        }
         if lock.version == LOCK_VERSION {
             if let Some((role, _)) = lock.roles.iter().find(|(_, r)| r.snapshot.is_none()) {
                 return Err(ImageError::BadLock {
@@ -167,6 +173,71 @@ impl Lockfile {
             }
         }
         Ok(lock)
+    }
+
+    /// Checks every field that becomes a file name, a URL, an apt argument
+    /// or a line of an index: a lock may come from someone else's
+    /// repository, and builds run as root, so a name like `../x` or a
+    /// digest like `/etc/passwd` must never reach a path.
+    fn validate(&self) -> std::result::Result<(), String> {
+        fn all(s: &str, ok: impl Fn(char) -> bool) -> bool {
+            !s.is_empty() && s.chars().all(ok)
+        }
+        let name = |s: &str| {
+            s.len() >= 2
+                && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && all(s, |c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c)
+                })
+        };
+        let version = |s: &str| {
+            s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && all(s, |c| c.is_ascii_alphanumeric() || ".+~:-".contains(c))
+        };
+        let word = |s: &str| all(s, |c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        let url = |s: &str| all(s, |c| c.is_ascii_graphic() && !"[]\"'\\".contains(c));
+        for (role, r) in &self.roles {
+            let bad = |what: &str, value: &str| {
+                Err(format!(
+                    "role `{role}`: {what} `{}` is not valid",
+                    value.escape_debug()
+                ))
+            };
+            for (what, value) in [
+                ("vendor", &r.vendor),
+                ("suite", &r.suite),
+                ("architecture", &r.architecture),
+            ] {
+                if !word(value) {
+                    return bad(what, value);
+                }
+            }
+            if let Some(m) = r.mirror.as_deref().filter(|m| !url(m)) {
+                return bad("mirror", m);
+            }
+            for a in &r.archives {
+                if a.split(' ').count() < 2 || !a.split(' ').all(word) {
+                    return bad("archive", a);
+                }
+            }
+            for p in &r.packages {
+                if !name(&p.name) {
+                    return bad("package name", &p.name);
+                }
+                if !version(&p.version) {
+                    return bad(&format!("version of `{}`", p.name), &p.version);
+                }
+                if !word(&p.arch) || p.arch.contains('.') {
+                    return bad(&format!("architecture of `{}`", p.name), &p.arch);
+                }
+                let hex = p.sha256.len() == 64
+                    && p.sha256.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
+                if !hex {
+                    return bad(&format!("sha256 of `{}`", p.name), &p.sha256);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Brings a format 1 lock to the current format without changing any
@@ -605,7 +676,7 @@ mod tests {
         roles.insert(
             "odd role".to_string(),
             RoleLock {
-                mirror: Some("http://example.invalid/\"quoted\"".into()),
+                mirror: Some("http://example.invalid/debian".into()),
                 ..roles["ctl"].clone()
             },
         );
@@ -644,6 +715,47 @@ mod tests {
             err.to_string().contains("`2025-05-10` is not a timestamp"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn hostile_fields_never_reach_a_path_or_an_argument() {
+        let good = sample().to_toml();
+        let cases = [
+            (
+                "sha256 = \"abababababababababababababababababababababababababababababababab\" }",
+                "sha256 = \"../../../etc/passwd\" }",
+                "sha256 of",
+            ),
+            ("name = \"munge\"", "name = \"../x\"", "package name `../x`"),
+            ("name = \"munge\"", "name = \"-oDebug=1\"", "package name"),
+            ("name = \"munge\"", "name = \"mu\\nnge\"", "package name"),
+            (
+                "version = \"0.5.15-2\"",
+                "version = \"1/../2\"",
+                "version of `munge`",
+            ),
+            (
+                "arch = \"amd64\", sha256 = \"cd",
+                "arch = \"../a\", sha256 = \"cd",
+                "architecture of",
+            ),
+            (
+                "suite = \"bookworm\"",
+                "suite = \"bookworm main\\ndeb x\"",
+                "suite",
+            ),
+            (
+                "mirror = \"http://example.invalid/debian\"",
+                "mirror = \"http://x/ bookworm\"",
+                "mirror",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(good.contains(from), "{from}");
+            let text = good.replacen(from, to, 1);
+            let err = Lockfile::parse(&text, Path::new("t.lock")).expect_err(to);
+            assert!(err.to_string().contains(expected), "{to}: {err}");
+        }
     }
 
     #[test]

@@ -24,6 +24,13 @@ pub const DEBIAN_SNAPSHOT: &str = "https://snapshot.debian.org";
 /// `snapshot` key.
 pub const SNAPSHOT_ENV: &str = "TESTBED_SNAPSHOT";
 
+/// The environment variable that accepts a snapshot archive whose indices
+/// are not signed by the distribution's keys (`1`): a local test archive.
+/// The lock's digests are then the only check of what is installed, and a
+/// lock can be edited in the same commit as the `snapshot` URL, so this is
+/// never the default.
+pub const SNAPSHOT_UNSIGNED_ENV: &str = "TESTBED_SNAPSHOT_UNSIGNED";
+
 /// A snapshot archive imports an archive's state some hours after the
 /// archive published it, so the snapshot *at* a lock's point may still be
 /// the state before it. The points asked, in order: the lock's, then a day
@@ -50,9 +57,13 @@ fn choose(env: Option<&str>, setting: Option<&str>, vendor: &str) -> Option<Stri
 
 /// The archive name a source URI stands for: the `<archive>` of a snapshot
 /// URL (`.../archive/debian-security/20250101T000000Z`), else the URI's
-/// last path segment (`http://mirror/debian-security` → `debian-security`).
+/// last path segment (`http://mirror/debian-security` → `debian-security`;
+/// apt's mirror lists, `mirror+file:///etc/apt/mirrors/debian.list` as
+/// Debian's cloud images have them, → `debian`).
 pub fn archive_name(uri: &str) -> String {
+    let uri = uri.strip_prefix("mirror+").unwrap_or(uri);
     let path = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+    let path = path.strip_suffix(".list").unwrap_or(path);
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     if let Some(i) = segments.iter().position(|s| *s == "archive") {
         if let (Some(name), Some(ts)) = (segments.get(i + 1), segments.get(i + 2)) {
@@ -85,10 +96,14 @@ pub fn archives(sources: &[SourceLine]) -> Vec<String> {
 }
 
 /// The sources of `archives` (as [`archives`] writes them) in the snapshot
-/// archive at `base`, at `point`. They are trusted without a signature:
-/// every package taken from them is checked against the SHA-256 of the
-/// lock, which was made from a signed index.
-pub fn sources_at(base: &str, archives: &[String], point: &str) -> Vec<SourceLine> {
+/// archive at `base`, at `point`, checked with the keyrings `signed_by`
+/// (a `signed-by` list), or accepted unsigned when it is `None`.
+pub fn sources_at(
+    base: &str,
+    archives: &[String],
+    point: &str,
+    signed_by: Option<&str>,
+) -> Vec<SourceLine> {
     archives
         .iter()
         .filter_map(|a| {
@@ -98,8 +113,8 @@ pub fn sources_at(base: &str, archives: &[String], point: &str) -> Vec<SourceLin
                 uri: format!("{}/archive/{name}/{point}", base.trim_end_matches('/')),
                 suite: suite.to_string(),
                 components: words.map(str::to_string).collect(),
-                signed_by: None,
-                trusted: true,
+                signed_by: signed_by.map(str::to_string),
+                trusted: signed_by.is_none(),
             })
         })
         .collect()
@@ -229,10 +244,29 @@ mod tests {
             ]
         );
         assert_eq!(archive_name("http://host.example.invalid"), "debian");
-        let at = sources_at("http://127.0.0.1:8/snap/", &named[2..3], "20250510T093322Z");
         assert_eq!(
-            at[0].one_line(),
+            archive_name("mirror+file:///etc/apt/mirrors/debian-security.list"),
+            "debian-security"
+        );
+        let unsigned = sources_at(
+            "http://127.0.0.1:8/snap/",
+            &named[2..3],
+            "20250510T093322Z",
+            None,
+        );
+        assert_eq!(
+            unsigned[0].one_line(),
             "deb [trusted=yes] http://127.0.0.1:8/snap/archive/debian-security/20250510T093322Z bookworm-security main contrib"
+        );
+        let signed = sources_at(
+            "http://s",
+            &named[..1],
+            "20250510T093322Z",
+            Some("/k.gpg,/r.gpg"),
+        );
+        assert_eq!(
+            signed[0].one_line(),
+            "deb [signed-by=/k.gpg,/r.gpg] http://s/archive/debian/20250510T093322Z bookworm main contrib"
         );
     }
 

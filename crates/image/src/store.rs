@@ -37,6 +37,9 @@ const TMP: &str = ".tmp";
 const REFS: &str = ".refs";
 const PACKAGES: &str = ".packages";
 
+/// `gc` keeps cached packages touched more recently than this.
+const RECENT_SECS: i64 = 3600;
+
 /// A store on disk.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -307,6 +310,14 @@ impl Store {
     /// Removes every entry no registered, still existing lock file uses,
     /// forgets lock files that no longer exist, and cleans stale builds.
     pub fn gc(&self, progress: &dyn Progress) -> Result<GcReport> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.gc_at(progress, now)
+    }
+
+    /// [`Store::gc`] as if it were `now` (Unix seconds).
+    fn gc_at(&self, progress: &dyn Progress, now: i64) -> Result<GcReport> {
         self.clean_stale(progress)?;
         let mut live: BTreeSet<String> = BTreeSet::new();
         let mut needed: BTreeSet<String> = BTreeSet::new();
@@ -338,7 +349,17 @@ impl Store {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if report.packages_note.is_some() || needed.contains(&sha) {
+            // A build registers its lock only once it is done, and links
+            // every package it uses into its repository (which updates the
+            // file's ctime, as its renaming into the cache did): a package
+            // touched in the last hour may belong to a build under way.
+            let recent = fs::symlink_metadata(&path)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    now - m.ctime() < RECENT_SECS
+                })
+                .unwrap_or(true);
+            if report.packages_note.is_some() || needed.contains(&sha) || recent {
                 report.packages_kept += 1;
             } else {
                 report.freed += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -509,14 +530,17 @@ mod tests {
             fs::write(&tmp, sha).expect("w");
             store.add_package(&tmp, sha).expect("add");
         };
-        add("aa");
-        add("bb");
-        add("cc");
+        add(&"aa".repeat(32));
+        add(&"bb".repeat(32));
+        add(&"cc".repeat(32));
         assert_eq!(store.package_cache().expect("info").count, 3);
         let lock = dir.path().join("testbed.lock");
         fs::write(
             &lock,
-            "version = 2\n[roles.ctl]\nvendor = \"debian\"\nsuite = \"bookworm\"\narchitecture = \"amd64\"\nkernel = \"k\"\nrequested = []\nsource-date-epoch = 0\nsnapshot = \"19700101T000000Z\"\npackages = [\n  { name = \"a\", version = \"1\", arch = \"all\", sha256 = \"aa\" },\n]\n",
+            format!(
+                "version = 2\n[roles.ctl]\nvendor = \"debian\"\nsuite = \"bookworm\"\narchitecture = \"amd64\"\nkernel = \"k\"\nrequested = []\nsource-date-epoch = 0\nsnapshot = \"19700101T000000Z\"\npackages = [\n  {{ name = \"aa\", version = \"1\", arch = \"all\", sha256 = \"{}\" }},\n]\n",
+                "aa".repeat(32)
+            ),
         )
         .expect("w");
         store.register(&lock, &BTreeMap::new()).expect("reg");
@@ -524,15 +548,22 @@ mod tests {
         fs::write(&gone, "").expect("w");
         store.register(&gone, &BTreeMap::new()).expect("reg");
         fs::remove_file(&gone).expect("rm");
+        // Just added: a build under way may need them.
         let report = store.gc(&NoProgress).expect("gc");
+        assert_eq!((report.packages_kept, report.packages_removed), (3, 0));
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            + 2 * RECENT_SECS;
+        let report = store.gc_at(&NoProgress, later).expect("gc");
         assert_eq!((report.packages_kept, report.packages_removed), (1, 2));
         assert!(report.packages_note.is_none());
-        assert!(store.package_path("aa").is_file());
-        assert!(!store.package_path("bb").exists());
+        assert!(store.package_path(&"aa".repeat(32)).is_file());
+        assert!(!store.package_path(&"bb".repeat(32)).exists());
         // A lock gc cannot read keeps every package, and says so.
-        add("dd");
+        add(&"dd".repeat(32));
         fs::write(&lock, "not a lock").expect("w");
-        let report = store.gc(&NoProgress).expect("gc");
+        let report = store.gc_at(&NoProgress, later).expect("gc");
         assert_eq!((report.packages_kept, report.packages_removed), (2, 0));
         assert!(report.packages_note.expect("note").contains("cannot read"));
     }

@@ -81,6 +81,9 @@ enum Command {
         /// Check that every locked package can still be had (store cache, --vendor, mirror, snapshot archive) and say from where; changes nothing
         #[arg(long)]
         check: bool,
+        /// With --check: print the sources, the refused files and what is missing as JSON
+        #[arg(long, requires = "check")]
+        json: bool,
         #[command(flatten)]
         packages: cmd::image::PackageArgs,
     },
@@ -245,8 +248,9 @@ fn main() -> ExitCode {
             comp,
             update,
             check,
+            json,
             packages,
-        } => cmd::image::lock(comp.path.as_deref(), update, check, &packages),
+        } => cmd::image::lock(comp.path.as_deref(), update, check, json, &packages),
         Command::Build {
             comp,
             json,

@@ -47,6 +47,7 @@ fn testbed(args: &[&str], cwd: &Path, store: &Path, env: &[(&str, &str)]) -> Out
         .env("NO_COLOR", "1")
         .env("TESTBED_STORE", store)
         .env_remove("TESTBED_SNAPSHOT")
+        .env_remove("TESTBED_SNAPSHOT_UNSIGNED")
         .env_remove("TESTBED_APT_SOURCES");
     for (k, v) in env {
         cmd.env(k, v);
@@ -62,6 +63,25 @@ fn echo(args: &[&str], out: Output) -> Output {
         text(&out.stdout),
         text(&out.stderr)
     );
+    out
+}
+
+/// `testbed ARGS` in a network namespace of its own (`unshare --net`: not
+/// even loopback is up), which must succeed.
+fn without_network(args: &[&str], cwd: &Path, store: &Path) -> Output {
+    let out = Command::new("unshare")
+        .arg("--net")
+        .arg(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .env("TESTBED_STORE", store)
+        .env_remove("TESTBED_SNAPSHOT")
+        .env_remove("TESTBED_APT_SOURCES")
+        .output()
+        .expect("unshare");
+    let out = echo(args, out);
+    assert!(out.status.success(), "testbed {}", args.join(" "));
     out
 }
 
@@ -279,12 +299,23 @@ fn locked_debs() -> Vec<(String, PathBuf, String)> {
         .collect()
 }
 
+/// The snapshot point a day after `point`, which a build asks when the
+/// point itself lacks a version.
+fn day_after(point: &str) -> String {
+    let t = testbed_image::snapshot::parse_timestamp(point).expect("a snapshot point");
+    testbed_image::snapshot::format_timestamp(t + 86_400)
+}
+
 /// A fake mirror whose index has none of the locked versions and a fake
-/// snapshot archive at the lock's point holding `debs`, under one server:
-/// the sources file that names the mirror and the snapshot base URL.
+/// snapshot archive holding `debs`, under one server: the sources file
+/// that names the mirror and the snapshot base URL. The snapshot spreads
+/// the files as a real one would make a build look for them: a third in
+/// `debian-security` at the lock's point, a third in `debian` at the
+/// point, and a third only in `debian` a day later (imported late).
 fn fake_archives(dir: &Path, debs: &[(String, PathBuf, String)]) -> (PathBuf, String) {
     let www = dir.join("www");
     let (_, point) = locked();
+    let later = day_after(&point);
     // The mirror: the suites the host resolves against, all empty.
     for suite in ["bookworm", "bookworm-updates"] {
         write_suite(&www.join("mirror/debian"), suite, &[]);
@@ -294,20 +325,23 @@ fn fake_archives(dir: &Path, debs: &[(String, PathBuf, String)]) -> (PathBuf, St
         "bookworm-security",
         &[],
     );
-    // The snapshot: every archive of the lock at its point; the files in
-    // the main suite, the others empty.
+    let third = |k: usize| -> Vec<(String, PathBuf, String)> {
+        debs.iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == k)
+            .map(|(_, d)| d.clone())
+            .collect()
+    };
     let snap = www.join("snap/archive");
-    write_suite(&snap.join(format!("debian/{point}")), "bookworm", debs);
-    write_suite(
-        &snap.join(format!("debian/{point}")),
-        "bookworm-updates",
-        &[],
-    );
-    write_suite(
-        &snap.join(format!("debian-security/{point}")),
-        "bookworm-security",
-        &[],
-    );
+    for (at, security, main) in [(&point, third(0), third(1)), (&later, Vec::new(), third(2))] {
+        write_suite(&snap.join(format!("debian/{at}")), "bookworm", &main);
+        write_suite(&snap.join(format!("debian/{at}")), "bookworm-updates", &[]);
+        write_suite(
+            &snap.join(format!("debian-security/{at}")),
+            "bookworm-security",
+            &security,
+        );
+    }
     let port = serve(www);
     let sources = dir.join("mirror.list");
     std::fs::write(
@@ -376,29 +410,78 @@ fn a_lock_gone_from_the_mirror_builds_from_the_snapshot_archive_identically() {
     assert!(entries(&store).is_empty());
 
     // `lock --check` says where each package would come from.
+    // The fake archive is not signed by Debian's keys: accepted only when
+    // asked (the lock's digests are then the only check).
     let env = [
         ("TESTBED_APT_SOURCES", sources),
         ("TESTBED_SNAPSHOT", snap.as_str()),
+        ("TESTBED_SNAPSHOT_UNSIGNED", "1"),
     ];
+    let later = day_after(&point);
     let check = testbed(&["lock", "--check"], &comp, &store, &env);
     assert!(check.status.success());
-    assert!(
-        text(&check.stdout).contains(&format!(
-            "{} packages from the snapshot archive {snap} at {point}",
-            packages.len()
-        )),
-        "{}",
-        text(&check.stdout)
+    for at in [&point, &later] {
+        assert!(
+            text(&check.stdout).contains(&format!(
+                " packages from the snapshot archive {snap} at {at}: "
+            )),
+            "{}",
+            text(&check.stdout)
+        );
+    }
+
+    // Unless asked, a snapshot archive must be signed by Debian's keys, as
+    // the mirror must: a lock and a `snapshot` URL edited in one commit
+    // cannot install what Debian never published.
+    let signed_env = [
+        ("TESTBED_APT_SOURCES", sources),
+        ("TESTBED_SNAPSHOT", snap.as_str()),
+    ];
+    let check = testbed(&["lock", "--check", "--json"], &comp, &store, &signed_env);
+    assert_eq!(check.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).expect("json");
+    let tried = report["missing"][0]["tried"].to_string();
+    assert!(tried.contains("is not signed"), "{tried}");
+
+    // The same for machines: sources, and what is missing without the
+    // snapshot archive.
+    let off_env = [
+        ("TESTBED_APT_SOURCES", sources),
+        ("TESTBED_SNAPSHOT", "off"),
+    ];
+    let check = testbed(&["lock", "--check", "--json"], &comp, &store, &off_env);
+    assert_eq!(check.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).expect("json");
+    assert_eq!(report["ok"], false);
+    assert_eq!(
+        report["missing"].as_array().map(Vec::len),
+        Some(packages.len())
     );
+    assert_eq!(report["missing"][0]["roles"][0], "node");
+    let check = testbed(&["lock", "--check", "--json"], &comp, &store, &env);
+    assert!(check.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout).expect("json");
+    assert_eq!(report["ok"], true);
+    let from = report["from"].as_array().expect("from");
+    let points: Vec<&str> = from.iter().filter_map(|f| f["point"].as_str()).collect();
+    assert_eq!(points, [point.as_str(), later.as_str()], "{report}");
+    assert!(from.iter().all(|f| f["source"] == "snapshot"));
+    let total: usize = from
+        .iter()
+        .filter_map(|f| f["packages"].as_array().map(Vec::len))
+        .sum();
+    assert_eq!(total, packages.len());
 
     // With it, the locked images are built, identical to the online build.
     let out = testbed(&["build", "--json"], &comp, &store, &env);
     assert!(out.status.success());
     let err = text(&out.stderr);
-    assert!(
-        err.contains(&format!("from the snapshot archive {snap} at {point}: ")),
-        "the build says where the packages came from: {err}"
-    );
+    for at in [&point, &later] {
+        assert!(
+            err.contains(&format!("from the snapshot archive {snap} at {at}: ")),
+            "the build says where the packages came from: {err}"
+        );
+    }
     let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(built[0]["key"].as_str(), Some(r.key.as_str()));
     assert_eq!(outputs(&store, &r.key), r.outputs, "identical images");
@@ -438,17 +521,7 @@ fn vendor_then_an_offline_build_without_network_gives_identical_images() {
 
     // In a network namespace of its own: no network at all.
     let args = ["build", "--offline", "--vendor", vendor_s, "--json"];
-    let out = Command::new("unshare")
-        .arg("--net")
-        .arg(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(&comp)
-        .env("NO_COLOR", "1")
-        .env("TESTBED_STORE", &store)
-        .output()
-        .expect("unshare");
-    let out = echo(&args, out);
-    assert!(out.status.success());
+    let out = without_network(&args, &comp, &store);
     assert!(
         text(&out.stderr).contains(&format!(
             "{} packages from the vendor folder {vendor_s}",
@@ -476,17 +549,7 @@ fn vendor_then_an_offline_build_without_network_gives_identical_images() {
     let toml = format!("{COMPOSITION}files.\"/etc/testbed-cache-check\" = {{ content = \"1\" }}\n");
     std::fs::write(comp.join("testbed.toml"), toml).expect("write");
     let args = ["build", "--offline", "--json"];
-    let out = Command::new("unshare")
-        .arg("--net")
-        .arg(env!("CARGO_BIN_EXE_testbed"))
-        .args(args)
-        .current_dir(&comp)
-        .env("NO_COLOR", "1")
-        .env("TESTBED_STORE", &store)
-        .output()
-        .expect("unshare");
-    let out = echo(&args, out);
-    assert!(out.status.success());
+    let out = without_network(&args, &comp, &store);
     assert!(
         text(&out.stderr).contains(&format!(
             "{} packages from the store's package cache",
@@ -580,6 +643,7 @@ fn a_corrupt_deb_from_any_source_is_refused_and_nothing_is_committed() {
     let env = [
         ("TESTBED_APT_SOURCES", sources.to_str().expect("utf-8")),
         ("TESTBED_SNAPSHOT", snap.as_str()),
+        ("TESTBED_SNAPSHOT_UNSIGNED", "1"),
     ];
     let out = testbed(&["build"], &comp, &store, &env);
     assert_eq!(out.status.code(), Some(1));

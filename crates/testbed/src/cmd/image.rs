@@ -477,13 +477,24 @@ pub fn ensure_lock(
     }
 }
 
+/// The sources a role resolves against today, to name the archives of an
+/// upgraded lock; none when this host has none for it (an air-gapped
+/// machine building from a vendor folder), which leaves the archives to be
+/// named at the next `lock`.
+fn sources_or_none(
+    r: &testbed_image::lock::RoleLock,
+) -> testbed_image::Result<Vec<testbed_image::apt::SourceLine>> {
+    match testbed_image::apt::sources_for(&r.vendor, &r.suite, r.mirror.as_deref()) {
+        Err(ImageError::NoSources { .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
 /// Brings a lock written by an older testbed to the current format in
 /// place, saying so; package versions (so image keys) do not change.
 fn upgrade(lock: &mut Lockfile, path: &Path) -> Result<(), Failure> {
     let from = lock.version;
-    let changed = lock
-        .upgrade(|r| testbed_image::apt::sources_for(&r.vendor, &r.suite, r.mirror.as_deref()))
-        .map_err(failure)?;
+    let changed = lock.upgrade(sources_or_none).map_err(failure)?;
     if changed {
         lock.write(path).map_err(failure)?;
         let points: std::collections::BTreeSet<&str> = lock
@@ -529,12 +540,24 @@ fn load(path: Option<&Path>, for_lock: bool) -> Result<(Composition, Vec<ImageSp
     Ok((comp, specs))
 }
 
-pub fn lock(path: Option<&Path>, update: bool, check: bool, packages: &PackageArgs) -> Outcome {
+pub fn lock(
+    path: Option<&Path>,
+    update: bool,
+    check: bool,
+    json: bool,
+    packages: &PackageArgs,
+) -> Outcome {
     let (comp, specs) = load(path, true)?;
-    let lock_file = lock_path(&comp);
     if check {
-        return lock_check(&comp, &specs, &lock_file, packages);
+        return lock_check(&comp, &specs, packages, json);
     }
+    if packages.offline || !packages.vendor.is_empty() {
+        return Err(Failure::Usage(
+            "--offline and --vendor go with --check: locking reads the archive's current index"
+                .into(),
+        ));
+    }
+    let lock_file = lock_path(&comp);
     let previous = Lockfile::read_if_exists(&lock_file).map_err(failure)?;
     if let (Some(prev), false) = (&previous, update) {
         if prev.check_fresh(&specs, &lock_file).is_ok() {
@@ -582,19 +605,11 @@ pub fn lock(path: Option<&Path>, update: bool, check: bool, packages: &PackageAr
 fn lock_check(
     comp: &Composition,
     specs: &[ImageSpec],
-    lock_file: &Path,
     packages: &PackageArgs,
+    json: bool,
 ) -> Outcome {
-    let Some(mut lock) = Lockfile::read_if_exists(lock_file).map_err(failure)? else {
-        return Err(Failure::Usage(format!(
-            "{} does not exist; `testbed lock` makes it",
-            lock_file.display()
-        )));
-    };
-    lock.check_fresh(specs, lock_file).map_err(failure)?;
-    // Checked as the build would read it, without writing the upgrade.
-    lock.upgrade(|r| testbed_image::apt::sources_for(&r.vendor, &r.suite, r.mirror.as_deref()))
-        .map_err(failure)?;
+    // Checked as the build would read it, without writing an upgrade.
+    let (lock, lock_file) = existing_lock(comp, specs, false)?;
     let store = Store::open_default().map_err(failure)?;
     let roles: Vec<(&str, &testbed_image::lock::RoleLock)> =
         lock.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
@@ -608,7 +623,23 @@ fn lock_check(
     let acquired = debs::acquire(&store, &roles, &packages.sources(comp), false, &progress)
         .map_err(failure)?;
     drop(reporter);
-    print_sources(&acquired);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&check_json(&lock_file, &acquired)).unwrap_or_default()
+        );
+        return if acquired.missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Reported(1))
+        };
+    }
+    for (origin, packages) in &acquired.from {
+        println!("{}", from_line(origin, packages));
+    }
+    for r in &acquired.refused {
+        println!("refused: {r}");
+    }
     if acquired.missing.is_empty() {
         println!("every locked package of {} can be had", lock_file.display());
         Ok(())
@@ -622,28 +653,74 @@ fn lock_check(
     }
 }
 
-/// Where the packages come from, one line per source.
-fn print_sources(acquired: &Acquired) {
-    for (origin, packages) in &acquired.from {
-        println!("{}", from_line(origin, packages));
-    }
-    for r in &acquired.refused {
-        println!("refused: {r}");
-    }
+/// `lock --check --json`: every source with its packages, the refused
+/// files, and what no source has.
+fn check_json(lock_file: &Path, acquired: &Acquired) -> serde_json::Value {
+    let from: Vec<serde_json::Value> = acquired
+        .from
+        .iter()
+        .map(|(origin, packages)| {
+            let mut v = match origin {
+                Origin::Cache => serde_json::json!({ "source": "cache" }),
+                Origin::OtherCache(path) => {
+                    serde_json::json!({ "source": "other-cache", "path": path })
+                }
+                Origin::Vendor(path) => serde_json::json!({ "source": "vendor", "path": path }),
+                Origin::Mirror => serde_json::json!({ "source": "mirror" }),
+                Origin::Snapshot { base, point } => {
+                    serde_json::json!({ "source": "snapshot", "base": base, "point": point })
+                }
+            };
+            v["packages"] = serde_json::json!(packages);
+            v
+        })
+        .collect();
+    let missing: Vec<serde_json::Value> = acquired
+        .missing
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name, "version": m.version, "arch": m.arch,
+                "roles": m.roles, "tried": m.tried,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "lock": lock_file,
+        "ok": acquired.missing.is_empty(),
+        "from": from,
+        "refused": acquired.refused,
+        "missing": missing,
+    })
 }
 
-/// `testbed vendor`: every locked package into a folder, for `--vendor`.
-pub fn vendor(path: Option<&Path>, dir: &Path, json: bool) -> Outcome {
-    let (comp, specs) = load(path, true)?;
-    let lock_file = lock_path(&comp);
+/// The composition's lock, which must exist and fit its roles; a format 1
+/// lock is upgraded (in place, with a note, when `write`).
+fn existing_lock(
+    comp: &Composition,
+    specs: &[ImageSpec],
+    write: bool,
+) -> Result<(Lockfile, PathBuf), Failure> {
+    let lock_file = lock_path(comp);
     let Some(mut lock) = Lockfile::read_if_exists(&lock_file).map_err(failure)? else {
         return Err(Failure::Usage(format!(
             "{} does not exist; `testbed lock` makes it",
             lock_file.display()
         )));
     };
-    lock.check_fresh(&specs, &lock_file).map_err(failure)?;
-    upgrade(&mut lock, &lock_file)?;
+    lock.check_fresh(specs, &lock_file).map_err(failure)?;
+    if write {
+        upgrade(&mut lock, &lock_file)?;
+    } else {
+        lock.upgrade(sources_or_none).map_err(failure)?;
+    }
+    Ok((lock, lock_file))
+}
+
+/// `testbed vendor`: every locked package into a folder, for `--vendor`.
+pub fn vendor(path: Option<&Path>, dir: &Path, json: bool) -> Outcome {
+    let (comp, specs) = load(path, true)?;
+    let (lock, lock_file) = existing_lock(&comp, &specs, true)?;
     let store = Store::open_default().map_err(failure)?;
     let roles: Vec<(&str, &testbed_image::lock::RoleLock)> =
         lock.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
