@@ -18,6 +18,7 @@
 
 pub mod accel;
 pub mod api;
+pub mod backend;
 pub mod container;
 pub mod keys;
 pub mod libvirt;
