@@ -149,7 +149,7 @@ impl ApiCluster {
     /// One request, one reply; an `error` reply becomes an error.
     fn call(&self, request: &Request, read_timeout: Duration) -> Result<Reply, ClusterError> {
         match self.client(read_timeout)?.call(request)? {
-            Reply::Error { message, node } => Err(ClusterError::Failed { message, node }),
+            Reply::Error { message, node, .. } => Err(ClusterError::Failed { message, node }),
             other => Ok(other),
         }
     }
@@ -192,7 +192,7 @@ impl Cluster for ApiCluster {
                         stderr,
                     })
                 }
-                Reply::Error { message, node } => {
+                Reply::Error { message, node, .. } => {
                     return Err(ClusterError::Failed { message, node })
                 }
                 other => return Err(unexpected("exec", &other)),

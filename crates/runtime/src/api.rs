@@ -255,6 +255,10 @@ pub enum Reply {
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+        /// The backend cannot do this at all (`pause` where nodes cannot be
+        /// frozen, say), as opposed to: it failed this time.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unsupported: bool,
     },
 }
 
@@ -397,6 +401,7 @@ mod tests {
         let reply = serde_json::to_string(&Reply::Error {
             message: "no".into(),
             node: Some("ctl".into()),
+            unsupported: false,
         })
         .unwrap();
         assert_eq!(reply, r#"{"type":"error","message":"no","node":"ctl"}"#);

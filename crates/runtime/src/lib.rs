@@ -21,6 +21,7 @@ pub mod api;
 pub mod backend;
 pub mod container;
 pub mod keys;
+#[cfg(feature = "libvirt")]
 pub mod libvirt;
 pub mod qemu;
 pub mod qmp;

@@ -268,33 +268,8 @@ pub fn teardown(dir: &StateDir) -> Result<Teardown, StateError> {
     // Containers and libvirt domains outlive their supervisor: the engine
     // or the libvirt daemon owns them; they are found by their labels or
     // metadata naming this state directory.
-    match crate::spec::ClusterSpec::read(&dir.spec()) {
-        Ok(crate::spec::ClusterSpec {
-            backend: crate::spec::BackendSpec::Container { engine },
-            ..
-        }) => {
-            let engine = crate::container::Containers::new(engine);
-            report.engine = crate::container::remove_cluster(&engine, dir.path());
-        }
-        Ok(crate::spec::ClusterSpec {
-            backend: crate::spec::BackendSpec::Libvirt { hosts, .. },
-            cluster,
-            ..
-        }) => {
-            let mut connected = Vec::new();
-            for uri in &hosts {
-                match crate::libvirt::LibvirtHost::connect(uri) {
-                    Ok(host) => connected.push(host),
-                    Err(e) => report.engine.push(e.to_string()),
-                }
-            }
-            report.engine.extend(crate::supervisor::libvirt_remove(
-                &connected,
-                &cluster,
-                dir.path(),
-            ));
-        }
-        _ => {}
+    if let Ok(spec) = crate::spec::ClusterSpec::read(&dir.spec()) {
+        report.engine = crate::backend::reap(&spec, dir);
     }
     fs::remove_dir_all(dir.path()).map_err(io_err("remove", dir.path()))?;
     report.removed = true;

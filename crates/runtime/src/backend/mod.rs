@@ -1,10 +1,45 @@
 //! The backends: what runs a cluster's nodes (QEMU processes, libvirt
 //! domains, containers), behind one interface, and each backend's policy.
+//!
+//! The supervisor ([`crate::supervisor`]) knows node states, generations,
+//! power transitions, waits, the fault table and the API; it never names a
+//! backend. A backend knows how to make a node's machine run and stop, how
+//! to reach its agent, and what it leaves on the host. Adding one means a
+//! module here with a type implementing [`Backend`], an arm in [`open`] and
+//! [`reap`] (the chooser), its docs, and an entry in the conformance suite
+//! (`crates/testbed/tests/conformance.rs`).
+//!
+//! Contract, for every implementation:
+//! - [`Backend::start`] makes one boot of a node and returns once its
+//!   machine runs; the supervisor then polls [`Backend::agent`] until the
+//!   channel opens (or the boot timeout).
+//! - A machine that ends on its own (guest power-off, a crash from outside,
+//!   [`Stop::Hard`]) is reported once through [`Events::exited`] with the
+//!   generation of the boot it belonged to; reports of older generations are
+//!   ignored by the supervisor, so a late report is harmless.
+//! - [`Stop::PowerCut`] is instant and needs no report: the supervisor
+//!   records the stop itself when it returns.
+//! - [`Backend::down`] removes every machine and everything the backend made
+//!   on the host for this cluster; no [`Backend::start`] runs during or
+//!   after it (the supervisor guarantees that).
+//! - An operation a backend cannot do is [`BackendError::Unsupported`],
+//!   which clients show as such, never as a failure of the node.
 
+pub mod container;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
+pub mod qemu;
+
+use std::io::{Read, Write};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use thiserror::Error;
+
 use crate::accel::Accel;
-use crate::spec::BackendSpec;
+use crate::spec::{BackendSpec, ClusterSpec, NodeSpec};
+use crate::state::StateDir;
+use crate::switch::Switch;
 
 /// How long a node of `backend` may take to boot (to its agent's hello) and
 /// to activate each of its services, unless the user says otherwise.
@@ -27,4 +62,194 @@ pub fn timeouts(backend: &BackendSpec, accel: Accel) -> Timeouts {
 pub struct Timeouts {
     pub boot: Duration,
     pub activation: Duration,
+}
+
+/// Whether this build has the libvirt backend (the `libvirt` cargo
+/// feature, on by default).
+pub const HAS_LIBVIRT: bool = cfg!(feature = "libvirt");
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    /// The backend cannot do this at all (not: it failed this time).
+    #[error("the {backend} backend cannot {what}")]
+    Unsupported { backend: String, what: String },
+    /// The agent channel is not there yet (the machine is still booting);
+    /// the supervisor asks again.
+    #[error("{0}")]
+    NotYet(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl BackendError {
+    pub fn failed(e: impl std::fmt::Display) -> BackendError {
+        BackendError::Failed(e.to_string())
+    }
+}
+
+/// What a backend can do, and how the supervisor should treat it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caps {
+    /// The name `status` shows (`qemu`, `libvirt`, `podman`, `docker`).
+    pub name: String,
+    /// Whether the accelerator applies (containers run on the host's
+    /// kernel: nothing is emulated).
+    pub accel: bool,
+    /// Whether nodes can be frozen and thawed (`pause`, `resume`).
+    pub freeze: bool,
+    /// How often the supervisor asks for the agent channel while a node
+    /// boots.
+    pub agent_poll: Duration,
+}
+
+/// How [`Backend::stop`] stops a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Instant power loss: the machine is gone when `stop` returns.
+    PowerCut,
+    /// The machine did not stop cleanly in time: end it; its exit is
+    /// reported through [`Events::exited`].
+    Hard,
+}
+
+/// A node's machine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Started {
+    /// The host process `status` shows, if the machine is one on this host.
+    pub pid: Option<u32>,
+}
+
+/// The host end of a node's agent channel.
+pub struct Channel {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Box<dyn Write + Send>,
+    /// Ends the channel, which wakes a reader blocked on it.
+    pub close: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Channel")
+    }
+}
+
+impl Channel {
+    /// Both directions over one unix socket (a VM's virtio-serial port).
+    pub fn socket(stream: std::os::unix::net::UnixStream) -> Result<Channel, BackendError> {
+        let reader = stream.try_clone().map_err(BackendError::failed)?;
+        let writer = stream.try_clone().map_err(BackendError::failed)?;
+        Ok(Channel {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            close: Box::new(move || {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }),
+        })
+    }
+}
+
+/// What backends tell the supervisor, from their own threads.
+pub trait Events: Send + Sync {
+    /// The machine of boot `generation` of `node` ended (`status` says how).
+    fn exited(&self, node: &str, generation: u64, status: &str);
+    /// A line for the supervisor's log.
+    fn log(&self, line: &str);
+}
+
+/// The fault table, shared between the supervisor (which changes it) and
+/// the backend (which may have to apply it itself, as containers do).
+pub type SharedSwitch = Arc<Mutex<Switch>>;
+
+/// One running cluster's backend.
+pub trait Backend: Send + Sync {
+    fn caps(&self) -> &Caps;
+    /// Work before the first boot that may take a while (importing images,
+    /// uploading them to a host); the API already answers meanwhile.
+    fn prepare(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Starts boot `generation` of `node`; returns once its machine runs.
+    fn start(&self, node: &NodeSpec, generation: u64) -> Result<Started, BackendError>;
+    /// The node's agent channel; [`BackendError::NotYet`] while it cannot
+    /// be opened yet.
+    fn agent(&self, node: &NodeSpec) -> Result<Channel, BackendError>;
+    fn stop(&self, node: &str, how: Stop) -> Result<(), BackendError>;
+    /// The command the node's agent runs to power the node off (`reboot`:
+    /// to restart it) cleanly; its machine then ends on its own. A backend
+    /// whose nodes must never power off (existing hosts) or that stops
+    /// them itself returns `None`, and the supervisor uses [`Stop::Hard`].
+    fn clean_stop_command(&self, node: &str, reboot: bool) -> Option<Vec<String>> {
+        let _ = node;
+        let verb = if reboot { "reboot" } else { "poweroff" };
+        Some(vec![
+            "systemctl".to_owned(),
+            verb.to_owned(),
+            "--no-block".to_owned(),
+        ])
+    }
+    /// Freezes (`true`) or thaws the node's CPUs.
+    fn freeze(&self, node: &str, frozen: bool) -> Result<(), BackendError>;
+    /// The fault table changed: apply it where the switch does not (the
+    /// switch itself acts on every frame it carries).
+    fn faults_changed(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Stops every node and removes what the backend made for the cluster;
+    /// one line per action, for the log.
+    fn down(&self) -> Vec<String>;
+}
+
+/// A cluster's backend and its switch.
+pub struct Opened {
+    pub backend: Box<dyn Backend>,
+    pub switch: SharedSwitch,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Opened({})", self.backend.caps().name)
+    }
+}
+
+/// The chooser: the backend `spec` names, connected and with its switch
+/// started.
+pub fn open(
+    spec: &ClusterSpec,
+    dir: &StateDir,
+    events: Arc<dyn Events>,
+) -> Result<Opened, BackendError> {
+    match &spec.backend {
+        BackendSpec::Qemu => qemu::open(spec, dir, events),
+        BackendSpec::Container { engine } => container::open(spec, dir, engine, events),
+        #[cfg(feature = "libvirt")]
+        BackendSpec::Libvirt { hosts, placement } => {
+            libvirt::open(spec, dir, hosts, placement, events)
+        }
+        #[cfg(not(feature = "libvirt"))]
+        BackendSpec::Libvirt { .. } => Err(BackendError::Failed(WITHOUT_LIBVIRT.to_owned())),
+    }
+}
+
+/// What a build without the `libvirt` feature says when asked for it.
+pub const WITHOUT_LIBVIRT: &str =
+    "this testbed was built without libvirt (cargo feature `libvirt`); use --backend qemu, podman or docker, or rebuild with default features";
+
+/// Removes what the cluster in `dir` left on the host when its supervisor is
+/// gone (killed with SIGKILL, say): containers and libvirt domains outlive
+/// it, found by their labels or metadata naming the state directory. QEMU
+/// processes are found by their pid files ([`crate::state::teardown`]).
+pub fn reap(spec: &ClusterSpec, dir: &StateDir) -> Vec<String> {
+    match &spec.backend {
+        BackendSpec::Qemu => Vec::new(),
+        BackendSpec::Container { engine } => container::reap(engine, dir),
+        #[cfg(feature = "libvirt")]
+        BackendSpec::Libvirt { hosts, .. } => libvirt::reap(hosts, &spec.cluster, dir),
+        #[cfg(not(feature = "libvirt"))]
+        BackendSpec::Libvirt { .. } => vec![WITHOUT_LIBVIRT.to_owned()],
+    }
+}
+
+/// Locks `m`, taking over the data of a thread that panicked with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

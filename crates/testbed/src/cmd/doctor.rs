@@ -195,6 +195,17 @@ fn builder() -> Check {
     }
 }
 
+#[cfg(not(feature = "libvirt"))]
+fn libvirt() -> Check {
+    check(
+        "libvirt",
+        Level::Warn,
+        testbed_runtime::backend::WITHOUT_LIBVIRT.to_owned(),
+        None,
+    )
+}
+
+#[cfg(feature = "libvirt")]
 fn libvirt() -> Check {
     let uri = super::cluster::default_libvirt_uri();
     match testbed_runtime::libvirt::LibvirtHost::connect(&uri) {

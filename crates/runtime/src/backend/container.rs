@@ -1,0 +1,452 @@
+//! The container backend (podman or docker): the engine owns the node
+//! processes. `prepare` imports the images and creates the networks; a
+//! watcher thread follows the engine's `died` events of this cluster's
+//! containers; the switch only keeps the fault table, whose verdicts are
+//! applied in each container's network namespace ([`crate::container`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{lock, Backend, BackendError, Caps, Channel, Events, Opened, Started, Stop};
+use crate::container::{
+    self, ContainerConfig, ContainerNic, Containers, EngineInfo, FaultProgram, Peer,
+};
+use crate::spec::{ClusterSpec, NodeSpec};
+use crate::state::{self, StateDir};
+use crate::supervisor::console_tail;
+use crate::switch::Switch;
+
+/// One boot's container.
+#[derive(Debug, Clone)]
+struct Running {
+    generation: u64,
+    id: String,
+    pid: u32,
+    /// The fault rules last applied in its network namespace.
+    applied: Option<FaultProgram>,
+}
+
+pub struct ContainerBackend {
+    caps: Caps,
+    engine: Containers,
+    spec: ClusterSpec,
+    dir: StateDir,
+    switch: super::SharedSwitch,
+    running: Arc<Mutex<BTreeMap<String, Running>>>,
+    events: Arc<dyn Events>,
+    /// Ends the watcher.
+    stopping: Arc<AtomicBool>,
+}
+
+pub fn open(
+    spec: &ClusterSpec,
+    dir: &StateDir,
+    engine: &EngineInfo,
+    events: Arc<dyn Events>,
+) -> Result<Opened, BackendError> {
+    let engine = Containers::new(engine.clone());
+    let names: Vec<String> = spec.nodes.iter().map(|n| n.name.clone()).collect();
+    let switch = Switch::fault_table(&names, spec.seed)
+        .map_err(|e| BackendError::Failed(format!("cannot start the fault table: {e}")))?;
+    let switch = Arc::new(Mutex::new(switch));
+    let backend = ContainerBackend {
+        caps: Caps {
+            name: engine.info.engine.to_string(),
+            accel: false,
+            freeze: true,
+            agent_poll: Duration::from_millis(200),
+        },
+        engine,
+        spec: spec.clone(),
+        dir: dir.clone(),
+        switch: Arc::clone(&switch),
+        running: Arc::new(Mutex::new(BTreeMap::new())),
+        events,
+        stopping: Arc::new(AtomicBool::new(false)),
+    };
+    backend.watch()?;
+    Ok(Opened {
+        backend: Box::new(backend),
+        switch,
+    })
+}
+
+/// What [`crate::state::teardown`] does for containers: removes every
+/// container, network and imported image tag labelled with `dir`.
+pub fn reap(engine: &EngineInfo, dir: &StateDir) -> Vec<String> {
+    container::remove_cluster(&Containers::new(engine.clone()), dir.path())
+}
+
+impl ContainerBackend {
+    fn name_of(&self, node: &str) -> String {
+        container::container_name(&self.spec.cluster, node)
+    }
+
+    fn labels(&self, node: Option<&str>) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        labels.insert(
+            container::LABEL_CLUSTER.to_owned(),
+            self.spec.cluster.clone(),
+        );
+        labels.insert(
+            container::LABEL_STATE.to_owned(),
+            self.dir.path().to_string_lossy().into_owned(),
+        );
+        if let Some(node) = node {
+            labels.insert(container::LABEL_NODE.to_owned(), node.to_owned());
+        }
+        labels
+    }
+
+    /// Follows the engine's `died` events of this cluster's containers on
+    /// a thread of its own (the event stream is its child, so it dies with
+    /// it), restarting the stream if it ends.
+    fn watch(&self) -> Result<(), BackendError> {
+        let engine = self.engine.clone();
+        let dir = self.dir.clone();
+        let running = Arc::clone(&self.running);
+        let events = Arc::clone(&self.events);
+        let stopping = Arc::clone(&self.stopping);
+        std::thread::Builder::new()
+            .name("container-events".into())
+            .spawn(move || {
+                let (tx, rx) = mpsc::channel::<String>();
+                let mut stream: Option<Child> = None;
+                while !stopping.load(Ordering::SeqCst) {
+                    if stream
+                        .as_mut()
+                        .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+                    {
+                        stream = died_events(&engine, &dir, tx.clone(), &*events);
+                    }
+                    while let Ok(id) = rx.recv_timeout(Duration::from_millis(200)) {
+                        let found = {
+                            let mut running = lock(&running);
+                            let name = running
+                                .iter()
+                                .find(|(_, r)| r.id.starts_with(&id) || id.starts_with(&r.id))
+                                .map(|(name, _)| name.clone());
+                            name.and_then(|n| running.remove(&n).map(|r| (n, r.generation)))
+                        };
+                        if let Some((name, generation)) = found {
+                            events.exited(&name, generation, "the container exited");
+                        }
+                    }
+                }
+                if let Some(mut c) = stream {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            })
+            .map_err(BackendError::failed)?;
+        Ok(())
+    }
+
+    /// Makes every running container's network namespace match the fault
+    /// table.
+    fn sync_faults(&self) -> Result<(), BackendError> {
+        let running: Vec<(String, Running)> = lock(&self.running)
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        let programs: Vec<(String, Running, FaultProgram)> = {
+            let switch = lock(&self.switch);
+            running
+                .into_iter()
+                .filter_map(|(name, run)| {
+                    let program = self.program(&switch, &name)?;
+                    Some((name, run, program))
+                })
+                .collect()
+        };
+        let mut first_error = None;
+        for (name, run, program) in programs {
+            if run.applied.as_ref() == Some(&program) {
+                continue;
+            }
+            match container::apply_program(&self.engine, &name, run.pid, &program) {
+                Ok(()) => {
+                    if let Some(r) = lock(&self.running)
+                        .get_mut(&name)
+                        .filter(|r| r.generation == run.generation)
+                    {
+                        r.applied = Some(program);
+                    }
+                }
+                // A node that stopped meanwhile gets its rules at its next
+                // boot.
+                Err(_)
+                    if lock(&self.running)
+                        .get(&name)
+                        .is_none_or(|r| r.generation != run.generation) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(BackendError::Failed(e)))
+    }
+
+    /// The rules of `name`'s network namespace for the fault table.
+    fn program(&self, switch: &Switch, name: &str) -> Option<FaultProgram> {
+        let spec = self.spec.node(name)?;
+        let interfaces: Vec<String> = (0..spec.nics.len()).map(|i| format!("eth{i}")).collect();
+        let mut peers = Vec::new();
+        for other in self.spec.nodes.iter().filter(|o| o.name != name) {
+            let verdict = switch.verdict(name, &other.name);
+            for nic in &other.nics {
+                if let Some(i) = spec.nics.iter().position(|m| m.network == nic.network) {
+                    peers.push(Peer {
+                        node: other.name.clone(),
+                        ip: nic.ip.clone(),
+                        interface: interfaces[i].clone(),
+                        verdict: verdict.clone(),
+                    });
+                }
+            }
+        }
+        let gateways: Vec<String> = spec
+            .nics
+            .iter()
+            .filter_map(|nic| {
+                let net = self.spec.networks.iter().find(|n| n.name == nic.network)?;
+                container::gateway(&net.subnet)
+            })
+            .collect();
+        Some(container::fault_program(&interfaces, &peers, &gateways))
+    }
+}
+
+impl std::fmt::Debug for ContainerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContainerBackend({})", self.spec.cluster)
+    }
+}
+
+impl Backend for ContainerBackend {
+    fn caps(&self) -> &Caps {
+        &self.caps
+    }
+
+    /// Imports every role's image the engine does not have yet (recording
+    /// the tags this cluster imported, which `down` removes) and creates
+    /// the cluster's internal networks.
+    fn prepare(&self) -> Result<(), BackendError> {
+        let failed = |e: container::ContainerError| {
+            BackendError::Failed(format!("preparing the containers failed: {e}"))
+        };
+        let mut imported = Vec::new();
+        let mut seen = BTreeSet::new();
+        for node in &self.spec.nodes {
+            if !seen.insert(node.image.key.clone()) {
+                continue;
+            }
+            let tag = container::image_tag(&node.image.key);
+            let start = Instant::now();
+            if self
+                .engine
+                .import(&node.image.archive, &tag)
+                .map_err(failed)?
+            {
+                self.events.log(&format!(
+                    "imported {} as {tag} in {:.1}s",
+                    node.image.archive.display(),
+                    start.elapsed().as_secs_f64()
+                ));
+                imported.push(tag);
+                // Written at every step, so a crash between two imports
+                // still leaves `down` the list.
+                let _ = state::write_atomic(
+                    &self.dir.path().join(container::IMPORTED_FILE),
+                    imported.join("\n").as_bytes(),
+                    0o600,
+                );
+            }
+        }
+        let labels = self.labels(None);
+        for net in &self.spec.networks {
+            let name = container::network_name(&self.spec.cluster, &net.name);
+            self.engine
+                .create_network(&name, &net.subnet, &labels)
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
+    /// A fresh container (a node that crashed or stopped loses its writable
+    /// layer, as a VM loses its RAM), then the fault rules in force.
+    fn start(&self, spec: &NodeSpec, generation: u64) -> Result<Started, BackendError> {
+        let name = spec.name.as_str();
+        let node_dir = self.dir.node(name);
+        let cname = self.name_of(name);
+        lock(&self.running).remove(name);
+        let _ = self.engine.remove(&cname);
+        let _ = fs::remove_file(node_dir.console_log());
+        let config = ContainerConfig {
+            name: cname.clone(),
+            hostname: name.to_owned(),
+            image: container::image_tag(&spec.image.key),
+            memory_mib: spec.memory_mib,
+            cpus: spec.cpus,
+            nics: spec
+                .nics
+                .iter()
+                .map(|nic| ContainerNic {
+                    network: container::network_name(&self.spec.cluster, &nic.network),
+                    ip: nic.ip.clone(),
+                    mac: nic.mac.clone(),
+                })
+                .collect(),
+            labels: self.labels(Some(name)),
+            console_log: node_dir.console_log(),
+        };
+        let id = self.engine.start(&config).map_err(BackendError::failed)?;
+        let pid = match self.engine.pid(&cname).map_err(BackendError::failed)? {
+            0 => {
+                return Err(BackendError::Failed(format!(
+                    "the container {cname} stopped at once; the console's last lines:\n{}",
+                    console_tail(&node_dir.console_log(), 25)
+                )))
+            }
+            pid => pid,
+        };
+        lock(&self.running).insert(
+            name.to_owned(),
+            Running {
+                generation,
+                id,
+                pid,
+                applied: None,
+            },
+        );
+        self.sync_faults()?;
+        Ok(Started { pid: Some(pid) })
+    }
+
+    /// The agent's session: `engine exec -i NAME agent --stdio`.
+    fn agent(&self, node: &NodeSpec) -> Result<Channel, BackendError> {
+        let log = self.dir.node(&node.name).path.join("agent.log");
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map(Stdio::from)
+            .unwrap_or_else(|_| Stdio::null());
+        let mut child = self
+            .engine
+            .agent_command(&self.name_of(&node.name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| {
+                BackendError::Failed(format!("cannot start {}: {e}", self.engine.info.engine))
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BackendError::Failed(
+                "the agent's exec session has no standard streams".to_owned(),
+            ));
+        };
+        let child = Mutex::new(child);
+        Ok(Channel {
+            reader: Box::new(stdout),
+            writer: Box::new(stdin),
+            close: Box::new(move || {
+                let mut child = lock(&child);
+                let _ = child.kill();
+                let _ = child.wait();
+            }),
+        })
+    }
+
+    fn stop(&self, node: &str, how: Stop) -> Result<(), BackendError> {
+        let cname = self.name_of(node);
+        match how {
+            // Removed, not just killed: the kernel answers pings in a dead
+            // container's network namespace until the engine tears it
+            // down, and a crashed node must be silent at once, as a VM is.
+            Stop::PowerCut => {
+                lock(&self.running).remove(node);
+                self.engine.remove(&cname).map_err(BackendError::failed)
+            }
+            Stop::Hard => self.engine.kill(&cname).map_err(BackendError::failed),
+        }
+    }
+
+    fn freeze(&self, node: &str, frozen: bool) -> Result<(), BackendError> {
+        let cname = self.name_of(node);
+        let done = if frozen {
+            self.engine.pause(&cname)
+        } else {
+            self.engine.unpause(&cname)
+        };
+        done.map_err(BackendError::failed)
+    }
+
+    fn faults_changed(&self) -> Result<(), BackendError> {
+        self.sync_faults()
+    }
+
+    fn down(&self) -> Vec<String> {
+        self.stopping.store(true, Ordering::SeqCst);
+        lock(&self.running).clear();
+        container::remove_cluster(&self.engine, self.dir.path())
+    }
+}
+
+impl Drop for ContainerBackend {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts `engine events` for the cluster's containers; each `died`
+/// event's container id is sent to `tx`.
+fn died_events(
+    engine: &Containers,
+    dir: &StateDir,
+    tx: mpsc::Sender<String>,
+    events: &dyn Events,
+) -> Option<Child> {
+    let mut cmd = engine.command();
+    cmd.args([
+        "events",
+        "--format",
+        "{{.ID}}",
+        "--filter",
+        "event=died",
+        "--filter",
+        &format!("label={}={}", container::LABEL_STATE, dir.path().display()),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null());
+    crate::qemu::die_with_spawning_thread(&mut cmd);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            events.log(&format!("cannot follow the engine's events: {e}"));
+            return None;
+        }
+    };
+    let stdout = child.stdout.take()?;
+    let _ = std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let id = line.trim();
+                if !id.is_empty() && tx.send(id.to_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+    Some(child)
+}
