@@ -1139,9 +1139,15 @@ fn clean_stop(
     let verb = if reboot { "reboot" } else { "poweroff" };
     let command = shared.backend.clean_stop_command(name, reboot);
     let via_agent = match (command, shared.client(name)) {
-        (Some(argv), Ok(client)) => client
-            .exec_output(ExecRequest::argv(argv).timeout(Duration::from_secs(30)))
-            .is_ok_and(|o| o.status.success()),
+        (Some(argv), Ok(client)) => {
+            match client.exec_output(ExecRequest::argv(argv).timeout(Duration::from_secs(30))) {
+                Ok(output) => output.status.success(),
+                // The machine went down before the agent could answer: the
+                // power-off is under way.
+                Err(ClientError::Disconnected { .. } | ClientError::Write { .. }) => true,
+                Err(_) => false,
+            }
+        }
         _ => false,
     };
     let stopped = |n: &NodeRt| n.generation != generation || n.run.is_none();
