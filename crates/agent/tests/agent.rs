@@ -14,6 +14,7 @@ use testbed_proto::{
     ExecRequest, FileWrite, Hello, HelloReply, InterfaceConfig, PutRequest, Reply, Request,
     SshConfig, SshHostKey, PROTOCOL_VERSION,
 };
+use testbed_test_support::{eventually, free_tcp_port, is_alive};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -60,29 +61,6 @@ fn options() -> ClientOptions {
         hello_timeout: TIMEOUT,
         ..ClientOptions::default()
     }
-}
-
-/// Alive means present in /proc and not a zombie.
-fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .map(|rest| !rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
-        Err(_) => false,
-    }
-}
-
-fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if condition() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    condition()
 }
 
 #[test]
@@ -244,7 +222,7 @@ fn timeout_kills_the_process_group() {
         .parse()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || !alive(background)),
+        eventually(Duration::from_secs(5), || !is_alive(background)),
         "background process {background} survived the timeout"
     );
 }
@@ -269,9 +247,9 @@ fn dropping_an_exec_kills_it_and_the_agent_goes_on() {
         .trim()
         .parse()
         .unwrap();
-    assert!(alive(pid));
+    assert!(is_alive(pid));
     drop(exec);
-    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+    assert!(eventually(Duration::from_secs(5), || !is_alive(pid)));
     let output = client.exec_output(ExecRequest::argv(["true"])).unwrap();
     assert!(output.status.success());
 }
@@ -430,9 +408,7 @@ fn forward_relays_a_tcp_connection_both_ways() {
     assert_eq!(&received[..payload.len()], &payload[..]);
     server.join().unwrap();
 
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_port = closed.local_addr().unwrap().port();
-    drop(closed);
+    let closed_port = free_tcp_port();
     let err = client.forward(closed_port, TIMEOUT).unwrap_err();
     assert!(
         matches!(
@@ -615,12 +591,12 @@ fn closing_the_stream_ends_the_agent_cleanly() {
     drop(exec);
     drop(client);
     let mut status = None;
-    assert!(wait_until(Duration::from_secs(10), || {
+    assert!(eventually(Duration::from_secs(10), || {
         status = agent.child.try_wait().unwrap();
         status.is_some()
     }));
     assert_eq!(status.unwrap().code(), Some(0));
-    assert!(wait_until(Duration::from_secs(5), || !alive(pid)));
+    assert!(eventually(Duration::from_secs(5), || !is_alive(pid)));
 }
 
 fn file(path: &str, contents: &[u8], owner: &str, mode: u32) -> FileWrite {

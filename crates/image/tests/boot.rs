@@ -26,6 +26,7 @@ use testbed_image::archive::write_rootfs_tar;
 use testbed_image::erofs::{build_erofs, ErofsOptions};
 use testbed_image::initramfs::{build_initramfs, copy_kernel, InitramfsOptions, KERNEL_CMDLINE};
 use testbed_image::rootfs;
+use testbed_test_support::agent_binary;
 
 const EPOCH: u64 = 1_700_000_000;
 
@@ -117,8 +118,8 @@ fn stage1_boots_the_erofs_root_to_multi_user_under_tcg() {
     let t = Instant::now();
     let rootfs = support::build_test_rootfs(tmp.path());
     eprintln!("rootfs ready in {:.1}s", t.elapsed().as_secs_f64());
-    let agent = support::agent_binary();
-    rootfs::customize("boot-test", &rootfs, &[], Some(&agent)).unwrap();
+    let agent = agent_binary();
+    rootfs::customize("boot-test", &rootfs, &[], Some(agent)).unwrap();
     rootfs::normalize(&rootfs, EPOCH).unwrap();
     support::write_in(
         &rootfs,

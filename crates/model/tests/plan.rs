@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use testbed_model::{check, template, Plan, Scale, SourceFile};
+use testbed_test_support::assert_snapshot;
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm/testbed.toml")
@@ -15,24 +16,6 @@ fn plan_of(path: &Path, scale: &Scale) -> Plan {
         Ok((_, plan)) => plan,
         Err(d) => panic!("{d}"),
     }
-}
-
-/// Compares `actual` with a checked-in snapshot; `UPDATE_SNAPSHOTS=1`
-/// rewrites it (then review the diff).
-fn snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(name);
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "snapshot {} differs; run with UPDATE_SNAPSHOTS=1 and review the diff\n--- actual ---\n{actual}",
-        path.display()
-    );
 }
 
 fn assert_unique(plan: &Plan) {
@@ -65,7 +48,7 @@ fn example_plan_snapshot() {
     );
     assert_unique(&plan);
     let json = serde_json::to_string_pretty(&plan).expect("json");
-    snapshot("slurm.plan.json", &json);
+    assert_snapshot!("slurm.plan.json", &json);
 }
 
 #[test]

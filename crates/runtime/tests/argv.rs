@@ -6,24 +6,7 @@ use std::path::Path;
 
 use testbed_runtime::accel::Accel;
 use testbed_runtime::qemu::{argv, NicConfig, VmConfig};
-
-/// Compares `actual` with a checked-in snapshot; `UPDATE_SNAPSHOTS=1`
-/// rewrites it.
-fn snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(name);
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "snapshot {} differs; run with UPDATE_SNAPSHOTS=1 and review the diff\n--- actual ---\n{actual}",
-        path.display()
-    );
-}
+use testbed_test_support::assert_snapshot;
 
 /// One line per option, its value after a space; values with spaces are
 /// single-quoted so the file reads like the command it is.
@@ -80,14 +63,14 @@ fn node(name: &str, accel: Accel, networks: &[&str]) -> VmConfig {
 fn node_with_two_nics_under_tcg() {
     let config = node("compute1", Accel::Tcg, &["lan", "storage"]);
     config.check().expect("valid");
-    snapshot("two-nics-tcg.argv", &render(&argv(&config)));
+    assert_snapshot!("two-nics-tcg.argv", &render(&argv(&config)));
 }
 
 #[test]
 fn node_with_one_nic_under_kvm() {
     let config = node("ctl", Accel::Kvm, &["lan"]);
     config.check().expect("valid");
-    snapshot("one-nic-kvm.argv", &render(&argv(&config)));
+    assert_snapshot!("one-nic-kvm.argv", &render(&argv(&config)));
 }
 
 /// What the snapshots show, as a rule that must hold for any node: the

@@ -12,24 +12,7 @@ use testbed_runtime::libvirt::{
     default_pool_dir, domain_xml, parse_metadata, parse_metadata_element, uri_is_remote,
     DomainConfig, UdpNic, METADATA_NS,
 };
-
-/// Compares `actual` with a checked-in snapshot; `UPDATE_SNAPSHOTS=1`
-/// rewrites it.
-fn snapshot(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(name);
-    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
-        std::fs::write(&path, actual).expect("write snapshot");
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        expected == actual,
-        "snapshot {} differs; run with UPDATE_SNAPSHOTS=1 and review the diff\n--- actual ---\n{actual}",
-        path.display()
-    );
-}
+use testbed_test_support::assert_snapshot;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -70,14 +53,14 @@ fn node(name: &str, accel: Accel, networks: &[&str]) -> DomainConfig {
 fn node_with_two_nics_under_tcg() {
     let config = node("compute1", Accel::Tcg, &["lan", "storage"]);
     config.check().expect("valid");
-    snapshot("two-nics-tcg.xml", &domain_xml(&config));
+    assert_snapshot!("two-nics-tcg.xml", &domain_xml(&config));
 }
 
 #[test]
 fn node_with_one_nic_under_kvm() {
     let config = node("ctl", Accel::Kvm, &["lan"]);
     config.check().expect("valid");
-    snapshot("one-nic-kvm.xml", &domain_xml(&config));
+    assert_snapshot!("one-nic-kvm.xml", &domain_xml(&config));
 }
 
 /// What the snapshots show, as rules for any node: the only interfaces are

@@ -20,19 +20,17 @@
 //! once).
 
 use std::io::Write as _;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
-
-#[path = "../../image/tests/support/workspace_bins.rs"]
-mod workspace_bins;
+use std::time::Duration;
 
 use testbed_image::manifest::sha256_file;
 use testbed_proto::{Client, ClientOptions, ExecRequest};
 use testbed_runtime::accel::Accel;
 use testbed_runtime::libvirt::{DomainConfig, LibvirtError, LibvirtHost, UdpNic, POOL_NAME};
+use testbed_test_support::{build_workspace_bins, copy_example, run_ok, Sshd};
 
 const SYSTEM: &str = "qemu:///system";
 
@@ -53,20 +51,6 @@ fn connect(uri: &str) -> LibvirtHost {
     })
 }
 
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// The Slurm example's `compute` image: (store key, entry folder). Built
 /// with the `testbed` CLI of this target directory and profile (cargo
 /// builds it and the agent here if `cargo test --workspace` has not yet),
@@ -78,26 +62,18 @@ fn run(cmd: &mut Command) -> Vec<u8> {
 fn image() -> &'static (String, PathBuf) {
     static IMAGE: OnceLock<(String, PathBuf)> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let profile_dir = workspace_bins::build_workspace_bins(&["testbed-agent", "testbed"]);
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/slurm");
+        let profile_dir = build_workspace_bins(&["testbed-agent", "testbed"]);
         let example = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("runtime-libvirt/slurm");
         let _ = std::fs::remove_dir_all(&example);
-        std::fs::create_dir_all(&example).expect("mkdir");
-        for entry in std::fs::read_dir(&source)
-            .expect("examples/slurm")
-            .flatten()
-        {
-            let keep = entry.path().is_file() && entry.file_name() != "testbed.lock";
-            if keep {
-                std::fs::copy(entry.path(), example.join(entry.file_name())).expect("copy");
-            }
-        }
+        copy_example("slurm", &example, |toml| toml);
         let store = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store");
-        let json = run(Command::new(profile_dir.join("testbed"))
-            .args(["build", "--json"])
-            .arg(&example)
-            .env("TESTBED_STORE", &store)
-            .env_remove("TESTBED_AGENT"));
+        let json = run_ok(
+            Command::new(profile_dir.join("testbed"))
+                .args(["build", "--json"])
+                .arg(&example)
+                .env("TESTBED_STORE", &store)
+                .env_remove("TESTBED_AGENT"),
+        );
         let entries: serde_json::Value = serde_json::from_slice(&json).expect("build --json");
         let compute = entries
             .as_array()
@@ -250,89 +226,6 @@ fn a_domain_boots_answers_and_is_destroyed_while_foreign_domains_survive() {
         .expect("the test removes its foreign domain");
 }
 
-/// An `sshd` owned by the test: its own host key, authorized key and
-/// configuration in a temporary folder, on a free loopback port; killed
-/// on drop. Nothing of the system's SSH setup is used or changed.
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Sshd {
-    fn start() -> Sshd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        for key in ["host_key", "client"] {
-            run(Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", ""])
-                .arg("-f")
-                .arg(d.join(key)));
-        }
-        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).expect("authorized_keys");
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nStrictModes no\n",
-            hk = d.join("host_key").display(),
-            ak = d.join("authorized_keys").display(),
-        );
-        std::fs::write(d.join("sshd_config"), config).expect("sshd_config");
-        // sshd refuses to start without its privilege separation folder,
-        // which only the ssh service's start creates.
-        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
-        let log = std::fs::File::create(d.join("sshd.log")).expect("sshd.log");
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("sshd is missing: install openssh-server (scripts/host-packages.txt)");
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sshd");
-        let mut sshd = Sshd { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            assert!(
-                Instant::now() < deadline && sshd.child.try_wait().ok().flatten().is_none(),
-                "sshd did not listen on port {port}: {}",
-                std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        sshd
-    }
-
-    /// The libvirt URI of the system daemon through this sshd, with
-    /// libvirt's libssh transport: the client key and a known-hosts file
-    /// of the test's own (the `qemu+ssh` transport would add the host key
-    /// to root's `~/.ssh/known_hosts`).
-    fn uri(&self) -> String {
-        let d = self.dir.path();
-        format!(
-            "qemu+libssh://root@127.0.0.1:{}/system?keyfile={}&known_hosts={}&known_hosts_verify=ignore&sshauth=privkey",
-            self.port,
-            d.join("client").display(),
-            d.join("known_hosts").display()
-        )
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The upload through a remote URI's stream. Booting a domain there and
 /// reaching its agent over the remote connection is shown by the CLI's
 /// `libvirt.rs` (a cluster spread over a local and a `qemu+libssh` URI),
@@ -342,7 +235,7 @@ fn a_remote_uri_uploads_through_its_stream() {
     let _serial = serial();
     let (key, dir) = image();
     let sshd = Sshd::start();
-    let uri = sshd.uri();
+    let uri = sshd.libvirt_system_uri();
     let host = connect(&uri);
     assert!(host.is_remote(), "{uri}");
 

@@ -17,10 +17,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use support::{node, wait_until, BootFiles, PATIENCE};
+use support::{node, BootFiles, PATIENCE};
 use testbed_runtime::accel::{self, Accel};
 use testbed_runtime::qemu::{find_qemu, QemuError, VmConfig, VmProcess};
 use testbed_runtime::qmp::Qmp;
+use testbed_test_support::wait_until;
 
 /// The accelerator this host supports, as the supervisor would pick it.
 fn host_accel() -> Accel {

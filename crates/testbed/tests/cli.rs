@@ -5,7 +5,8 @@ mod support;
 use std::path::Path;
 use std::process::Output;
 
-use support::{repo, testbed_command, text};
+use support::testbed_command;
+use testbed_test_support::{repo_root, text};
 
 fn testbed(args: &[&str], cwd: &Path) -> Output {
     testbed_command(args, cwd).output().expect("run testbed")
@@ -14,9 +15,9 @@ fn testbed(args: &[&str], cwd: &Path) -> Output {
 #[test]
 fn plan_json_lists_the_example_nodes_and_is_stable() {
     let args = ["plan", "examples/slurm/testbed.toml", "--json"];
-    let a = testbed(&args, &repo());
+    let a = testbed(&args, &repo_root());
     assert!(a.status.success(), "{}", text(&a.stderr));
-    let b = testbed(&args, &repo());
+    let b = testbed(&args, &repo_root());
     assert_eq!(a.stdout, b.stdout, "two runs give identical output");
     let plan: serde_json::Value = serde_json::from_slice(&a.stdout).expect("json");
     let nodes = plan["nodes"].as_array().expect("nodes");
@@ -36,7 +37,7 @@ fn plan_json_lists_the_example_nodes_and_is_stable() {
 fn plan_scale_and_folder_argument() {
     let out = testbed(
         &["plan", "examples/slurm", "--json", "--scale", "compute=8"],
-        &repo(),
+        &repo_root(),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
@@ -48,7 +49,7 @@ fn plan_scale_and_folder_argument() {
         .count();
     assert_eq!(compute, 8);
 
-    let table = testbed(&["plan"], &repo().join("examples/slurm"));
+    let table = testbed(&["plan"], &repo_root().join("examples/slurm"));
     assert!(table.status.success(), "{}", text(&table.stderr));
     let t = text(&table.stdout);
     assert!(
@@ -90,7 +91,7 @@ fn usage_and_input_errors_exit_2() {
         &["plan", "--scale", "nosuch=2"][..],
         &["check", "missing/testbed.toml"][..],
     ] {
-        let out = testbed(args, &repo().join("examples/slurm"));
+        let out = testbed(args, &repo_root().join("examples/slurm"));
         assert_eq!(
             out.status.code(),
             Some(2),
@@ -123,7 +124,7 @@ fn check_json_reports_diagnostics() {
         (Some(2), Some(13))
     );
 
-    let ok = testbed(&["check", "examples/slurm", "--json"], &repo());
+    let ok = testbed(&["check", "examples/slurm", "--json"], &repo_root());
     assert!(ok.status.success());
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).expect("json");
     assert_eq!(
@@ -185,7 +186,7 @@ fn init_writes_compositions_that_check() {
 
 #[test]
 fn schema_is_json_and_knows_every_key() {
-    let out = testbed(&["schema"], &repo());
+    let out = testbed(&["schema"], &repo_root());
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let top: Vec<&String> = v["properties"]

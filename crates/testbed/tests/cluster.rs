@@ -10,7 +10,8 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use support::{text, wait_until, Env};
+use support::Env;
+use testbed_test_support::{eventually, text};
 
 /// The tests of this file boot VMs one cluster at a time: two clusters
 /// side by side on 2 emulated cores would only make both slow.
@@ -143,7 +144,7 @@ fn example_cluster_comes_up_is_driven_and_survives_a_killed_supervisor() {
         .status()
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(30), || env.leftovers().is_empty()),
+        eventually(Duration::from_secs(30), || env.leftovers().is_empty()),
         "processes left after the supervisor was killed: {:?}",
         env.leftovers()
     );

@@ -10,7 +10,8 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{text, Env};
+use support::Env;
+use testbed_test_support::{eventually, is_alive, text};
 
 /// The subtests of examples/slurm/test.rhai on containers (no NFS there).
 const SLURM_SUBTESTS: [&str; 5] = [
@@ -305,15 +306,10 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
         .status()
         .expect("kill");
     assert!(killed.success());
-    assert!(support::wait_until(
+    let pid = u32::try_from(pid).expect("a pid");
+    assert!(eventually(
         std::time::Duration::from_secs(10),
-        || !Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s
-                .rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z'))
+        || !is_alive(pid)
     ));
     assert!(containers().contains(&"testbed-pods-node1".to_owned()));
     let out = env.testbed(&["down"]);

@@ -8,7 +8,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{attr, start_tag, text, Env};
+use support::{attr, start_tag, Env};
+use testbed_test_support::text;
 
 #[test]
 fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {

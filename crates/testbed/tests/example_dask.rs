@@ -8,7 +8,8 @@
 
 mod support;
 
-use support::{text, Env};
+use support::Env;
+use testbed_test_support::text;
 
 #[test]
 fn the_dask_example_passes_every_subtest() {

@@ -7,7 +7,8 @@
 
 mod support;
 
-use support::{text, Env};
+use support::Env;
+use testbed_test_support::text;
 
 /// The subtests of examples/etcd/test.rhai, in order.
 const SUBTESTS: [&str; 5] = [

@@ -8,7 +8,8 @@
 
 mod support;
 
-use support::{text, Env};
+use support::Env;
+use testbed_test_support::text;
 
 /// The subtests of examples/gridengine/test.rhai, in order.
 const SUBTESTS: [&str; 4] = [

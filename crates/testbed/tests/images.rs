@@ -12,7 +12,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use support::{agent_binary, copy_example, testbed_command, text};
+use support::testbed_command;
+use testbed_test_support::{agent_binary, copy_example, text};
 
 /// `testbed ARGS` in `cwd` with its own store (these tests measure what a
 /// build puts there), the agent found the way an installed testbed finds

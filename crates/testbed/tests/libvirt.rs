@@ -16,12 +16,11 @@
 
 mod support;
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use support::{text, Env};
+use support::Env;
+use testbed_test_support::{text, Sshd};
 
 const SYSTEM: &str = "qemu:///system";
 
@@ -106,88 +105,6 @@ fn the_slurm_example_passes_on_libvirt() {
     assert!(left.is_empty(), "domains left: {left:?}");
 }
 
-/// An `sshd` owned by the test: its own host key, authorized key and
-/// configuration in a temporary folder, on a free loopback port; killed
-/// on drop. Nothing of the system's SSH setup is used or changed.
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Sshd {
-    fn start() -> Sshd {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path();
-        for key in ["host_key", "client"] {
-            let ok = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", ""])
-                .arg("-f")
-                .arg(d.join(key))
-                .status()
-                .expect("ssh-keygen");
-            assert!(ok.success());
-        }
-        std::fs::copy(d.join("client.pub"), d.join("authorized_keys")).expect("authorized_keys");
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\n\
-             PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nStrictModes no\n",
-            hk = d.join("host_key").display(),
-            ak = d.join("authorized_keys").display(),
-        );
-        std::fs::write(d.join("sshd_config"), config).expect("sshd_config");
-        std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
-        let log = std::fs::File::create(d.join("sshd.log")).expect("sshd.log");
-        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("sshd is missing: install openssh-server (scripts/host-packages.txt)");
-        let child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sshd");
-        let mut sshd = Sshd { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            assert!(
-                Instant::now() < deadline && sshd.child.try_wait().ok().flatten().is_none(),
-                "sshd did not listen on port {port}: {}",
-                std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        sshd
-    }
-
-    /// The system daemon through this sshd (libvirt's libssh transport,
-    /// with the test's own key and known-hosts file).
-    fn uri(&self) -> String {
-        let d = self.dir.path();
-        format!(
-            "qemu+libssh://root@127.0.0.1:{}/system?keyfile={}&known_hosts={}&known_hosts_verify=ignore&sshauth=privkey",
-            self.port,
-            d.join("client").display(),
-            d.join("known_hosts").display()
-        )
-    }
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const TWO: &str = r#"
 [cluster]
 name = "spread"
@@ -223,7 +140,7 @@ subtest("nodes on different endpoints reach each other", || {
 #[test]
 fn a_cluster_spread_over_two_endpoints_pings_across_and_down_spares_foreign_domains() {
     let sshd = Sshd::start();
-    let remote = sshd.uri();
+    let remote = sshd.libvirt_system_uri();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("spread");
     std::fs::create_dir_all(&dir).unwrap();

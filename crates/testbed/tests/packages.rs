@@ -21,8 +21,6 @@
 // log needs.
 #![allow(clippy::print_stderr)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use support::{agent_binary, text};
+use testbed_test_support::{agent_binary, text};
 
 /// The composition every test builds: the base system only, so a build
 /// takes seconds of mmdebstrap rather than minutes.

@@ -1,6 +1,5 @@
 //! Test infrastructure for the tests that build real images and boot them:
-//! a rootfs to build from, a QEMU runner with a serial log, and
-//! `wait_until`.
+//! a rootfs to build from, and a QEMU runner with a serial log.
 //!
 //! The rootfs comes from [`build_test_rootfs`]: mmdebstrap run directly
 //! (the host's apt sources, the package set of a node image and nothing
@@ -17,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-mod workspace_bins;
+use testbed_test_support::{run_ok, wait_until};
 
 /// The kernel package of node images (the composition's default).
 pub const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -30,55 +29,21 @@ pub fn boot_packages() -> Vec<&'static str> {
     packages
 }
 
-/// The guest agent binary, built by cargo in this test's own target
-/// directory and profile with the workspace's features
-/// ([`workspace_bins`]): `cargo test --workspace` has built it already
-/// (then this is a no-op), `cargo test -p testbed-image` has not.
-pub fn agent_binary() -> PathBuf {
-    workspace_bins::build_workspace_bins(&["testbed-agent"]).join("testbed-agent")
-}
-
-/// Polls `cond` every 100 ms until it returns `Some`, or `timeout` passes.
-pub fn wait_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Runs a command and fails the test with its output if it fails.
-pub fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A rootfs directory with the packages of a node image, at `dir/rootfs`.
 pub fn build_test_rootfs(dir: &Path) -> PathBuf {
     let rootfs = dir.join("rootfs");
     if let Some(src) = std::env::var_os("TESTBED_TEST_ROOTFS") {
-        run(Command::new("cp").arg("-a").arg(&src).arg(&rootfs));
+        run_ok(Command::new("cp").arg("-a").arg(&src).arg(&rootfs));
         return rootfs;
     }
-    run(Command::new("mmdebstrap")
-        .args(["--quiet", "--variant=apt", "--mode=root"])
-        .arg(format!("--include={}", boot_packages().join(",")))
-        .args(["bookworm"])
-        .arg(&rootfs)
-        .env("SOURCE_DATE_EPOCH", "1700000000"));
+    run_ok(
+        Command::new("mmdebstrap")
+            .args(["--quiet", "--variant=apt", "--mode=root"])
+            .arg(format!("--include={}", boot_packages().join(",")))
+            .args(["bookworm"])
+            .arg(&rootfs)
+            .env("SOURCE_DATE_EPOCH", "1700000000"),
+    );
     rootfs
 }
 

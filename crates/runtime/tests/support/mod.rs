@@ -1,9 +1,9 @@
 //! Test infrastructure for the runtime's tests that start real QEMU
-//! processes: polling, a stand-in kernel, and node configurations in a
+//! processes: a stand-in kernel, and node configurations in a
 //! temporary directory.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testbed_runtime::accel::Accel;
 use testbed_runtime::qemu::{NicConfig, VmConfig};
@@ -11,20 +11,6 @@ use testbed_runtime::qemu::{NicConfig, VmConfig};
 /// Generous bound for anything QEMU does on a busy 2-core host; only a hang
 /// takes this long.
 pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// Polls `cond` every 20 ms until it returns `Some`, at most `timeout`.
-pub fn wait_until<T>(timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = cond() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Writes the smallest file QEMU's x86 loader accepts as a bzImage: the
 /// boot protocol header (`HdrS`, version 2.15, loaded high, an initrd

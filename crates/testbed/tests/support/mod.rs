@@ -9,9 +9,11 @@
 //!   and the store shared by this crate's tests (so images are built once).
 //!   [`Env::testbed`] runs a verb there and echoes it with its output on
 //!   stderr; dropping the `Env` takes down whatever it left running.
-//! - [`copy_example`]: the copy alone, for tests with their own store.
-//! - [`wait_until`], [`text`], and [`start_tag`], [`start_tags`] and [`attr`] to read the
-//!   JUnit reports of `testbed test`.
+//! - [`start_tag`], [`start_tags`] and [`attr`] to read the JUnit reports
+//!   of `testbed test`, and [`check_passed_reports`].
+//!
+//! Helpers other crates' tests need too (`text`, `copy_example`,
+//! `agent_binary`, polling) are in `testbed-test-support`.
 
 // Each test binary uses part of this module; `Env::testbed` echoes every
 // command and its output on stderr, which is what a failed VM test's log
@@ -20,24 +22,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
-#[path = "../../../image/tests/support/workspace_bins.rs"]
-mod workspace_bins;
+use testbed_test_support::{agent_binary, copy_example, text};
 
 /// The store shared by this crate's tests, so images are built once.
 pub fn store() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("store")
-}
-
-/// The repository's root (where `examples/` is).
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Bytes of a command's output as text.
-pub fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// `testbed ARGS` run in `cwd` with `NO_COLOR`, so that its output can be
@@ -46,55 +36,6 @@ pub fn testbed_command(args: &[&str], cwd: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_testbed"));
     cmd.args(args).current_dir(cwd).env("NO_COLOR", "1");
     cmd
-}
-
-/// The agent binary beside the `testbed` under test, where the CLI looks
-/// for it (every VM test boots images that carry it), built with the
-/// workspace's features ([`workspace_bins`]): `cargo test --workspace` has
-/// built it already (then this is a no-op), `cargo test -p testbed` has not.
-pub fn agent_binary() -> &'static Path {
-    static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    AGENT.get_or_init(|| {
-        workspace_bins::build_workspace_bins(&["testbed-agent"]).join("testbed-agent")
-    })
-}
-
-/// Polls `cond` every 100 ms until it holds, at most `timeout`; the last
-/// answer of `cond` decides.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    cond()
-}
-
-/// Copies every file of `examples/NAME` but its lock (and a local run's
-/// `testbed-artifacts`) into `dst`, with `edit` applied to its
-/// testbed.toml; returns the names of the files copied.
-pub fn copy_example(name: &str, dst: &Path, edit: impl Fn(String) -> String) -> Vec<String> {
-    let src = repo().join("examples").join(name);
-    std::fs::create_dir_all(dst).expect("mkdir");
-    let mut copied = Vec::new();
-    for entry in std::fs::read_dir(&src)
-        .unwrap_or_else(|e| panic!("examples/{name}: {e}"))
-        .flatten()
-    {
-        let file = entry.file_name();
-        let skip = file == "testbed.lock" || file == "testbed-artifacts";
-        if skip || !entry.path().is_file() {
-            continue;
-        }
-        std::fs::copy(entry.path(), dst.join(&file)).expect("copy");
-        copied.push(file.to_string_lossy().into_owned());
-    }
-    let toml = dst.join("testbed.toml");
-    let text = std::fs::read_to_string(&toml).expect("read");
-    std::fs::write(&toml, edit(text)).expect("write");
-    copied
 }
 
 /// A copy of an example in a temporary directory, and the state directory

@@ -1,8 +1,7 @@
 //! Builds the workspace's binaries an integration test runs (the guest
 //! agent every image carries, the CLI) into the test's own target directory
-//! and profile. Shared, through `#[path]`, by the image, runtime and CLI
-//! tests: an integration test cannot depend on another package's binary,
-//! and `cargo test -p PACKAGE` does not build it.
+//! and profile: an integration test cannot depend on another package's
+//! binary, and `cargo test -p PACKAGE` does not build it.
 //!
 //! The build selects the whole workspace, as `cargo test --workspace` does,
 //! so that it is a no-op after that and never replaces its binaries: built
@@ -12,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// Builds `bins` with the workspace's features and returns the folder they
 /// are in (`<target>/<profile>`, the parent of the test's `deps`).
@@ -47,4 +47,13 @@ pub fn build_workspace_bins(bins: &[&str]) -> PathBuf {
         assert!(path.is_file(), "no {bin} at {}", path.display());
     }
     profile_dir.to_path_buf()
+}
+
+/// The guest agent binary, built once per test process with
+/// [`build_workspace_bins`]; it is beside the test's `testbed` binary,
+/// where the CLI looks for it. `cargo test --workspace` has built it
+/// already (then this is a no-op), `cargo test -p PACKAGE` has not.
+pub fn agent_binary() -> &'static Path {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT.get_or_init(|| build_workspace_bins(&["testbed-agent"]).join("testbed-agent"))
 }
