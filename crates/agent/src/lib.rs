@@ -35,11 +35,10 @@ use std::sync::Mutex;
 
 use testbed_proto::ActivationStatus;
 
-/// The systemd unit that starts the agent in VM images.
-pub const SERVICE_UNIT: &str = include_str!("../testbed-agent.service");
-
-/// Where images install the agent binary; the unit's `ExecStart` uses it.
-pub const INSTALL_PATH: &str = "/usr/local/bin/testbed-agent";
+/// The systemd unit that starts the agent in VM images, and where images
+/// install the agent binary (defined in `testbed-proto`, so the image
+/// builder needs no agent crate).
+pub use testbed_proto::install::{INSTALL_PATH, SERVICE_UNIT};
 
 /// State shared by every session of one agent process.
 #[derive(Debug)]

@@ -9,8 +9,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use testbed_api::NodeState;
 use testbed_proto::ExecRequest;
-use testbed_runtime::api::NodeState;
 
 use crate::cluster::Cluster;
 use crate::error::DriverError;
@@ -119,7 +119,7 @@ pub fn collect(
 fn collect_node(
     cluster: &dyn Cluster,
     out: &mut Artifacts,
-    node: &testbed_runtime::api::NodeStatus,
+    node: &testbed_api::NodeStatus,
     timeouts: &Timeouts,
 ) {
     let name = &node.name;

@@ -6,17 +6,15 @@
 //! [`ApiCluster`].
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use testbed_proto::{ExecRequest, ExitStatus};
-use testbed_runtime::api::{
-    ApiClient, ApiError, ClusterStatus, Fault, PowerAction, Reply, Request, WaitFor,
+use testbed_api::state::StateDir;
+use testbed_api::{
+    ApiClient, ApiError, ClusterStatus, Fault, FaultEvent, LinkRule, PowerAction, Reply, Request,
+    WaitFor,
 };
-use testbed_runtime::spec::ClusterSpec;
-use testbed_runtime::state::StateDir;
-use testbed_runtime::switch::{FaultEvent, LinkRule};
+use testbed_proto::{ExecRequest, ExitStatus};
 use thiserror::Error;
 
 /// Why a request to the cluster failed.
@@ -94,50 +92,46 @@ const SHORT_REPLY: Duration = Duration::from_secs(120);
 
 /// A cluster reached through its supervisor's API socket, one connection
 /// per call.
+#[derive(Debug)]
 pub struct ApiCluster {
     socket: PathBuf,
     boot_timeout: Duration,
     services: BTreeMap<String, Vec<String>>,
 }
 
-impl fmt::Debug for ApiCluster {
-    // The spec holds secrets; only the socket is worth showing.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiCluster")
-            .field("socket", &self.socket)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Used when the spec cannot be read: the longest boot `up` ever allows
+/// Used when the caller does not say: the longest boot `up` ever allows
 /// by default (TCG), plus activation.
 const FALLBACK_BOOT_TIMEOUT: Duration = Duration::from_secs(1200);
 
 impl ApiCluster {
-    /// The cluster whose state directory is `dir`. The spec is read once,
-    /// for the boot timeout and the nodes' services; a missing spec is not
-    /// an error here (the first call will say the cluster is not running).
+    /// The cluster whose state directory is `dir`. Nothing is read here:
+    /// a cluster that is not running says so at the first call.
+    ///
+    /// The boot timeout and the nodes' services are not in the API; the
+    /// caller that brought the cluster up knows them (they are in the
+    /// cluster's spec, which holds secrets and is none of the driver's
+    /// business) and passes them with [`ApiCluster::with_boot_timeout`] and
+    /// [`ApiCluster::with_services`]. Without them the boot timeout is the
+    /// longest `up` allows by default and no node has services.
     pub fn open(dir: &StateDir) -> ApiCluster {
-        let spec = ClusterSpec::read(&dir.spec()).ok();
-        Self::with_spec(&dir.api_socket(), spec.as_ref())
+        ApiCluster {
+            socket: dir.api_socket(),
+            boot_timeout: FALLBACK_BOOT_TIMEOUT,
+            services: BTreeMap::new(),
+        }
     }
 
-    fn with_spec(socket: &Path, spec: Option<&ClusterSpec>) -> ApiCluster {
-        let (boot_timeout, services) = match spec {
-            Some(spec) => (
-                spec.boot_timeout() + spec.activation_timeout(),
-                spec.nodes
-                    .iter()
-                    .map(|n| (n.name.clone(), n.activation.services.clone()))
-                    .collect(),
-            ),
-            None => (FALLBACK_BOOT_TIMEOUT, BTreeMap::new()),
-        };
-        ApiCluster {
-            socket: socket.to_path_buf(),
-            boot_timeout,
-            services,
-        }
+    /// How long a node may take to boot and activate, as `up` set it for
+    /// this cluster (it already depends on the accelerator).
+    pub fn with_boot_timeout(mut self, timeout: Duration) -> ApiCluster {
+        self.boot_timeout = timeout;
+        self
+    }
+
+    /// The services each node's activation starts, in order, by node name.
+    pub fn with_services(mut self, services: BTreeMap<String, Vec<String>>) -> ApiCluster {
+        self.services = services;
+        self
     }
 
     fn client(&self, read_timeout: Duration) -> Result<ApiClient, ClusterError> {
@@ -288,5 +282,18 @@ mod tests {
         let err = cluster.status().unwrap_err();
         assert!(err.to_string().contains("not running"), "{err}");
         assert!(format!("{cluster:?}").contains("api.sock"));
+    }
+
+    #[test]
+    fn the_caller_sets_the_boot_timeout_and_the_services() {
+        let cluster = ApiCluster::open(&StateDir::at("/nonexistent"))
+            .with_boot_timeout(Duration::from_secs(180))
+            .with_services(BTreeMap::from([(
+                "n1".to_owned(),
+                vec!["munge".to_owned(), "slurmd".to_owned()],
+            )]));
+        assert_eq!(cluster.boot_timeout(), Duration::from_secs(180));
+        assert_eq!(cluster.services("n1"), ["munge", "slurmd"]);
+        assert!(cluster.services("n2").is_empty());
     }
 }

@@ -14,9 +14,8 @@ use rhai::{
     Array, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext,
     ParseError, ParseErrorType, Position, FLOAT, INT,
 };
+use testbed_api::{Fault, LinkChange, NodeState, PowerAction, WaitFor};
 use testbed_proto::{ExecRequest, ExitStatus};
-use testbed_runtime::api::{Fault, NodeState, PowerAction, WaitFor};
-use testbed_runtime::switch::LinkChange;
 
 use crate::cluster::{Cluster, ClusterError, CommandOutput};
 use crate::event::{Event, EventSink};

@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{cluster, driver, driver_limited, FakeCluster};
+use testbed_api::{Fault, LinkChange, NodeState, PowerAction, WaitFor};
 use testbed_driver::{check_script, Captured, Event, TestReport};
-use testbed_runtime::api::{Fault, NodeState, PowerAction, WaitFor};
-use testbed_runtime::switch::LinkChange;
 
 /// Runs `script` on the standard fake cluster under TCG settings unless
 /// `accel` says otherwise.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use common::{cluster, driver};
 use quick_xml::events::Event as Xml;
 use quick_xml::Reader;
+use testbed_api::NodeState;
 use testbed_driver::artifacts;
 use testbed_driver::Timeouts;
-use testbed_runtime::api::NodeState;
 
 /// An element's name and attributes.
 type Tag = (String, Vec<(String, String)>);

@@ -23,14 +23,16 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
+use testbed_proto::install;
+
 use crate::error::{ImageError, IoContext, Result};
 use crate::lock::{LockedPackage, RoleLock};
 use crate::spec::StaticFile;
 use crate::tools::{self, MMDEBSTRAP};
 
 /// Where the guest agent is installed in every image: the path its unit's
-/// `ExecStart` names, so both come from the agent crate.
-pub const AGENT_PATH: &str = testbed_agent::INSTALL_PATH;
+/// `ExecStart` names, so both come from `testbed_proto::install`.
+pub const AGENT_PATH: &str = install::INSTALL_PATH;
 
 /// Where the agent's unit is installed.
 pub const AGENT_UNIT_PATH: &str = "/etc/systemd/system/testbed-agent.service";
@@ -484,7 +486,7 @@ fn wanted_by(unit: &str) -> Vec<&str> {
 /// (`sysinit.target`, so the agent starts before the rest of the boot and
 /// can report on a boot that is stuck).
 fn install_agent_unit(role: &str, rootfs: &Path) -> Result<()> {
-    let unit = testbed_agent::SERVICE_UNIT;
+    let unit = install::SERVICE_UNIT;
     put_system_file(
         role,
         rootfs,
@@ -1011,10 +1013,10 @@ mod tests {
         let unit = root.join(AGENT_UNIT_PATH.trim_start_matches('/'));
         assert_eq!(
             fs::read_to_string(&unit).expect("unit"),
-            testbed_agent::SERVICE_UNIT
+            install::SERVICE_UNIT
         );
-        assert!(testbed_agent::SERVICE_UNIT.contains(&format!("ExecStart={AGENT_PATH} ")));
-        let targets = wanted_by(testbed_agent::SERVICE_UNIT);
+        assert!(install::SERVICE_UNIT.contains(&format!("ExecStart={AGENT_PATH} ")));
+        let targets = wanted_by(install::SERVICE_UNIT);
         assert!(!targets.is_empty());
         for target in targets {
             let wants = system.join(format!("{target}.wants"));
@@ -1087,7 +1089,7 @@ mod tests {
         customize("ctl", root, &files, Some(&agent)).expect("customizes");
         let read = |p: &str| fs::read_to_string(root.join(p.trim_start_matches('/'))).expect("r");
         assert_eq!(read(JOURNALD_DROPIN.0), "mine\n");
-        assert_eq!(read(AGENT_UNIT_PATH), testbed_agent::SERVICE_UNIT);
+        assert_eq!(read(AGENT_UNIT_PATH), install::SERVICE_UNIT);
         // Without an agent there is no unit to start.
         let bare = dir.path().join("bare");
         fs::create_dir(&bare).expect("mkdir");

@@ -9,6 +9,8 @@
 //! and [`Client`] multiplexes concurrent requests over one stream. The full
 //! description, with the channel lifecycle and the activation payload, is in
 //! `docs/agent-protocol.md`.
+//! [`install`] says where images put the agent and the systemd unit that
+//! starts it, for the image builder and the agent alike.
 //!
 //! Invariants:
 //! - No input panics: a malformed frame or message is an error value
@@ -23,6 +25,7 @@
 pub mod b64;
 pub mod client;
 pub mod frame;
+pub mod install;
 pub mod message;
 
 pub use client::{

@@ -14,10 +14,10 @@
 //! - [`state`]: a running cluster's state directory, and how `down` cleans
 //!   it up when the supervisor is gone.
 //! - [`supervisor`]: the per-cluster process that owns the VMs, the switch
-//!   and the agent channels, and serves the JSON [`api`].
+//!   and the agent channels, and serves the JSON [`api`] (the
+//!   `testbed-api` crate, re-exported).
 
 pub mod accel;
-pub mod api;
 pub mod backend;
 pub mod container;
 pub mod keys;
@@ -29,3 +29,8 @@ pub mod spec;
 pub mod state;
 pub mod supervisor;
 pub mod switch;
+
+/// The supervisor's JSON API and its client, now the `testbed-api` crate
+/// (which clients use directly); re-exported so `crate::api::…` and
+/// `testbed_runtime::api::…` keep working.
+pub use testbed_api as api;

@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use testbed_api::{
+    ClusterStatus, Fault, FaultEvent, LinkRule, NodeState, NodeStatus, PowerAction, WaitFor,
+};
 use testbed_driver::{
     Cluster, ClusterError, CommandOutput, Driver, DriverOptions, Event, Timeouts,
 };
 use testbed_proto::{ExecRequest, ExitStatus};
-use testbed_runtime::api::{ClusterStatus, Fault, NodeState, NodeStatus, PowerAction, WaitFor};
-use testbed_runtime::switch::{FaultEvent, LinkRule};
 
 /// What a command returns: exit code, stdout, stderr.
 pub type Handler = dyn Fn(&str, &str, u32) -> (i32, String, String) + Send + Sync;

@@ -15,6 +15,7 @@ use testbed_driver::{
 };
 use testbed_model::{Scale, ScaleArg};
 use testbed_runtime::api::{ApiClient, Reply, Request};
+use testbed_runtime::spec::ClusterSpec;
 use testbed_runtime::state::StateDir;
 
 use super::cluster::{self, parse_duration, AccelChoice, Backend, UpArgs};
@@ -258,6 +259,25 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
     result
 }
 
+/// The driver's view of the cluster: its API, with the boot timeout and
+/// the nodes' services that `up` wrote into the spec (the driver does not
+/// read the spec: it holds secrets). A spec that cannot be read leaves the
+/// driver's defaults; the first call will say why.
+fn api_cluster(dir: &StateDir) -> ApiCluster {
+    let cluster = ApiCluster::open(dir);
+    let Ok(spec) = ClusterSpec::read(&dir.spec()) else {
+        return cluster;
+    };
+    cluster
+        .with_boot_timeout(spec.boot_timeout() + spec.activation_timeout())
+        .with_services(
+            spec.nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.activation.services.clone()))
+                .collect(),
+        )
+}
+
 /// Runs the script (or the prompt) on the running cluster.
 fn drive(
     args: &TestArgs,
@@ -268,7 +288,7 @@ fn drive(
     comp_dir: &Path,
     start: Instant,
 ) -> Outcome {
-    let api = Arc::new(ApiCluster::open(dir));
+    let api = Arc::new(api_cluster(dir));
     // At the prompt, errors point into what was typed, and relative host
     // paths start from the current folder.
     let script_path = match &script {

@@ -1,15 +1,32 @@
-//! The supervisor's JSON API, and its client.
+//! The supervisor's JSON API, its client, and where a cluster's files are.
+//!
+//! This is what a client of a running cluster needs, and nothing of what
+//! runs one: the CLI's verbs and the test driver depend on it, the
+//! supervisor (`testbed-runtime`) serves it. It links no backend (no
+//! libvirt, no event loop, no XML), so a client builds without them.
 //!
 //! One unix stream socket per cluster (`api.sock` in the state directory,
-//! reachable by its owner only). Each message is one line of JSON. A client
-//! sends a [`Request`] and reads [`Reply`] lines: most requests get one
-//! reply; `watch` and `exec` stream several and end with a terminal one
-//! (`settled`, `exited` or `error`); `forward` answers `ok` and then the
-//! connection carries the raw bytes of the TCP connection to the guest.
-//! During an `exec` with `stdin`, the client sends [`Input`] lines.
+//! reachable by its owner only; [`state`] says where everything is). Each
+//! message is one line of JSON. A client sends a [`Request`] and reads
+//! [`Reply`] lines: most requests get one reply; `watch` and `exec` stream
+//! several and end with a terminal one (`settled`, `exited` or `error`);
+//! `forward` answers `ok` and then the connection carries the raw bytes of
+//! the TCP connection to the guest. During an `exec` with `stdin`, the
+//! client sends [`Input`] lines. Faults carry the values of the switch's
+//! fault table ([`fault`]).
 //!
 //! The CLI and the test driver are both clients; anything they can do, a
 //! user's script can do with `socat` and JSON.
+//!
+//! Invariants:
+//! - Every message is exactly one line; a malformed line is
+//!   [`ApiError::Protocol`], never a panic.
+//! - No dependency on `testbed-runtime` or on a backend's libraries: the
+//!   runtime re-exports this crate (`testbed_runtime::api`, and the moved
+//!   items in its `switch` and `state`), not the other way round.
+
+pub mod fault;
+pub mod state;
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -20,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use testbed_proto::{ExecRequest, ExitStatus};
 use thiserror::Error;
 
-use crate::switch::{FaultEvent, LinkChange, LinkRule};
+pub use fault::{FaultEvent, LinkChange, LinkRule};
 
 #[derive(Debug, Error)]
 pub enum ApiError {
