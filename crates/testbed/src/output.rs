@@ -4,6 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use testbed_image::ImageError;
 use testbed_model::{Diagnostic, Diagnostics};
 
 /// Why a verb failed, which decides the exit code.
@@ -29,6 +30,30 @@ impl From<Diagnostics> for Failure {
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Runtime(e)
+    }
+}
+
+/// Problems with the user's input (a package that does not exist, a stale
+/// lock) exit with 2, like any invalid composition; the rest with 1.
+impl From<ImageError> for Failure {
+    fn from(e: ImageError) -> Self {
+        match e {
+            e if testbed_cluster::images::is_usage(&e) => Failure::Usage(e.to_string()),
+            // Itself a full report: one package per line, what was tried.
+            ImageError::Unavailable { .. } => Failure::Runtime(anyhow::anyhow!("{e}")),
+            other => Failure::Runtime(other.into()),
+        }
+    }
+}
+
+impl From<testbed_cluster::Error> for Failure {
+    fn from(e: testbed_cluster::Error) -> Self {
+        match e {
+            testbed_cluster::Error::Composition(d) => Failure::Input(d),
+            testbed_cluster::Error::Image(e) => e.into(),
+            e if e.is_usage() => Failure::Usage(e.to_string()),
+            e => Failure::Runtime(e.into()),
+        }
     }
 }
 

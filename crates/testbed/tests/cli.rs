@@ -247,3 +247,54 @@ fn doctor_probes_the_host_and_says_what_to_fix() {
     assert!(said.contains("FAIL qemu"), "{said}");
     assert!(said.contains("no-such-qemu"), "{said}");
 }
+
+#[test]
+fn up_and_test_refuse_backend_flags_that_do_not_fit_before_touching_anything() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let state = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("testbed.toml"),
+        "[cluster]\nname = \"p\"\n\n[[hosts]]\nname = \"far\"\nuri = \"qemu+ssh://far/system\"\n\n\
+         [roles.ctl]\nhost = \"far\"\n\n[roles.compute]\ncount = 2\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("t.rhai"), "log(\"hello\");\n").expect("write");
+    let run = |args: &[&str]| {
+        testbed_command(args, dir.path())
+            .env("TESTBED_STATE_DIR", state.path())
+            .output()
+            .expect("run")
+    };
+    for (args, message) in [
+        (
+            &["up", "--connect", "qemu:///system"][..],
+            "error: --connect and --host are for --backend libvirt\n",
+        ),
+        (
+            &["up", "--backend", "podman", "--host", "qemu:///system"][..],
+            "error: --connect and --host are for --backend libvirt\n",
+        ),
+        (
+            &["up", "--backend", "libvirt", "--connect", "a", "--host", "b"][..],
+            "error: give either --connect URI (one host) or --host URI (repeatable), not both\n",
+        ),
+        (
+            &["up", "--backend", "libvirt", "--host", "qemu:///system"][..],
+            "error: node ctl is pinned to host far (qemu+ssh://far/system), which is not among the hosts given: qemu:///system\n",
+        ),
+        (
+            &["test", "--script", "t.rhai", "--connect", "qemu:///system"][..],
+            "error: --connect and --host are for --backend libvirt\n",
+        ),
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).ends_with(message), "{args:?}: {}", text(&out.stderr));
+    }
+    let entries = std::fs::read_dir(state.path()).expect("state dir").count();
+    assert_eq!(entries, 0, "no state was made");
+
+    let out = run(&["down"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "cluster p is not running\n");
+}

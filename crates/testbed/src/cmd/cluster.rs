@@ -2,57 +2,54 @@
 //! `ssh-config`, `forward`, `console`, `logs`, `down`, and the hidden
 //! `supervise` that `up` starts in the background.
 //!
-//! Every verb but `up`'s preparation and `supervise` is a client of the
-//! supervisor's JSON API (`testbed_runtime::api`); `logs` reads the console
-//! log file directly so it also works on a node whose supervisor is gone.
+//! `up` and `down` call `testbed_cluster` and print what it reports; the
+//! other verbs but `supervise` are clients of the supervisor's JSON API
+//! (`testbed_runtime::api`); `logs` reads the console log file directly so
+//! it also works on a node whose supervisor is gone.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use testbed_model::{Composition, Plan, Scale, ScaleArg};
+use testbed_cluster::{AccelChoice, BackendKind, BackendOptions, Target, UpEvent, UpOptions};
+use testbed_model::{Scale, ScaleArg};
 use testbed_proto::ExecRequest;
-use testbed_runtime::accel::{self, Accel};
-use testbed_runtime::api::{
-    ApiClient, ApiError, ClusterStatus, Input, NodeState, NodeStatus, Reply, Request,
-};
-use testbed_runtime::container::{self, Engine};
-use testbed_runtime::spec::{self, BackendSpec, ImageFiles, Options};
-use testbed_runtime::state::{self, StateDir};
+use testbed_runtime::api::{ApiClient, ClusterStatus, Input, NodeState, Reply, Request};
+use testbed_runtime::state::StateDir;
 
+use super::image::{lock_note, Reporter};
 use crate::output::{Failure, Outcome};
 
-/// Which accelerator `up` uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AccelChoice {
-    /// KVM where it works (usable /dev/kvm and vmx/svm), else TCG
-    Auto,
-    Kvm,
-    Tcg,
+value_enum! {
+    /// Which backend runs the nodes.
+    pub struct Backend(BackendKind) {
+        BackendKind::Qemu => "qemu": "One QEMU process per node; no daemon needed",
+        BackendKind::Podman => "podman": "One podman container per node (systemd as PID 1); see docs/containers.md",
+        BackendKind::Docker => "docker": "One docker container per node; see docs/containers.md",
+        BackendKind::Libvirt => "libvirt": "One transient libvirt domain per node, on one or more hosts; see docs/libvirt.md",
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Backend {
-    /// One QEMU process per node; no daemon needed
-    Qemu,
-    /// One podman container per node (systemd as PID 1); see docs/containers.md
-    Podman,
-    /// One docker container per node; see docs/containers.md
-    Docker,
-    /// One transient libvirt domain per node, on one or more hosts; see docs/libvirt.md
-    Libvirt,
+value_enum! {
+    /// Which accelerator the VMs use.
+    pub struct Accel(AccelChoice) {
+        AccelChoice::Auto => "auto": "KVM where it works (usable /dev/kvm and vmx/svm), else TCG",
+        AccelChoice::Kvm => "kvm",
+        AccelChoice::Tcg => "tcg",
+    }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct UpArgs {
+/// The backend flags of `up`, and of `test` for when it brings the cluster
+/// up.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackendArgs {
     /// Virtualization backend
     #[arg(long, value_enum, default_value = "qemu")]
     pub backend: Backend,
@@ -64,7 +61,25 @@ pub struct UpArgs {
     pub hosts: Vec<String>,
     /// Accelerator
     #[arg(long, value_enum, default_value = "auto")]
-    pub accel: AccelChoice,
+    pub accel: Accel,
+}
+
+impl BackendArgs {
+    /// The library's backend options.
+    pub fn options(&self) -> BackendOptions {
+        BackendOptions {
+            kind: self.backend.0,
+            connect: self.connect.clone(),
+            hosts: self.hosts.clone(),
+            accel: self.accel.0,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// How long a node may take to boot and activate [default: 120s with KVM, 900s with TCG]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -83,45 +98,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     testbed_model::units::parse_duration(s).map_err(|e| e.message)
 }
 
-/// The composition a verb acts on and its state directory.
-struct Target {
-    comp: Composition,
-    plan: Plan,
-    dir: StateDir,
-}
-
-fn target(path: Option<&Path>, scale: &[ScaleArg]) -> Result<Target, Failure> {
-    let path = testbed_model::resolve_path(path);
-    let scale: Scale = scale.iter().cloned().collect();
-    let (comp, plan) = testbed_model::check(&path, &scale)?;
-    let dir = StateDir::for_cluster(&plan.cluster, &comp.source.path);
-    Ok(Target { comp, plan, dir })
-}
-
 /// The state directory of the composition at `path`, without validating
 /// templates (a running cluster's verbs must work even if the file was
 /// edited since `up`).
 pub(crate) fn state_dir(path: Option<&Path>) -> Result<(String, StateDir), Failure> {
-    let path = testbed_model::resolve_path(path);
-    let comp = testbed_model::load(&path)?;
-    let dir = StateDir::for_cluster(&comp.cluster.name, &comp.source.path);
-    Ok((comp.cluster.name, dir))
+    let located = testbed_cluster::locate(path)?;
+    Ok((located.cluster, located.dir))
 }
 
 pub(crate) fn connect(cluster: &str, dir: &StateDir) -> Result<ApiClient, Failure> {
-    ApiClient::connect(&dir.api_socket()).map_err(|e| match e {
-        ApiError::NotRunning { .. } => Failure::Runtime(anyhow!(
-            "cluster {cluster} is not running (start it with `testbed up`)"
-        )),
-        other => Failure::Runtime(other.into()),
-    })
+    Ok(testbed_cluster::connect(cluster, dir)?)
 }
 
 pub(crate) fn reply_error(reply: Reply) -> Failure {
-    match reply {
-        Reply::Error { message, .. } => Failure::Runtime(anyhow!(message)),
-        other => Failure::Runtime(anyhow!("unexpected reply from the supervisor: {other:?}")),
-    }
+    testbed_cluster::reply_error(reply).into()
 }
 
 fn elapsed(start: Instant) -> String {
@@ -130,368 +120,104 @@ fn elapsed(start: Instant) -> String {
 
 /// `testbed up`.
 pub fn up(path: Option<&Path>, scale: &[ScaleArg], args: &UpArgs) -> Outcome {
-    let status = bring_up(path, scale, args)?;
+    let scale: Scale = scale.iter().cloned().collect();
+    let target = Target::load(path, &scale)?;
+    let mut options = up_options(&args.backend, &args.packages)?;
+    options.timeout = args.timeout;
+    options.keep_failed = args.keep_failed;
+    let status = bring_up(&target, &options)?;
     print_status(&status, args.json)
 }
 
-/// What `up` does short of printing the final status (`testbed test`
-/// brings its cluster up this way): the status once every node is ready.
-pub fn bring_up(
-    path: Option<&Path>,
-    scale: &[ScaleArg],
-    args: &UpArgs,
-) -> Result<ClusterStatus, Failure> {
+/// The options of `up` from its flags (`testbed test` shares these).
+pub fn up_options(
+    backend: &BackendArgs,
+    packages: &super::image::PackageArgs,
+) -> Result<UpOptions, Failure> {
+    let exe = std::env::current_exe().context("cannot find the testbed executable")?;
+    let mut options = UpOptions::new(exe);
+    options.backend = backend.options();
+    options.packages = packages.options();
+    Ok(options)
+}
+
+/// Brings `target` up with `testbed_cluster::up`, printing its progress on
+/// stderr; the status once every node is ready.
+pub fn bring_up(target: &Target, options: &UpOptions) -> Result<ClusterStatus, Failure> {
     let start = Instant::now();
-    let t = target(path, scale)?;
-    if let Ok(mut client) = ApiClient::connect(&t.dir.api_socket()) {
-        if let Ok(Reply::Status(status)) = client.call(&Request::Status) {
-            let want: Vec<&str> = t.plan.nodes.iter().map(|n| n.name.as_str()).collect();
-            let have: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
-            if want != have {
-                return Err(Failure::Runtime(anyhow!(
-                    "cluster {} is already running with nodes {}; run `testbed down` first to change it",
-                    t.plan.cluster,
-                    have.join(", ")
-                )));
-            }
-            eprintln!("cluster {} is already up", t.plan.cluster);
-            return Ok(status);
-        }
-    }
-    if t.dir.exists() {
-        let report = state::teardown(&t.dir).map_err(|e| Failure::Runtime(e.into()))?;
-        eprintln!(
-            "removed the state of an earlier run of {} whose supervisor is gone{}",
-            t.plan.cluster,
-            if report.killed.is_empty() {
+    // The builder's spinners (or lines), while images are built.
+    let mut reporter: Option<Reporter> = None;
+    let result = testbed_cluster::up(target, options, &mut |event| {
+        print_up_event(event, start, &mut reporter)
+    });
+    // Spinners cut short by an error are marked before it is printed.
+    drop(reporter);
+    Ok(result?)
+}
+
+fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter>) {
+    match event {
+        UpEvent::AlreadyUp { cluster } => eprintln!("cluster {cluster} is already up"),
+        UpEvent::StaleStateRemoved { cluster, killed } => eprintln!(
+            "removed the state of an earlier run of {cluster} whose supervisor is gone{}",
+            if killed.is_empty() {
                 String::new()
             } else {
-                format!(" ({} leftover processes killed)", report.killed.len())
+                format!(" ({} leftover processes killed)", killed.len())
             }
-        );
-    }
-
-    if args.backend != Backend::Libvirt && (args.connect.is_some() || !args.hosts.is_empty()) {
-        return Err(Failure::Usage(
-            "--connect and --host are for --backend libvirt".to_owned(),
-        ));
-    }
-    if args.connect.is_some() && !args.hosts.is_empty() {
-        return Err(Failure::Usage(
-            "give either --connect URI (one host) or --host URI (repeatable), not both".to_owned(),
-        ));
-    }
-    let backend = match args.backend {
-        Backend::Qemu => BackendSpec::Qemu,
-        Backend::Libvirt => {
-            let (hosts, placement) = libvirt_placement(&t, args)?;
-            for (i, uri) in hosts.iter().enumerate() {
-                // In plan order, as `status` lists them.
-                let nodes: Vec<&str> = t
-                    .plan
-                    .nodes
-                    .iter()
-                    .filter(|n| placement.get(&n.name) == Some(&i))
-                    .map(|n| n.name.as_str())
-                    .collect();
-                eprintln!(
-                    "{} libvirt host {uri}: {}",
-                    elapsed(start),
-                    if nodes.is_empty() {
-                        "no nodes".to_owned()
-                    } else {
-                        nodes.join(", ")
-                    }
-                );
-            }
-            BackendSpec::Libvirt { hosts, placement }
-        }
-        Backend::Podman | Backend::Docker => {
-            let wanted = match args.backend {
-                Backend::Docker => Engine::Docker,
-                _ => Engine::Podman,
-            };
-            let engine = container::detect(Some(wanted)).map_err(|e| Failure::Runtime(e.into()))?;
-            eprintln!(
-                "{} container engine: {}{}",
-                elapsed(start),
-                engine.engine,
-                if engine.rootless { " (rootless)" } else { "" }
-            );
-            BackendSpec::Container { engine }
-        }
-    };
-    let accel = match (&backend, args.accel) {
-        // Containers run on the host's kernel: nothing to accelerate.
-        (BackendSpec::Container { .. }, _) => Accel::Kvm,
-        (_, AccelChoice::Kvm) => Accel::Kvm,
-        (_, AccelChoice::Tcg) => Accel::Tcg,
-        (_, AccelChoice::Auto) => {
-            let d = accel::detect();
-            eprintln!("{} accelerator: {} ({})", elapsed(start), d.accel, d.reason);
-            d.accel
-        }
-    };
-    let (boot_timeout, service_timeout) = match (&backend, accel) {
-        (BackendSpec::Container { .. }, _) => (Duration::from_secs(300), Duration::from_secs(300)),
-        (_, Accel::Kvm) => (Duration::from_secs(120), Duration::from_secs(60)),
-        (_, Accel::Tcg) => (Duration::from_secs(900), Duration::from_secs(300)),
-    };
-    let boot_timeout = args.timeout.unwrap_or(boot_timeout);
-
-    let built = super::image::build_for_up(&t.comp, &args.packages)?;
-    let images: BTreeMap<String, ImageFiles> = built
-        .iter()
-        .map(|b| {
-            (
-                b.role.clone(),
-                ImageFiles {
-                    key: b.key.clone(),
-                    kernel: b.output("kernel"),
-                    initramfs: b.output("initramfs"),
-                    rootfs: b.output("rootfs.erofs"),
-                    archive: b.output("rootfs.tar"),
-                    cmdline: testbed_image::initramfs::KERNEL_CMDLINE.to_owned(),
-                },
-            )
-        })
-        .collect();
-
-    t.dir.create().map_err(|e| Failure::Runtime(e.into()))?;
-    let result = launch(&t, &images, backend, accel, boot_timeout, service_timeout);
-    let status = match result {
-        // With --keep-failed every node gets its chance, to be inspected;
-        // otherwise the first failure ends the wait, since the cluster
-        // cannot be ready anyway.
-        Ok(()) => wait_ready(&t, start, !args.keep_failed),
-        Err(e) => Err(e),
-    };
-    match status {
-        Ok(status) => {
-            let failed: Vec<&NodeStatus> = status
-                .nodes
-                .iter()
-                .filter(|n| n.state != NodeState::Ready)
-                .collect();
-            if failed.is_empty() {
-                eprintln!(
-                    "{} cluster {} is up: {} ready",
-                    elapsed(start),
-                    status.cluster,
-                    match status.nodes.len() {
-                        1 => "1 node".to_owned(),
-                        n => format!("{n} nodes"),
-                    }
-                );
-                return Ok(status);
-            }
-            let mut message = String::new();
-            for node in &failed {
-                if !matches!(node.state, NodeState::Failed | NodeState::Stopped) {
-                    message.push_str(&format!(
-                        "node {} ({}) was still {} when up gave up\n",
-                        node.name, node.role, node.state,
-                    ));
-                    continue;
-                }
-                let detail = node.message.as_deref().unwrap_or("no details");
-                // Agent errors already start with the node's name.
-                let detail = detail
-                    .strip_prefix(&format!("node {}: ", node.name))
-                    .unwrap_or(detail);
-                message.push_str(&format!(
-                    "node {} ({}) {}: {detail}\n",
-                    node.name, node.role, node.state,
-                ));
-                message.push_str(&format!("  console log: {}\n", node.console_log.display()));
-            }
-            if args.keep_failed {
-                message.push_str(&format!(
-                    "the cluster is left running (--keep-failed); `testbed down` removes it; state in {}",
-                    t.dir.path().display()
-                ));
+        ),
+        UpEvent::LibvirtHost { uri, nodes } => eprintln!(
+            "{} libvirt host {uri}: {}",
+            elapsed(start),
+            if nodes.is_empty() {
+                "no nodes".to_owned()
             } else {
-                stop(&t.plan.cluster, &t.dir);
-                message.push_str("the cluster was taken down (use --keep-failed to inspect it)");
+                nodes.join(", ")
             }
-            Err(Failure::Runtime(anyhow!(
-                "cluster {} did not come up:\n{}",
-                t.plan.cluster,
-                message.trim_end()
-            )))
+        ),
+        UpEvent::ContainerEngine(engine) => eprintln!(
+            "{} container engine: {}{}",
+            elapsed(start),
+            engine.engine,
+            if engine.rootless { " (rootless)" } else { "" }
+        ),
+        UpEvent::Accelerator(d) => {
+            eprintln!("{} accelerator: {} ({})", elapsed(start), d.accel, d.reason)
         }
-        Err(e) => {
-            if !args.keep_failed {
-                stop(&t.plan.cluster, &t.dir);
+        UpEvent::BuildStarted => *reporter = Some(Reporter::new()),
+        UpEvent::Image(event) => {
+            if let Some(reporter) = reporter {
+                testbed_image::Progress::event(reporter, event);
             }
-            Err(e)
         }
-    }
-}
-
-/// The libvirt URI used when none is given: `$LIBVIRT_DEFAULT_URI`, else
-/// the system daemon for root and the user's session daemon otherwise.
-pub(crate) fn default_libvirt_uri() -> String {
-    match std::env::var("LIBVIRT_DEFAULT_URI") {
-        Ok(uri) if !uri.is_empty() => uri,
-        _ if rustix::process::geteuid().is_root() => "qemu:///system".to_owned(),
-        _ => "qemu:///session".to_owned(),
-    }
-}
-
-/// The libvirt hosts (`--host`, else `--connect`, else the default) and
-/// each node's host: round-robin in plan order.
-fn libvirt_placement(
-    t: &Target,
-    args: &UpArgs,
-) -> Result<(Vec<String>, BTreeMap<String, usize>), Failure> {
-    let listed: Vec<String> = t.comp.hosts.iter().map(|h| h.uri.clone()).collect();
-    let hosts: Vec<String> = if !args.hosts.is_empty() {
-        args.hosts.clone()
-    } else if let Some(uri) = &args.connect {
-        vec![uri.clone()]
-    } else if !listed.is_empty() {
-        listed
-    } else {
-        vec![default_libvirt_uri()]
-    };
-    // Unpinned nodes go round-robin, in plan order; a pinned role's nodes
-    // go to its host, found by the URI its `[[hosts]]` entry names.
-    let mut placement = BTreeMap::new();
-    let mut next = 0;
-    for node in &t.plan.nodes {
-        let index = match &node.host {
-            Some(name) => {
-                let uri = t
-                    .comp
-                    .hosts
-                    .iter()
-                    .find(|h| &h.name == name)
-                    .map(|h| h.uri.as_str())
-                    .unwrap_or_default();
-                hosts.iter().position(|h| h == uri).ok_or_else(|| {
-                    Failure::Usage(format!(
-                        "node {} is pinned to host {name} ({uri}), which is not among the hosts given: {}",
-                        node.name,
-                        hosts.join(", ")
-                    ))
-                })?
+        UpEvent::Lock(note) => lock_note(note),
+        UpEvent::ImagesReady { .. } => *reporter = None,
+        UpEvent::SupervisorStarted { .. } => {}
+        UpEvent::Node(node) => {
+            let detail = match node.state {
+                NodeState::Ready => format!(
+                    " ({:.1}s after its start)",
+                    node.uptime_ms.unwrap_or(0) as f64 / 1000.0
+                ),
+                NodeState::Failed => " (details below)".to_owned(),
+                _ => String::new(),
+            };
+            eprintln!(
+                "{} {:<16} {}{}",
+                elapsed(start),
+                node.name,
+                node.state,
+                detail
+            );
+        }
+        UpEvent::Up { cluster, nodes } => eprintln!(
+            "{} cluster {cluster} is up: {} ready",
+            elapsed(start),
+            match nodes {
+                1 => "1 node".to_owned(),
+                n => format!("{n} nodes"),
             }
-            None => {
-                next += 1;
-                (next - 1) % hosts.len()
-            }
-        };
-        placement.insert(node.name.clone(), index);
-    }
-    Ok((hosts, placement))
-}
-
-/// Prepares the spec and starts the supervisor.
-fn launch(
-    t: &Target,
-    images: &BTreeMap<String, ImageFiles>,
-    backend: BackendSpec,
-    accel: Accel,
-    boot_timeout: Duration,
-    service_timeout: Duration,
-) -> Outcome {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let options = Options {
-        backend,
-        accel,
-        boot_timeout,
-        activation_timeout: service_timeout,
-        seed,
-    };
-    let (spec, ssh) = spec::prepare(&t.comp, &t.plan, images, &options, t.dir.path())
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    spec.write(&t.dir.spec())
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    let exe = std::env::current_exe().context("cannot find the testbed executable")?;
-    let proxy = vec![
-        exe.to_string_lossy().into_owned(),
-        "forward".to_owned(),
-        "--file".to_owned(),
-        spec.composition.to_string_lossy().into_owned(),
-        "%n".to_owned(),
-        "22".to_owned(),
-    ];
-    spec::write_ssh(&t.dir, &ssh, &proxy).map_err(|e| Failure::Runtime(e.into()))?;
-
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(t.dir.supervisor_log())
-        .context("cannot create the supervisor log")?;
-    let mut child = Command::new(&exe)
-        .arg("supervise")
-        .arg(t.dir.path())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().context("supervisor log")?)
-        .stderr(log)
-        // Its own process group: Ctrl-C on `up` must not take the cluster
-        // down with it.
-        .process_group(0)
-        .spawn()
-        .context("cannot start the supervisor")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if ApiClient::connect(&t.dir.api_socket()).is_ok() {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = fs::read_to_string(t.dir.supervisor_log()).unwrap_or_default();
-            return Err(Failure::Runtime(anyhow!(
-                "the supervisor exited at start ({status}):\n{}",
-                log.trim_end()
-            )));
-        }
-        if Instant::now() > deadline {
-            return Err(Failure::Runtime(anyhow!(
-                "the supervisor did not open its API socket within 30s; see {}",
-                t.dir.supervisor_log().display()
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Follows the supervisor's `watch` stream, printing each change, until
-/// every node is settled or, with `fail_fast`, one has failed.
-fn wait_ready(t: &Target, start: Instant, fail_fast: bool) -> Result<ClusterStatus, Failure> {
-    let mut client = connect(&t.plan.cluster, &t.dir)?;
-    client
-        .send(&Request::Watch)
-        .map_err(|e| Failure::Runtime(e.into()))?;
-    loop {
-        match client.recv().map_err(|e| Failure::Runtime(e.into()))? {
-            Reply::Node(node) => {
-                let detail = match node.state {
-                    NodeState::Ready => format!(
-                        " ({:.1}s after its start)",
-                        node.uptime_ms.unwrap_or(0) as f64 / 1000.0
-                    ),
-                    NodeState::Failed => " (details below)".to_owned(),
-                    _ => String::new(),
-                };
-                eprintln!(
-                    "{} {:<16} {}{}",
-                    elapsed(start),
-                    node.name,
-                    node.state,
-                    detail
-                );
-                if node.state == NodeState::Failed && fail_fast {
-                    return fetch_status(&t.plan.cluster, &t.dir);
-                }
-            }
-            Reply::Settled(status) => return Ok(status),
-            other => return Err(reply_error(other)),
-        }
+        ),
     }
 }
 
@@ -546,14 +272,7 @@ fn print_status(status: &ClusterStatus, json: bool) -> Outcome {
 
 /// The running cluster's status, from its supervisor.
 pub(crate) fn fetch_status(cluster: &str, dir: &StateDir) -> Result<ClusterStatus, Failure> {
-    let mut client = connect(cluster, dir)?;
-    match client
-        .call(&Request::Status)
-        .map_err(|e| Failure::Runtime(e.into()))?
-    {
-        Reply::Status(status) => Ok(status),
-        other => Err(reply_error(other)),
-    }
+    Ok(testbed_cluster::status(cluster, dir)?)
 }
 
 /// `testbed status`.
@@ -562,81 +281,10 @@ pub fn status(path: Option<&Path>, json: bool) -> Outcome {
     print_status(&fetch_status(&cluster, &dir)?, json)
 }
 
-/// Asks the supervisor to stop; tears the state down by hand when it does
-/// not answer. Returns what happened, for the message.
-pub fn stop(cluster: &str, dir: &StateDir) -> String {
-    if let Ok(mut client) = ApiClient::connect(&dir.api_socket()) {
-        let supervisor = fs::read_to_string(dir.supervisor_pid())
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        let _ = client.set_read_timeout(Some(Duration::from_secs(90)));
-        if let Ok(Reply::Ok) = client.call(&Request::Down) {
-            // The supervisor removed the directory before answering and
-            // exits right after; `down` returns once it is gone, so that
-            // nothing of the cluster outlives the command.
-            if let Some(pid) = supervisor {
-                wait_gone(pid, Duration::from_secs(10));
-            }
-            if !dir.exists() {
-                return format!("cluster {cluster} is down");
-            }
-        }
-    }
-    match state::teardown(dir) {
-        Ok(report) if report.removed => {
-            let killed: Vec<String> = report
-                .killed
-                .iter()
-                .map(|(what, pid)| format!("{what} (pid {pid})"))
-                .collect();
-            // Containers outlive their supervisor; what the engine removed.
-            let removed = if report.engine.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", report.engine.join(", "))
-            };
-            if killed.is_empty() {
-                format!(
-                    "cluster {cluster} is down (its supervisor was gone; state removed{removed})"
-                )
-            } else {
-                format!(
-                    "cluster {cluster} is down (its supervisor did not answer; killed {}{removed})",
-                    killed.join(", ")
-                )
-            }
-        }
-        Ok(_) => format!("cluster {cluster} is not running"),
-        Err(e) => format!("cluster {cluster}: {e}"),
-    }
-}
-
-/// Waits until process `pid` has exited (a zombie counts as exited: only
-/// its parent can reap it).
-fn wait_gone(pid: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        match fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // "PID (comm) STATE ...": the state follows the last ')'.
-            Ok(stat)
-                if !stat
-                    .rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z') =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            _ => return,
-        }
-    }
-}
-
 /// `testbed down`.
 pub fn down(path: Option<&Path>) -> Outcome {
     let (cluster, dir) = state_dir(path)?;
-    let message = stop(&cluster, &dir);
+    let message = testbed_cluster::down(&dir, &cluster);
     if dir.exists() {
         return Err(Failure::Runtime(anyhow!(
             "{message}; {} could not be removed",

@@ -207,7 +207,7 @@ fn libvirt() -> Check {
 
 #[cfg(feature = "libvirt")]
 fn libvirt() -> Check {
-    let uri = super::cluster::default_libvirt_uri();
+    let uri = testbed_cluster::libvirt::default_uri();
     match testbed_runtime::libvirt::LibvirtHost::connect(&uri) {
         Ok(_) => check(
             "libvirt",

@@ -212,20 +212,16 @@ pub fn fault(args: &FaultArgs) -> Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PowerVerb {
-    /// Boot a stopped node and wait until it is ready again
-    Start,
-    /// Clean shutdown through the guest
-    Shutdown,
-    /// Instant power loss
-    Crash,
-    /// Clean reboot; waits until the node is ready again
-    Reboot,
-    /// Freeze the node's CPUs
-    Pause,
-    /// Undo pause
-    Resume,
+value_enum! {
+    /// A power action as `testbed power` takes it.
+    pub struct PowerVerb(PowerAction) {
+        PowerAction::Start => "start": "Boot a stopped node and wait until it is ready again",
+        PowerAction::Shutdown => "shutdown": "Clean shutdown through the guest",
+        PowerAction::Crash => "crash": "Instant power loss",
+        PowerAction::Reboot => "reboot": "Clean reboot; waits until the node is ready again",
+        PowerAction::Pause => "pause": "Freeze the node's CPUs",
+        PowerAction::Resume => "resume": "Undo pause",
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -250,14 +246,7 @@ pub struct PowerArgs {
 /// `testbed power ACTION NODE`.
 pub fn power(args: &PowerArgs) -> Outcome {
     let (cluster, dir) = state_dir(args.path.as_deref())?;
-    let action = match args.action {
-        PowerVerb::Start => PowerAction::Start,
-        PowerVerb::Shutdown => PowerAction::Shutdown,
-        PowerVerb::Crash => PowerAction::Crash,
-        PowerVerb::Reboot => PowerAction::Reboot,
-        PowerVerb::Pause => PowerAction::Pause,
-        PowerVerb::Resume => PowerAction::Resume,
-    };
+    let action = args.action.0;
     let mut client = connect(&cluster, &dir)?;
     match client
         .call(&Request::Power {

@@ -1,7 +1,9 @@
 //! `testbed lock`, `testbed build`, `testbed verify`, `testbed vendor` and
-//! `testbed store`: the composition's roles as image specs, the guest agent
-//! every image carries, where packages may come from (`--offline`,
-//! `--vendor`), and the image builder's progress on the terminal.
+//! `testbed store`: the package flags (`--offline`, `--vendor`), the verbs
+//! over `testbed_cluster::images` (the roles as image specs with the guest
+//! agent, the lock beside the composition), and the image builder's
+//! progress on the terminal (spinners or lines, which `up` and `test` use
+//! too).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -10,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use testbed_cluster::images::{self, LockNote, PackageOptions};
 use testbed_image::debs::{self, Acquired};
 use testbed_image::{
-    BuildOptions, Event, ImageError, ImageSpec, LockOptions, Lockfile, Origin, PackageSources,
-    Progress, StaticFile, Step, Store,
+    Event, ImageError, ImageSpec, LockOptions, Lockfile, Origin, Progress, Step, Store,
 };
-use testbed_model::{Composition, FileKind, Snapshot};
+use testbed_model::Composition;
 
 use crate::output::{Failure, Outcome};
 
@@ -32,105 +34,29 @@ pub struct PackageArgs {
 }
 
 impl PackageArgs {
-    /// The image builder's package sources for `comp`.
-    pub fn sources(&self, comp: &Composition) -> PackageSources {
-        PackageSources {
-            vendor: self.vendor.clone(),
+    /// The library's package options.
+    pub fn options(&self) -> PackageOptions {
+        PackageOptions {
             offline: self.offline,
-            snapshot: comp.cluster.snapshot.as_ref().map(|s| match s {
-                Snapshot::Off => "off".to_string(),
-                Snapshot::Url(url) => url.clone(),
-            }),
-            caches: Vec::new(),
+            vendor: self.vendor.clone(),
         }
     }
 }
 
-/// The lock file beside a composition.
-pub fn lock_path(comp: &Composition) -> PathBuf {
-    comp.dir.join("testbed.lock")
-}
-
-/// The guest agent binary installed into every image: `$TESTBED_AGENT` if
-/// set, else `testbed-agent` next to this executable (where cargo puts it,
-/// and where an installation puts both).
-pub(crate) fn agent_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("TESTBED_AGENT") {
-        let path = PathBuf::from(path);
-        anyhow::ensure!(
-            path.is_file(),
-            "TESTBED_AGENT is {}, which is not a file; point it at a testbed-agent binary (`cargo build --bins` in the workspace makes one)",
-            path.display()
-        );
-        return Ok(path);
-    }
+/// The guest agent binary installed into every image: `$TESTBED_AGENT`,
+/// else `testbed-agent` beside this executable.
+fn agent_binary() -> Result<PathBuf, Failure> {
     let exe = std::env::current_exe().context("cannot find the path of the testbed executable")?;
-    let path = exe.with_file_name("testbed-agent");
-    anyhow::ensure!(
-        path.is_file(),
-        "the guest agent binary is missing: every image carries it, and it is looked for at {}; build it with `cargo build --bins` in the workspace (with the same profile as testbed, e.g. --release), or set TESTBED_AGENT to its path",
-        path.display()
-    );
-    Ok(path)
+    Ok(images::agent_binary(&exe)?)
 }
 
-/// One image spec per role, each with the guest agent. Templates are not
-/// part of images: they are rendered per node at activation.
-pub fn specs(comp: &Composition) -> anyhow::Result<Vec<ImageSpec>> {
-    specs_with(comp, Some(agent_binary()?))
+/// Prints a note about the lock file (above the spinners, if any).
+pub fn lock_note(n: LockNote) {
+    note(&n.to_string());
 }
 
-/// [`specs`] with a chosen agent (`None` for locking, which does not
-/// depend on it).
-fn specs_with(comp: &Composition, agent: Option<PathBuf>) -> anyhow::Result<Vec<ImageSpec>> {
-    comp.roles
-        .iter()
-        .map(|role| {
-            let mut packages = role.packages.clone();
-            packages.sort();
-            packages.dedup();
-            let mut files = Vec::new();
-            for f in role.files.iter().filter(|f| f.is_static()) {
-                let content = match &f.kind {
-                    FileKind::Content(text) => text.clone().into_bytes(),
-                    FileKind::Source(path) => std::fs::read(path).with_context(|| {
-                        format!("role {}: cannot read {}", role.name, path.display())
-                    })?,
-                    FileKind::Template(_) => continue,
-                };
-                files.push(StaticFile {
-                    path: f.path.clone(),
-                    content,
-                    mode: f.mode,
-                    owner: Some(f.owner.clone()),
-                });
-            }
-            Ok(ImageSpec {
-                role: role.name.clone(),
-                vendor: comp.cluster.distro.vendor.clone(),
-                suite: comp.cluster.distro.suite.clone(),
-                mirror: comp.cluster.mirror.clone(),
-                kernel: comp.cluster.kernel.clone(),
-                packages,
-                debconf: role.debconf.clone(),
-                files,
-                agent: agent.clone(),
-            })
-        })
-        .collect()
-}
-
-/// Problems with the user's input (a package that does not exist, a stale
-/// lock) exit with 2, like any invalid composition; the rest with 1.
 fn failure(e: ImageError) -> Failure {
-    match e {
-        ImageError::UnknownPackage { .. }
-        | ImageError::StaleLock { .. }
-        | ImageError::BadLock { .. } => Failure::Usage(e.to_string()),
-        // Itself a full report: one package per line, what was tried.
-        ImageError::Unavailable { .. } => Failure::Runtime(anyhow::anyhow!("{e}")),
-        other => Failure::Runtime(other.into()),
-    }
+    e.into()
 }
 
 /// Prints builder events to stderr, one line each, with the time since
@@ -445,97 +371,15 @@ fn short(key: &str) -> &str {
     key.get(..12).unwrap_or(key)
 }
 
-/// Reads the lock for `comp`: a missing lock is created (and said so); a
-/// stale one is an error that says to run `testbed lock`.
-pub fn ensure_lock(
-    comp: &Composition,
-    specs: &[ImageSpec],
-    packages: &PackageArgs,
-    progress: &dyn Progress,
-) -> Result<Lockfile, Failure> {
-    let path = lock_path(comp);
-    match Lockfile::read_if_exists(&path).map_err(failure)? {
-        Some(mut lock) => {
-            lock.check_fresh(specs, &path).map_err(failure)?;
-            upgrade(&mut lock, &path)?;
-            Ok(lock)
-        }
-        None if packages.offline => Err(Failure::Usage(format!(
-            "{} does not exist, and making it needs the network; run `testbed lock` where the archive can be reached (or drop --offline)",
-            path.display()
-        ))),
-        None => {
-            let lock = testbed_image::lock(specs, None, &LockOptions::default(), progress)
-                .map_err(failure)?;
-            lock.write(&path).map_err(failure)?;
-            note(&format!(
-                "created {} (commit it: it pins every package version)",
-                path.display()
-            ));
-            Ok(lock)
-        }
-    }
-}
-
-/// The sources a role resolves against today, to name the archives of an
-/// upgraded lock; none when this host has none for it (an air-gapped
-/// machine building from a vendor folder), which leaves the archives to be
-/// named at the next `lock`.
-fn sources_or_none(
-    r: &testbed_image::lock::RoleLock,
-) -> testbed_image::Result<Vec<testbed_image::apt::SourceLine>> {
-    match testbed_image::apt::sources_for(&r.vendor, &r.suite, r.mirror.as_deref()) {
-        Err(ImageError::NoSources { .. }) => Ok(Vec::new()),
-        other => other,
-    }
-}
-
-/// Brings a lock written by an older testbed to the current format in
-/// place, saying so; package versions (so image keys) do not change.
-fn upgrade(lock: &mut Lockfile, path: &Path) -> Result<(), Failure> {
-    let from = lock.version;
-    let changed = lock.upgrade(sources_or_none).map_err(failure)?;
-    if changed {
-        lock.write(path).map_err(failure)?;
-        let points: std::collections::BTreeSet<&str> = lock
-            .roles
-            .values()
-            .filter_map(|r| r.snapshot.as_deref())
-            .collect();
-        note(&format!(
-            "upgraded {} from format {from} to {}: added each role's snapshot point ({}, from its source-date-epoch) and archives; no package version changed (commit it)",
-            path.display(),
-            lock.version,
-            points.into_iter().collect::<Vec<_>>().join(", ")
-        ));
-    }
-    Ok(())
-}
-
-/// The default store, and build options that register the composition's
-/// lock with it (so `store ls` and `gc` know who uses an entry).
-fn store_and_options(
-    comp: &Composition,
-    packages: &PackageArgs,
-) -> Result<(Store, BuildOptions), Failure> {
-    let store = Store::open_default().map_err(failure)?;
-    let options = BuildOptions {
-        lock_path: Some(lock_path(comp)),
-        jobs: None,
-        packages: packages.sources(comp),
-    };
-    Ok((store, options))
-}
-
 /// The composition and its specs; with the agent unless `for_lock` (the
 /// lock does not depend on it, so locking works without one).
 fn load(path: Option<&Path>, for_lock: bool) -> Result<(Composition, Vec<ImageSpec>), Failure> {
     let path = testbed_model::resolve_path(path);
     let comp = testbed_model::load(&path)?;
     let specs = if for_lock {
-        specs_with(&comp, None)?
+        images::specs(&comp, None)?
     } else {
-        specs(&comp)?
+        images::specs(&comp, Some(&agent_binary()?))?
     };
     Ok((comp, specs))
 }
@@ -557,7 +401,7 @@ pub fn lock(
                 .into(),
         ));
     }
-    let lock_file = lock_path(&comp);
+    let lock_file = images::lock_path(&comp);
     let previous = Lockfile::read_if_exists(&lock_file).map_err(failure)?;
     if let (Some(prev), false) = (&previous, update) {
         if prev.check_fresh(&specs, &lock_file).is_ok() {
@@ -620,8 +464,14 @@ fn lock_check(
             reporter.event(event)
         }
     };
-    let acquired = debs::acquire(&store, &roles, &packages.sources(comp), false, &progress)
-        .map_err(failure)?;
+    let acquired = debs::acquire(
+        &store,
+        &roles,
+        &packages.options().sources(comp),
+        false,
+        &progress,
+    )
+    .map_err(failure)?;
     drop(reporter);
     if json {
         println!(
@@ -701,7 +551,7 @@ fn existing_lock(
     specs: &[ImageSpec],
     write: bool,
 ) -> Result<(Lockfile, PathBuf), Failure> {
-    let lock_file = lock_path(comp);
+    let lock_file = images::lock_path(comp);
     let Some(mut lock) = Lockfile::read_if_exists(&lock_file).map_err(failure)? else {
         return Err(Failure::Usage(format!(
             "{} does not exist; `testbed lock` makes it",
@@ -710,9 +560,9 @@ fn existing_lock(
     };
     lock.check_fresh(specs, &lock_file).map_err(failure)?;
     if write {
-        upgrade(&mut lock, &lock_file)?;
+        images::upgrade(&mut lock, &lock_file, &mut lock_note)?;
     } else {
-        lock.upgrade(sources_or_none).map_err(failure)?;
+        lock.upgrade(images::current_sources).map_err(failure)?;
     }
     Ok((lock, lock_file))
 }
@@ -725,7 +575,7 @@ pub fn vendor(path: Option<&Path>, dir: &Path, json: bool) -> Outcome {
     let roles: Vec<(&str, &testbed_image::lock::RoleLock)> =
         lock.roles.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let progress = Reporter::new();
-    let sources = PackageArgs::default().sources(&comp);
+    let sources = PackageOptions::default().sources(&comp);
     let done = debs::vendor(&store, &roles, &sources, dir, &progress).map_err(failure)?;
     drop(progress);
     if json {
@@ -755,8 +605,9 @@ pub fn vendor(path: Option<&Path>, dir: &Path, json: bool) -> Outcome {
 pub fn build(path: Option<&Path>, json: bool, packages: &PackageArgs) -> Outcome {
     let (comp, specs) = load(path, false)?;
     let progress = Reporter::new();
-    let lock = ensure_lock(&comp, &specs, packages, &progress)?;
-    let (store, options) = store_and_options(&comp, packages)?;
+    let packages = packages.options();
+    let lock = images::ensure_lock(&comp, &specs, &packages, &progress, &mut lock_note)?;
+    let (store, options) = images::store_and_options(&comp, &packages)?;
     let built =
         testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)?;
     drop(progress);
@@ -785,9 +636,9 @@ pub fn build(path: Option<&Path>, json: bool, packages: &PackageArgs) -> Outcome
 pub fn verify(path: Option<&Path>) -> Outcome {
     let (comp, specs) = load(path, false)?;
     let progress = Reporter::new();
-    let packages = PackageArgs::default();
-    let lock = ensure_lock(&comp, &specs, &packages, &progress)?;
-    let (store, options) = store_and_options(&comp, &packages)?;
+    let packages = PackageOptions::default();
+    let lock = images::ensure_lock(&comp, &specs, &packages, &progress, &mut lock_note)?;
+    let (store, options) = images::store_and_options(&comp, &packages)?;
     let v = testbed_image::verify(&store, &specs, &lock, &options, &progress).map_err(failure)?;
     drop(progress);
     for r in &v.roles {
@@ -893,19 +744,6 @@ pub fn store_gc() -> Outcome {
     Ok(())
 }
 
-/// Locks (if there is no lock yet) and builds every role of `comp`, with
-/// progress on stderr: what `up` does before booting.
-pub fn build_for_up(
-    comp: &Composition,
-    packages: &PackageArgs,
-) -> Result<Vec<testbed_image::BuiltImage>, Failure> {
-    let specs = specs(comp)?;
-    let progress = Reporter::new();
-    let lock = ensure_lock(comp, &specs, packages, &progress)?;
-    let (store, options) = store_and_options(comp, packages)?;
-    testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -998,33 +836,5 @@ mod tests {
         );
         assert!(bars[0].is_finished());
         assert_eq!(bars[1].message(), "same image as ctl");
-    }
-
-    #[test]
-    fn agent_comes_from_the_environment_or_beside_the_executable() {
-        // One test, because it changes the process environment.
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent = dir.path().join("agent");
-        std::fs::write(&agent, b"agent").expect("write");
-        std::env::set_var("TESTBED_AGENT", &agent);
-        assert_eq!(agent_binary().expect("from TESTBED_AGENT"), agent);
-        std::env::set_var("TESTBED_AGENT", dir.path().join("missing"));
-        let err = agent_binary().expect_err("not a file").to_string();
-        assert!(err.starts_with("TESTBED_AGENT is "), "{err}");
-        assert!(err.contains("cargo build --bins"), "{err}");
-        std::env::remove_var("TESTBED_AGENT");
-        // The unit test binary lives in target/<profile>/deps, where no
-        // agent is built.
-        let err = agent_binary()
-            .expect_err("no agent beside the test")
-            .to_string();
-        assert!(
-            err.starts_with("the guest agent binary is missing"),
-            "{err}"
-        );
-        assert!(
-            err.contains("cargo build --bins") && err.contains("TESTBED_AGENT"),
-            "{err}"
-        );
     }
 }

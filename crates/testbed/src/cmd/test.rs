@@ -10,21 +10,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
+use testbed_cluster::Target;
 use testbed_driver::{
     artifacts, check_script, ApiCluster, Driver, DriverOptions, Event, EventSink, TestReport,
 };
 use testbed_model::{Scale, ScaleArg};
-use testbed_runtime::api::{ApiClient, Reply, Request};
 use testbed_runtime::spec::ClusterSpec;
 use testbed_runtime::state::StateDir;
 
-use super::cluster::{self, parse_duration, AccelChoice, Backend, UpArgs};
+use super::cluster::{self, parse_duration, BackendArgs};
 use crate::output::{Failure, Outcome};
 
 /// The limit of a whole test when the composition has no `[test]`.
 const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, clap::Args)]
+// `up`'s backend flags, with help saying that they matter only when the
+// cluster is not running yet.
+#[command(
+    mut_arg("backend", |a| a.help("Backend, if the cluster has to be brought up")),
+    mut_arg("connect", |a| a.help("libvirt: the URI of the one host (see `testbed up --help`)")),
+    mut_arg("hosts", |a| a.help("libvirt: a host's URI; repeat for several (see `testbed up --help`)")),
+    mut_arg("accel", |a| a.help("Accelerator, if the cluster has to be brought up")),
+)]
 pub struct TestArgs {
     /// The test script [default: the composition's `[test] script`]
     #[arg(long, value_name = "FILE")]
@@ -47,18 +55,8 @@ pub struct TestArgs {
     /// A prompt with the script API instead of the script (`.exit` or Ctrl-D leaves)
     #[arg(short, long)]
     pub interactive: bool,
-    /// Backend, if the cluster has to be brought up
-    #[arg(long, value_enum, default_value = "qemu")]
-    pub backend: Backend,
-    /// libvirt: the URI of the one host (see `testbed up --help`)
-    #[arg(long, value_name = "URI")]
-    pub connect: Option<String>,
-    /// libvirt: a host's URI; repeat for several (see `testbed up --help`)
-    #[arg(long = "host", value_name = "URI")]
-    pub hosts: Vec<String>,
-    /// Accelerator, if the cluster has to be brought up
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: AccelChoice,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     #[command(flatten)]
     pub packages: super::image::PackageArgs,
 }
@@ -166,19 +164,12 @@ fn display_path(path: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
-fn running(dir: &StateDir) -> bool {
-    ApiClient::connect(&dir.api_socket())
-        .and_then(|mut c| c.call(&Request::Status))
-        .is_ok_and(|r| matches!(r, Reply::Status(_)))
-}
-
 /// `testbed test`.
 pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome {
     let start = Instant::now();
-    let comp_path = testbed_model::resolve_path(path);
-    let scale_set: Scale = scale.iter().cloned().collect();
-    let (comp, plan) = testbed_model::check(&comp_path, &scale_set)?;
-    let dir = StateDir::for_cluster(&plan.cluster, &comp.source.path);
+    let scale: Scale = scale.iter().cloned().collect();
+    let target = Target::load(path, &scale)?;
+    let (comp, plan, dir) = (&target.comp, &target.plan, &target.dir);
     let comp_dir = comp
         .source
         .path
@@ -217,19 +208,11 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
         .or(comp.test.as_ref().map(|t| t.timeout))
         .unwrap_or(DEFAULT_TIME_LIMIT);
 
-    let was_running = running(&dir);
+    let was_running = testbed_cluster::running(dir).is_some();
     if !was_running {
-        let up = UpArgs {
-            backend: args.backend,
-            connect: args.connect.clone(),
-            hosts: args.hosts.clone(),
-            accel: args.accel,
-            timeout: None,
-            keep_failed: args.keep,
-            json: false,
-            packages: args.packages.clone(),
-        };
-        cluster::bring_up(path, scale, &up)?;
+        let mut options = cluster::up_options(&args.backend, &args.packages)?;
+        options.keep_failed = args.keep;
+        cluster::bring_up(&target, &options)?;
     } else {
         eprintln!(
             "{} cluster {} is already running; it stays up afterwards",
@@ -238,17 +221,13 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
         );
     }
     let teardown = !args.keep && !was_running;
-    let result = drive(
-        args,
-        &dir,
-        script_name,
-        source,
-        time_limit,
-        &comp_dir,
-        start,
-    );
+    let result = drive(args, dir, script_name, source, time_limit, &comp_dir, start);
     if teardown {
-        eprintln!("{} {}", elapsed(start), cluster::stop(&plan.cluster, &dir));
+        eprintln!(
+            "{} {}",
+            elapsed(start),
+            testbed_cluster::down(dir, &plan.cluster)
+        );
     } else {
         eprintln!(
             "{} cluster {} is left running; `testbed down` removes it",
