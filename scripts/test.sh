@@ -17,3 +17,20 @@ echo "== cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace --no-fail-fast
+echo "== a testbed without libvirt (cargo build --no-default-features)"
+# Its own target directory: the default build's binary stays as the tests
+# built it. The driver, a pure API client, links no libvirt either.
+if cargo tree --locked -p testbed-driver | grep -q ' virt v'; then
+    echo "testbed-driver depends on the virt crate" >&2
+    exit 1
+fi
+cargo build --locked -p testbed --no-default-features --target-dir "$target/without-libvirt"
+if "$target/without-libvirt/debug/testbed" up examples/slurm --backend libvirt 2> "$target/without-libvirt/up.err"; then
+    echo "up --backend libvirt succeeded without libvirt" >&2
+    exit 1
+fi
+grep -q "built without libvirt" "$target/without-libvirt/up.err" || {
+    cat "$target/without-libvirt/up.err" >&2
+    exit 1
+}
+echo "ok: $(cat "$target/without-libvirt/up.err")"

@@ -235,6 +235,10 @@ pub struct ClusterStatus {
     pub backend: String,
     pub accel: String,
     pub supervisor_pid: u32,
+    /// Whether the nodes have an interactive serial console (`testbed
+    /// console`); every backend has the console log (`testbed logs`).
+    #[serde(default)]
+    pub console: bool,
     pub nodes: Vec<NodeStatus>,
 }
 

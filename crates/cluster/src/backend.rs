@@ -47,6 +47,11 @@ pub struct BackendOptions {
 impl BackendOptions {
     /// Checks that the options go together; a usage error says how not.
     pub fn check(&self) -> Result<(), Error> {
+        if self.kind == BackendKind::Libvirt && !testbed_runtime::backend::HAS_LIBVIRT {
+            return Err(Error::Usage(
+                testbed_runtime::backend::WITHOUT_LIBVIRT.to_owned(),
+            ));
+        }
         if self.kind != BackendKind::Libvirt && (self.connect.is_some() || !self.hosts.is_empty()) {
             return Err(Error::Usage(
                 "--connect and --host are for --backend libvirt".to_owned(),

@@ -576,6 +576,7 @@ impl Shared {
                 "none".to_owned()
             },
             supervisor_pid: std::process::id(),
+            console: caps.console,
             nodes: statuses,
         }
     }

@@ -403,6 +403,7 @@ impl Cluster {
                     name: "fake".to_owned(),
                     accel: false,
                     freeze,
+                    console: false,
                     agent_poll: Duration::from_millis(2),
                 },
                 root,

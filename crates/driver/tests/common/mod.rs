@@ -168,6 +168,7 @@ impl Cluster for FakeCluster {
             backend: "qemu".into(),
             accel: self.accel.clone(),
             supervisor_pid: 1,
+            console: true,
             nodes: s.nodes.clone(),
         })
     }

@@ -59,6 +59,7 @@ pub fn open(
             name: engine.info.engine.to_string(),
             accel: false,
             freeze: true,
+            console: false,
             agent_poll: Duration::from_millis(200),
         },
         engine,

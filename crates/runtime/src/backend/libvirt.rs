@@ -186,6 +186,7 @@ pub fn open(
                 name: "libvirt".to_owned(),
                 accel: true,
                 freeze: true,
+                console: false,
                 agent_poll: Duration::from_millis(500),
             },
             shared,

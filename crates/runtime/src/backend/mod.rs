@@ -97,6 +97,9 @@ pub struct Caps {
     pub accel: bool,
     /// Whether nodes can be frozen and thawed (`pause`, `resume`).
     pub freeze: bool,
+    /// Whether each node has an interactive serial console: the socket
+    /// `console.sock` in its folder of the state directory.
+    pub console: bool,
     /// How often the supervisor asks for the agent channel while a node
     /// boots.
     pub agent_poll: Duration,

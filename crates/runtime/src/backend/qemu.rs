@@ -73,6 +73,7 @@ pub fn open(
                 name: "qemu".to_owned(),
                 accel: true,
                 freeze: true,
+                console: true,
                 agent_poll: Duration::from_millis(50),
             },
             spec: spec.clone(),

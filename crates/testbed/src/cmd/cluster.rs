@@ -596,6 +596,20 @@ pub fn logs(file: Option<&Path>, node: &str, follow: bool) -> Outcome {
 /// leaves.
 pub fn console(file: Option<&Path>, node: &str) -> Outcome {
     let (cluster, dir) = state_dir(file)?;
+    let status = fetch_status(&cluster, &dir)?;
+    if !status.console {
+        return Err(Failure::Runtime(anyhow!(
+            "the {} backend gives nodes no interactive console; `testbed logs {node}` shows what {node} wrote to its console, `testbed ssh {node}` or `testbed exec {node} -- COMMAND` reach it",
+            status.backend
+        )));
+    }
+    if !status.nodes.iter().any(|n| n.name == node) {
+        let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+        return Err(Failure::Runtime(anyhow!(
+            "no node {node} in cluster {cluster} (nodes: {})",
+            names.join(", ")
+        )));
+    }
     let socket = dir.node(node).console_socket();
     let stream = UnixStream::connect(&socket).map_err(|e| {
         Failure::Runtime(anyhow!(
