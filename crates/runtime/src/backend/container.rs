@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{lock, Backend, BackendError, Caps, Channel, Events, Opened, Started, Stop};
+use super::{CheckLevel, HostCheck};
 use crate::container::{
     self, ContainerConfig, ContainerNic, Containers, EngineInfo, FaultProgram, Peer,
 };
@@ -450,4 +451,39 @@ fn died_events(
             }
         });
     Some(child)
+}
+
+/// `doctor`'s check of this backend: an engine answers, and enough
+/// inotify instances for a few dozen systemd containers.
+pub fn host_check() -> HostCheck {
+    match crate::container::detect(None) {
+        Ok(info) => {
+            let instances = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            let found = format!(
+                "{}{} answers (--backend {}); fs.inotify.max_user_instances = {instances}",
+                info.engine,
+                if info.rootless { " (rootless)" } else { "" },
+                info.engine
+            );
+            if instances < 1024 {
+                HostCheck::new(
+                    "containers",
+                    CheckLevel::Warn,
+                    found,
+                    Some("a few dozen container nodes exhaust the inotify instances: run scripts/setup-podman.sh (as root it raises the limit)"),
+                )
+            } else {
+                HostCheck::new("containers", CheckLevel::Ok, found, None)
+            }
+        }
+        Err(e) => HostCheck::new(
+            "containers",
+            CheckLevel::Warn,
+            e.to_string(),
+            Some("only for --backend podman/docker: run scripts/setup-host.sh (installs podman and runs scripts/setup-podman.sh)"),
+        ),
+    }
 }

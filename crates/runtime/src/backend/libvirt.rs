@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{lock, Backend, BackendError, Caps, Channel, Events, Opened, Started, Stop};
+use super::{CheckLevel, HostCheck};
 use crate::libvirt::{self, DomainConfig, HostImage, LibvirtHost, UdpNic};
 use crate::spec::{ClusterSpec, NodeSpec};
 use crate::state::StateDir;
@@ -412,5 +413,23 @@ impl Backend for LibvirtBackend {
 impl Drop for LibvirtBackend {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `doctor`'s check of this backend: the daemon at `uri` answers.
+pub fn host_check(uri: &str) -> HostCheck {
+    match crate::libvirt::LibvirtHost::connect(uri) {
+        Ok(_) => HostCheck::new(
+            "libvirt",
+            CheckLevel::Ok,
+            format!("{uri} answers (--backend libvirt)"),
+            None,
+        ),
+        Err(e) => HostCheck::new(
+            "libvirt",
+            CheckLevel::Warn,
+            format!("{uri}: {e}"),
+            Some("only for --backend libvirt: as root run scripts/setup-libvirt.sh; without root see docs/libvirt.md (session mode, or the polkit rule for a group)"),
+        ),
     }
 }

@@ -256,3 +256,72 @@ pub fn reap(spec: &ClusterSpec, dir: &StateDir) -> Vec<String> {
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// How a host check came out (`testbed doctor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckLevel {
+    /// Works.
+    Ok,
+    /// Works, but slower or only in part; or only one backend is missing.
+    Warn,
+    /// `up` with the default backend cannot work.
+    Fail,
+}
+
+/// One thing `testbed doctor` checked on the host, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostCheck {
+    pub name: &'static str,
+    pub level: CheckLevel,
+    /// What was found.
+    pub found: String,
+    /// What to do about it, when it is not `ok`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl HostCheck {
+    pub fn new(
+        name: &'static str,
+        level: CheckLevel,
+        found: String,
+        fix: Option<&str>,
+    ) -> HostCheck {
+        HostCheck {
+            name,
+            level,
+            found,
+            fix: fix.map(str::to_owned),
+        }
+    }
+}
+
+/// Each backend's check of the host, as `testbed doctor` shows them; a
+/// real probe each (QEMU's version, the libvirt daemon at `libvirt_uri`,
+/// the container engine), never a guess from installed packages.
+pub fn host_checks(libvirt_uri: &str) -> Vec<HostCheck> {
+    #[cfg(feature = "libvirt")]
+    let libvirt = libvirt::host_check(libvirt_uri);
+    #[cfg(not(feature = "libvirt"))]
+    let libvirt = {
+        let _ = libvirt_uri;
+        HostCheck::new(
+            "libvirt",
+            CheckLevel::Warn,
+            WITHOUT_LIBVIRT.to_owned(),
+            None,
+        )
+    };
+    vec![qemu::host_check(), libvirt, container::host_check()]
+}
+
+/// The first non-empty line of a command's output.
+pub(crate) fn first_line(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}

@@ -7,10 +7,12 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::{first_line, CheckLevel, HostCheck};
 use super::{Backend, BackendError, Caps, Channel, Events, Opened, Started, Stop};
 use crate::qemu::{self, NicConfig, VmConfig, VmProcess};
 use crate::qmp::Qmp;
@@ -285,5 +287,44 @@ fn spawner(dir: &StateDir, qemu_bin: &Path, rx: &mpsc::Receiver<Cmd>, events: &d
             let _ = fs::remove_file(dir.node(&name).pid_file());
             events.exited(&name, generation, &format!("QEMU exited: {status}"));
         }
+    }
+}
+
+/// `doctor`'s check of this backend: QEMU found and answering.
+pub fn host_check() -> HostCheck {
+    let bin = match crate::qemu::find_qemu() {
+        Ok(bin) => bin,
+        Err(e) => {
+            return HostCheck::new(
+                "qemu",
+                CheckLevel::Fail,
+                e.to_string(),
+                Some("run scripts/setup-host.sh, which installs qemu-system-x86"),
+            )
+        }
+    };
+    match Command::new(&bin).arg("--version").output() {
+        Ok(out) if out.status.success() => HostCheck::new(
+            "qemu",
+            CheckLevel::Ok,
+            format!("{} ({})", first_line(&out.stdout), bin.display()),
+            None,
+        ),
+        Ok(out) => HostCheck::new(
+            "qemu",
+            CheckLevel::Fail,
+            format!(
+                "{} --version failed: {}",
+                bin.display(),
+                first_line(&out.stderr)
+            ),
+            Some("reinstall qemu-system-x86"),
+        ),
+        Err(e) => HostCheck::new(
+            "qemu",
+            CheckLevel::Fail,
+            format!("cannot run {}: {e}", bin.display()),
+            Some("reinstall qemu-system-x86"),
+        ),
     }
 }

@@ -6,41 +6,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use serde::Serialize;
 use testbed_runtime::accel::{self, Accel};
 
 use crate::output::{Failure, Outcome};
 
-/// How a check came out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum Level {
-    /// Works.
-    Ok,
-    /// Works, but slower or only in part; or only one backend is missing.
-    Warn,
-    /// `up` with the default backend cannot work.
-    Fail,
-}
-
-#[derive(Debug, Serialize)]
-struct Check {
-    name: &'static str,
-    level: Level,
-    /// What was found.
-    found: String,
-    /// What to do about it, when it is not `ok`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    fix: Option<String>,
-}
+use testbed_runtime::backend::{CheckLevel as Level, HostCheck as Check};
 
 fn check(name: &'static str, level: Level, found: String, fix: Option<&str>) -> Check {
-    Check {
-        name,
-        level,
-        found,
-        fix: fix.map(str::to_owned),
-    }
+    Check::new(name, level, found, fix)
 }
 
 fn first_line(bytes: &[u8]) -> String {
@@ -75,44 +48,6 @@ fn free_bytes(path: &Path) -> Option<u64> {
     }
     let st = rustix::fs::statvfs(p).ok()?;
     Some(st.f_bavail.saturating_mul(st.f_frsize))
-}
-
-fn qemu() -> Check {
-    let bin = match testbed_runtime::qemu::find_qemu() {
-        Ok(bin) => bin,
-        Err(e) => {
-            return check(
-                "qemu",
-                Level::Fail,
-                e.to_string(),
-                Some("run scripts/setup-host.sh, which installs qemu-system-x86"),
-            )
-        }
-    };
-    match Command::new(&bin).arg("--version").output() {
-        Ok(out) if out.status.success() => check(
-            "qemu",
-            Level::Ok,
-            format!("{} ({})", first_line(&out.stdout), bin.display()),
-            None,
-        ),
-        Ok(out) => check(
-            "qemu",
-            Level::Fail,
-            format!(
-                "{} --version failed: {}",
-                bin.display(),
-                first_line(&out.stderr)
-            ),
-            Some("reinstall qemu-system-x86"),
-        ),
-        Err(e) => check(
-            "qemu",
-            Level::Fail,
-            format!("cannot run {}: {e}", bin.display()),
-            Some("reinstall qemu-system-x86"),
-        ),
-    }
 }
 
 fn kvm() -> Check {
@@ -195,68 +130,6 @@ fn builder() -> Check {
     }
 }
 
-#[cfg(not(feature = "libvirt"))]
-fn libvirt() -> Check {
-    check(
-        "libvirt",
-        Level::Warn,
-        testbed_runtime::backend::WITHOUT_LIBVIRT.to_owned(),
-        None,
-    )
-}
-
-#[cfg(feature = "libvirt")]
-fn libvirt() -> Check {
-    let uri = testbed_cluster::libvirt::default_uri();
-    match testbed_runtime::libvirt::LibvirtHost::connect(&uri) {
-        Ok(_) => check(
-            "libvirt",
-            Level::Ok,
-            format!("{uri} answers (--backend libvirt)"),
-            None,
-        ),
-        Err(e) => check(
-            "libvirt",
-            Level::Warn,
-            format!("{uri}: {e}"),
-            Some("only for --backend libvirt: as root run scripts/setup-libvirt.sh; without root see docs/libvirt.md (session mode, or the polkit rule for a group)"),
-        ),
-    }
-}
-
-fn podman() -> Check {
-    match testbed_runtime::container::detect(None) {
-        Ok(info) => {
-            let instances = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            let found = format!(
-                "{}{} answers (--backend {}); fs.inotify.max_user_instances = {instances}",
-                info.engine,
-                if info.rootless { " (rootless)" } else { "" },
-                info.engine
-            );
-            if instances < 1024 {
-                check(
-                    "containers",
-                    Level::Warn,
-                    found,
-                    Some("a few dozen container nodes exhaust the inotify instances: run scripts/setup-podman.sh (as root it raises the limit)"),
-                )
-            } else {
-                check("containers", Level::Ok, found, None)
-            }
-        }
-        Err(e) => check(
-            "containers",
-            Level::Warn,
-            e.to_string(),
-            Some("only for --backend podman/docker: run scripts/setup-host.sh (installs podman and runs scripts/setup-podman.sh)"),
-        ),
-    }
-}
-
 fn ssh_keygen() -> Check {
     match Command::new("ssh-keygen").arg("-?").output() {
         Ok(_) => check(
@@ -277,16 +150,11 @@ fn ssh_keygen() -> Check {
 /// `testbed doctor [--json]`: exit 0 when nothing failed (warnings
 /// allowed), 1 otherwise.
 pub fn doctor(json: bool) -> Outcome {
-    let checks = vec![
-        qemu(),
-        kvm(),
-        memory(),
-        store(),
-        builder(),
-        ssh_keygen(),
-        libvirt(),
-        podman(),
-    ];
+    // Each backend checks what it needs itself (QEMU, libvirt, engines).
+    let backends = testbed_runtime::backend::host_checks(&testbed_cluster::libvirt::default_uri());
+    let mut checks = vec![kvm(), memory(), store(), builder(), ssh_keygen()];
+    checks.splice(0..0, backends.iter().take(1).cloned());
+    checks.extend(backends.into_iter().skip(1));
     let failed = checks.iter().filter(|c| c.level == Level::Fail).count();
     if json {
         let text = serde_json::to_string_pretty(&checks)
