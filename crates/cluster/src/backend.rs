@@ -150,6 +150,17 @@ mod tests {
         }
     }
 
+    #[cfg(not(feature = "libvirt"))]
+    #[test]
+    fn without_the_feature_libvirt_is_refused_as_usage() {
+        let err = options(BackendKind::Libvirt, None, &[])
+            .check()
+            .expect_err("no libvirt in this build");
+        assert!(err.is_usage());
+        assert!(err.to_string().contains("built without libvirt"), "{err}");
+    }
+
+    #[cfg(feature = "libvirt")]
     #[test]
     fn libvirt_flags_need_the_libvirt_backend() {
         for kind in [BackendKind::Qemu, BackendKind::Podman, BackendKind::Docker] {
