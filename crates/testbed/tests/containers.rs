@@ -329,3 +329,38 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
     check_images_removed(&env, &images_before);
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
+
+/// A network of the same name made by someone else (another cluster of the
+/// same name in another folder, or a killed run) stops `up` with a message
+/// that says whose it is and what to do; it is not removed.
+#[test]
+fn a_foreign_network_of_the_same_name_is_reported_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("twin");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("testbed.toml"),
+        SMALL
+            .replace("name = \"pods\"", "name = \"twin\"")
+            .replace("count = 3", "count = 1")
+            .replace("10.78.0.0/24", "10.79.0.0/24")
+            .replace("[test]\nscript = \"faults.rhai\"\n", ""),
+    )
+    .unwrap();
+    let env = Env::at(tmp, dir);
+    let foreign = "testbed-twin-lan";
+    podman(&["network", "create", "--internal", foreign]);
+    let out = env.testbed(&["up", "--backend", "podman"]);
+    let said = text(&out.stderr);
+    let nets = networks();
+    podman(&["network", "rm", foreign]);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("network testbed-twin-lan exists and is not this cluster's")
+            && said.contains("podman network rm testbed-twin-lan"),
+        "{said}"
+    );
+    assert!(nets.contains(&foreign.to_owned()), "{nets:?}");
+    assert!(!env.running(), "up took its failed cluster down");
+    assert!(!containers().iter().any(|c| c.starts_with("testbed-twin-")));
+}

@@ -273,9 +273,19 @@ impl Backend for ContainerBackend {
         let labels = self.labels(None);
         for net in &self.spec.networks {
             let name = container::network_name(&self.spec.cluster, &net.name);
-            self.engine
-                .create_network(&name, &net.subnet, &labels)
-                .map_err(failed)?;
+            if let Err(e) = self.engine.create_network(&name, &net.subnet, &labels) {
+                // Names come from the cluster's name: another cluster of the
+                // same name (another folder, or one whose test was killed)
+                // holds it. Never removed here: it is not this cluster's.
+                if e.to_string().contains("already") {
+                    return Err(BackendError::Failed(format!(
+                        "the {engine} network {name} exists and is not this cluster's: another cluster named {cluster} runs (or ran) from another folder; take it down with `testbed down` there, or remove it with `{engine} network rm {name}`",
+                        engine = self.engine.info.engine,
+                        cluster = self.spec.cluster,
+                    )));
+                }
+                return Err(failed(e));
+            }
         }
         Ok(())
     }
