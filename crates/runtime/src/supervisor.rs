@@ -747,8 +747,8 @@ fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Insta
         }
         match shared.backend.agent(spec) {
             Ok(channel) => break channel,
-            Err(BackendError::NotYet(why)) if Instant::now() < deadline => {
-                let _ = why;
+            // At the deadline the last `NotYet` says why, below.
+            Err(BackendError::NotYet(_)) if Instant::now() < deadline => {
                 std::thread::sleep(shared.backend.caps().agent_poll);
             }
             Err(e) => return shared.fail(name, generation, e.to_string()),

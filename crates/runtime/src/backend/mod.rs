@@ -317,7 +317,7 @@ pub fn host_checks(libvirt_uri: &str) -> Vec<HostCheck> {
 }
 
 /// The first non-empty line of a command's output.
-pub(crate) fn first_line(bytes: &[u8]) -> String {
+pub fn first_line(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .lines()
         .find(|l| !l.trim().is_empty())

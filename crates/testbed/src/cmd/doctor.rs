@@ -10,19 +10,10 @@ use testbed_runtime::accel::{self, Accel};
 
 use crate::output::{Failure, Outcome};
 
-use testbed_runtime::backend::{CheckLevel as Level, HostCheck as Check};
+use testbed_runtime::backend::{first_line, CheckLevel as Level, HostCheck as Check};
 
 fn check(name: &'static str, level: Level, found: String, fix: Option<&str>) -> Check {
     Check::new(name, level, found, fix)
-}
-
-fn first_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_owned()
 }
 
 fn meminfo_kib(key: &str) -> Option<u64> {
