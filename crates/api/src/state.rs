@@ -101,6 +101,16 @@ impl StateDir {
         &self.path
     }
 
+    /// Eight hex digits that tell this directory (its full path) apart from
+    /// others: a short name for what the cluster owns outside it, such as
+    /// its container engine image tags.
+    pub fn short_id(&self) -> String {
+        format!(
+            "{:08x}",
+            fnv1a(self.path.as_os_str().as_encoded_bytes()) as u32
+        )
+    }
+
     pub fn exists(&self) -> bool {
         self.path.is_dir()
     }

@@ -239,11 +239,20 @@ pub fn container_name(cluster: &str, node: &str) -> String {
     format!("testbed-{cluster}-{node}")
 }
 
-/// The image tag of a store entry: one per image key, shared by every
-/// cluster that uses the image.
-pub fn image_tag(key: &str) -> String {
+/// The image tags of a store entry start with this: one image per key,
+/// shared by the clusters that use it.
+pub fn image_tag_prefix(key: &str) -> String {
     let short: String = key.chars().take(20).collect();
     format!("localhost/testbed-image:{short}")
+}
+
+/// The tag by which the cluster `owner` (its state directory's short id)
+/// holds a store entry's image. Every cluster holds the image by a tag of
+/// its own, so that one cluster's `down` (which removes its tag) never
+/// pulls the image from under another cluster still starting from it:
+/// the engine deletes an image only with its last tag.
+pub fn image_tag(key: &str, owner: &str) -> String {
+    format!("{}-{owner}", image_tag_prefix(key))
 }
 
 fn label_args(labels: &BTreeMap<String, String>, out: &mut Vec<String>) {
@@ -325,14 +334,14 @@ pub fn run_args(engine: Engine, c: &ContainerConfig) -> Vec<String> {
     args
 }
 
-/// The file in the state directory listing the image tags a cluster
-/// imported (one per line), which `down` removes again.
+/// The file in the state directory listing the cluster's own image tags
+/// (one per line, see [`image_tag`]), which `down` removes again.
 pub const IMPORTED_FILE: &str = "imported-images";
 
 /// Removes everything the cluster whose state directory is `state` made in
 /// the engine: its containers and networks (found by label, so a crashed
-/// supervisor's leftovers too) and the image tags it imported (listed in
-/// [`IMPORTED_FILE`]; a tag another cluster's container still uses is kept).
+/// supervisor's leftovers too) and its own image tags (listed in
+/// [`IMPORTED_FILE`]; the engine deletes an image with its last tag only).
 /// Returns what it did and what it could not do, one line each.
 pub fn remove_cluster(engine: &Containers, state: &Path) -> Vec<String> {
     let mut report = Vec::new();
@@ -404,14 +413,34 @@ impl Containers {
             .is_ok()
     }
 
-    /// Imports `tar` as `tag` unless the engine has it; true if imported.
-    pub fn import(&self, tar: &Path, tag: &str) -> Result<bool, ContainerError> {
+    /// Gives the image of `tar` the tag `tag`: by tagging an image the
+    /// engine has under another tag starting with `shared_prefix` (another
+    /// cluster's, or one of an earlier run), else by importing `tar`.
+    /// Returns the tag it was found under, or None if imported.
+    pub fn provide(
+        &self,
+        tar: &Path,
+        shared_prefix: &str,
+        tag: &str,
+    ) -> Result<Option<String>, ContainerError> {
         if self.image_exists(tag) {
-            return Ok(false);
+            return Ok(Some(tag.to_owned()));
+        }
+        let listed = self.run_str(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
+        for other in lines(&listed) {
+            // A failure means the image went (its last tag was removed)
+            // between the listing and here: try the next, or import.
+            if other.starts_with(shared_prefix) && self.run_str(&["tag", &other, tag]).is_ok() {
+                return Ok(Some(other));
+            }
         }
         let tar = tar.to_string_lossy();
-        self.run_str(&["import", "--quiet", &tar, tag])?;
-        Ok(true)
+        if self.engine() == Engine::Podman {
+            self.run_str(&["import", "--quiet", &tar, tag])?;
+        } else {
+            self.run_str(&["import", &tar, tag])?;
+        }
+        Ok(None)
     }
 
     pub fn remove_image(&self, tag: &str) -> Result<(), ContainerError> {
@@ -695,7 +724,7 @@ mod tests {
         ContainerConfig {
             name: "testbed-slurm-compute1".to_owned(),
             hostname: "compute1".to_owned(),
-            image: image_tag("3f1c0a9e2b7d4c5e6f708192a3b4c5d6e7f8091a2b3c"),
+            image: image_tag("3f1c0a9e2b7d4c5e6f708192a3b4c5d6e7f8091a2b3c", "0a1b2c3d"),
             memory_mib: 512,
             cpus: 1,
             nics: vec![ContainerNic {
@@ -725,7 +754,7 @@ mod tests {
              --network testbed-slurm-lan:ip=10.44.0.12,mac=52:54:00:00:00:0c \
              --log-driver k8s-file --log-opt path=/run/testbed/slurm-1/nodes/compute1/console.log \
              --volume /dev/null:/etc/systemd/system/testbed-agent.service:ro \
-             localhost/testbed-image:3f1c0a9e2b7d4c5e6f70 /sbin/init --show-status=1"
+             localhost/testbed-image:3f1c0a9e2b7d4c5e6f70-0a1b2c3d /sbin/init --show-status=1"
         );
         // Never privileged, never given the host's network or extra
         // capabilities.

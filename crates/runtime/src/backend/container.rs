@@ -89,6 +89,10 @@ impl ContainerBackend {
         container::container_name(&self.spec.cluster, node)
     }
 
+    fn image_tag(&self, key: &str) -> String {
+        container::image_tag(key, &self.dir.short_id())
+    }
+
     fn labels(&self, node: Option<&str>) -> BTreeMap<String, String> {
         let mut labels = BTreeMap::new();
         labels.insert(
@@ -235,40 +239,45 @@ impl Backend for ContainerBackend {
         &self.caps
     }
 
-    /// Imports every role's image the engine does not have yet (recording
-    /// the tags this cluster imported, which `down` removes) and creates
-    /// the cluster's internal networks.
+    /// Gives every role's image this cluster's own tag (tagging the image
+    /// the engine already has, or importing it; the tags are recorded for
+    /// `down`, which removes them) and creates the cluster's internal
+    /// networks.
     fn prepare(&self) -> Result<(), BackendError> {
         let failed = |e: container::ContainerError| {
             BackendError::Failed(format!("preparing the containers failed: {e}"))
         };
-        let mut imported = Vec::new();
+        let mut held = Vec::new();
         let mut seen = BTreeSet::new();
         for node in &self.spec.nodes {
             if !seen.insert(node.image.key.clone()) {
                 continue;
             }
-            let tag = container::image_tag(&node.image.key);
+            let tag = self.image_tag(&node.image.key);
             let start = Instant::now();
-            if self
+            let found = self
                 .engine
-                .import(&node.image.archive, &tag)
-                .map_err(failed)?
-            {
+                .provide(
+                    &node.image.archive,
+                    &container::image_tag_prefix(&node.image.key),
+                    &tag,
+                )
+                .map_err(failed)?;
+            if found.is_none() {
                 self.events.log(&format!(
                     "imported {} as {tag} in {:.1}s",
                     node.image.archive.display(),
                     start.elapsed().as_secs_f64()
                 ));
-                imported.push(tag);
-                // Written at every step, so a crash between two imports
-                // still leaves `down` the list.
-                let _ = state::write_atomic(
-                    &self.dir.path().join(container::IMPORTED_FILE),
-                    imported.join("\n").as_bytes(),
-                    0o600,
-                );
             }
+            held.push(tag);
+            // Written at every step, so a crash between two imports still
+            // leaves `down` the list.
+            let _ = state::write_atomic(
+                &self.dir.path().join(container::IMPORTED_FILE),
+                held.join("\n").as_bytes(),
+                0o600,
+            );
         }
         let labels = self.labels(None);
         for net in &self.spec.networks {
@@ -302,7 +311,7 @@ impl Backend for ContainerBackend {
         let config = ContainerConfig {
             name: cname.clone(),
             hostname: name.to_owned(),
-            image: container::image_tag(&spec.image.key),
+            image: self.image_tag(&spec.image.key),
             memory_mib: spec.memory_mib,
             cpus: spec.cpus,
             nics: spec
