@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use testbed_proto::{Activation, ActivationReport, ServiceFailure};
+use testbed_proto::{Activation, ActivationReport, Identity, ServiceFailure};
 use thiserror::Error;
 
 use crate::fsutil::{self, FsError};
@@ -30,8 +30,62 @@ pub enum ActivationError {
         hostname: String,
         failure: ServiceFailure,
     },
+    #[error(
+        "activation of {hostname}: invalid machine id {id:?} (32 lowercase hex digits expected)"
+    )]
+    MachineId { hostname: String, id: String },
     #[error("activation of {hostname}: cancelled")]
     Cancelled { hostname: String },
+}
+
+/// Makes a clone restored from a memory snapshot a machine of its own: the
+/// clock, the random pool and the NICs' addresses (system steps, skipped
+/// under a root prefix and named in the returned list), then the machine
+/// id. The id is written in place, not renamed over: systemd may have
+/// bind-mounted `/run/machine-id` on `/etc/machine-id` at boot.
+fn apply_identity(
+    root: &Path,
+    mutate_system: bool,
+    hostname: &str,
+    identity: &Identity,
+) -> Result<Vec<String>, ActivationError> {
+    let system_error = |source| ActivationError::System {
+        hostname: hostname.to_owned(),
+        source,
+    };
+    let valid = identity.machine_id.len() == 32
+        && identity
+            .machine_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !valid {
+        return Err(ActivationError::MachineId {
+            hostname: hostname.to_owned(),
+            id: identity.machine_id.clone(),
+        });
+    }
+    let mut skipped = Vec::new();
+    if mutate_system {
+        system::set_clock(identity.clock_unix_ms).map_err(system_error)?;
+        system::add_entropy(&identity.entropy).map_err(system_error)?;
+        for change in &identity.macs {
+            system::set_mac(Path::new("/sys/class/net"), &change.from, &change.to)
+                .map_err(system_error)?;
+        }
+    } else {
+        skipped.extend(["clock", "entropy", "macs"].map(str::to_owned));
+    }
+    let path = root.join("etc/machine-id");
+    std::fs::write(&path, format!("{}\n", identity.machine_id)).map_err(|source| {
+        ActivationError::System {
+            hostname: hostname.to_owned(),
+            source: SystemError::Identity {
+                what: "write /etc/machine-id",
+                source,
+            },
+        }
+    })?;
+    Ok(skipped)
 }
 
 /// Writes `/etc/hostname`, `/etc/hosts`, secrets, rendered files, SSH host
@@ -133,11 +187,15 @@ pub fn apply(
 ) -> Result<ActivationReport, ActivationError> {
     let start = Instant::now();
     let hostname = activation.hostname.clone();
+    let mut skipped = Vec::new();
+    if let Some(identity) = &activation.identity {
+        skipped = apply_identity(root, mutate_system, &hostname, identity)?;
+    }
     let files = write_files(root, activation)?;
     let mut report = ActivationReport {
         files,
         services: Vec::new(),
-        skipped: Vec::new(),
+        skipped,
         elapsed_ms: 0,
     };
     if !mutate_system {

@@ -23,6 +23,11 @@ pub enum SystemError {
     Interfaces { dir: String, source: io::Error },
     #[error("cannot run `{command}`: {}", describe(.source))]
     Spawn { command: String, source: io::Error },
+    #[error("cannot {what}: {}", describe(.source))]
+    Identity {
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("`{command}` failed ({status}): {stderr}")]
     Failed {
         command: String,
@@ -68,6 +73,55 @@ pub fn set_hostname(name: &str) -> Result<(), SystemError> {
         name: name.to_owned(),
         source,
     })
+}
+
+/// Sets the real-time clock of the running system (not the hardware's) to
+/// `unix_ms`. A clone restored from a memory snapshot still has the time
+/// the snapshot was taken.
+pub fn set_clock(unix_ms: u64) -> Result<(), SystemError> {
+    let time = rustix::time::Timespec {
+        tv_sec: i64::try_from(unix_ms / 1000).unwrap_or(i64::MAX),
+        tv_nsec: i64::try_from((unix_ms % 1000) * 1_000_000).unwrap_or(0),
+    };
+    rustix::time::clock_settime(rustix::time::ClockId::Realtime, time).map_err(|e| {
+        SystemError::Identity {
+            what: "set the clock",
+            source: e.into(),
+        }
+    })
+}
+
+/// Mixes `bytes` into the kernel's input pool (a write to `/dev/urandom`)
+/// and makes the output generator reseed from it at once (the
+/// `RNDRESEEDCRNG` ioctl): every clone of a snapshot starts with the same
+/// generator state, and a write alone changes its output only at the next
+/// periodic reseed, up to a minute later. (Kernels with a `vmgenid` driver
+/// also reseed when QEMU's generation id changes; Debian's cloud kernel
+/// has none.)
+pub fn add_entropy(bytes: &[u8]) -> Result<(), SystemError> {
+    let failed = |what| move |source| SystemError::Identity { what, source };
+    let mut urandom = fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")
+        .map_err(failed("open /dev/urandom"))?;
+    io::Write::write_all(&mut urandom, bytes).map_err(failed("write to /dev/urandom"))?;
+    reseed(&urandom).map_err(failed("reseed the kernel's random generator"))
+}
+
+/// `ioctl(fd, RNDRESEEDCRNG)`: `_IO('R', 0x07)`, no argument.
+#[allow(unsafe_code)]
+fn reseed(urandom: &fs::File) -> io::Result<()> {
+    use rustix::ioctl::{ioctl, opcode, NoArg};
+    const RNDRESEEDCRNG: rustix::ioctl::Opcode = opcode::none(b'R', 0x07);
+    // SAFETY: RNDRESEEDCRNG takes no argument, which is what `NoArg`
+    // passes, and the descriptor is the random device's.
+    unsafe { ioctl(urandom, NoArg::<RNDRESEEDCRNG>::new()) }.map_err(io::Error::from)
+}
+
+/// Gives the interface that has MAC `from` the address `to`.
+pub fn set_mac(sys_class_net: &Path, from: &str, to: &str) -> Result<(), SystemError> {
+    let name = interface_by_mac(sys_class_net, from)?;
+    run("ip", &["link", "set", "dev", &name, "address", to]).map(drop)
 }
 
 /// Finds the interface with this MAC in a `/sys/class/net`-shaped folder.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use testbed_proto::frame::{self, FrameKind, FrameReader};
 use testbed_proto::{
     Activation, ActivationStatus, Client, ClientError, ClientOptions, ErrorKind, ExecEvent,
-    ExecRequest, FileWrite, Hello, HelloReply, InterfaceConfig, PutRequest, Reply, Request,
-    SshConfig, SshHostKey, PROTOCOL_VERSION,
+    ExecRequest, FileWrite, Hello, HelloReply, Identity, InterfaceConfig, MacChange, PutRequest,
+    Reply, Request, SshConfig, SshHostKey, PROTOCOL_VERSION,
 };
 use testbed_test_support::{eventually, free_tcp_port, is_alive};
 
@@ -660,6 +660,7 @@ fn activation_writes_the_node_files_under_a_root_prefix() {
         }),
         services: vec!["munge".to_owned(), "slurmd".to_owned()],
         service_timeout_ms: 1000,
+        identity: None,
     };
     let report = client.activate(&activation, TIMEOUT).unwrap();
     assert_eq!(
@@ -746,4 +747,39 @@ fn activation_writes_the_node_files_under_a_root_prefix() {
     let err = client.activate(&escaping, TIMEOUT).unwrap_err();
     assert!(err.to_string().contains("/etc/../../outside"), "{err}");
     assert!(!root.path().parent().unwrap().join("outside").exists());
+
+    // A clone restored from a snapshot gets its identity first: the
+    // machine id is written (in place); the system steps are skipped
+    // under a root prefix and named.
+    let mut restored = activation.clone();
+    restored.identity = Some(Identity {
+        machine_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        macs: vec![MacChange {
+            from: "02:74:62:00:00:00".to_owned(),
+            to: "52:54:00:00:00:03".to_owned(),
+        }],
+        entropy: vec![7; 64],
+        clock_unix_ms: 1_700_000_000_000,
+    });
+    fs::write(r.join("etc/machine-id"), "").unwrap();
+    let report = client.activate(&restored, TIMEOUT).unwrap();
+    assert_eq!(
+        report.skipped,
+        [
+            "clock",
+            "entropy",
+            "macs",
+            "hostname",
+            "addresses",
+            "services"
+        ]
+    );
+    assert_eq!(
+        fs::read_to_string(r.join("etc/machine-id")).unwrap(),
+        "0123456789abcdef0123456789abcdef\n"
+    );
+    let mut bad = restored.clone();
+    bad.identity.as_mut().unwrap().machine_id = "../../etc/shadow".to_owned();
+    let err = client.activate(&bad, TIMEOUT).unwrap_err();
+    assert!(err.to_string().contains("invalid machine id"), "{err}");
 }

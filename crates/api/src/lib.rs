@@ -224,6 +224,14 @@ pub struct NodeStatus {
     /// holds its journal tail or the console's tail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The role snapshot (its key's first 12 digits) this boot started
+    /// from; absent when the machine booted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// What the user should know about this boot although it worked (a
+    /// snapshot that could not be made or restored, so the node booted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     pub console_log: PathBuf,
 }
 

@@ -42,6 +42,9 @@ pub struct BackendOptions {
     /// libvirt: the hosts' URIs; replaces the composition's `[[hosts]]`.
     pub hosts: Vec<String>,
     pub accel: AccelChoice,
+    /// Boot every VM instead of starting it from its role's memory
+    /// snapshot (`docs/snapshots.md`).
+    pub cold: bool,
 }
 
 impl BackendOptions {
@@ -147,6 +150,7 @@ mod tests {
             connect: connect.map(str::to_owned),
             hosts: hosts.iter().map(|h| h.to_string()).collect(),
             accel: AccelChoice::Auto,
+            cold: false,
         }
     }
 

@@ -68,6 +68,8 @@ mod tests {
             pid: None,
             uptime_ms: None,
             message: message.map(str::to_owned),
+            snapshot: None,
+            warning: None,
             console_log: format!("/state/nodes/{name}/console.log").into(),
         }
     }

@@ -236,12 +236,19 @@ fn launch(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
+    // Role snapshots are QEMU's (docs/snapshots.md); they live in the store.
+    let snapshots = if backend == BackendSpec::Qemu && !options.backend.cold {
+        Some(testbed_image::Store::open_default()?.snapshots_dir())
+    } else {
+        None
+    };
     let spec_options = Options {
         backend,
         accel,
         boot_timeout: timeouts.boot,
         activation_timeout: timeouts.activation,
         seed,
+        snapshots,
     };
     let (spec, ssh) = spec::prepare(
         &target.comp,

@@ -36,6 +36,9 @@ pub const STORE_ENV: &str = "TESTBED_STORE";
 const TMP: &str = ".tmp";
 const REFS: &str = ".refs";
 const PACKAGES: &str = ".packages";
+/// Role snapshots (`testbed_runtime::snapshot`): `<key>/meta.json` names
+/// the image entry each was booted from.
+pub const SNAPSHOTS: &str = ".snapshots";
 
 /// `gc` keeps cached packages touched more recently than this.
 const RECENT_SECS: i64 = 3600;
@@ -68,6 +71,9 @@ pub struct GcReport {
     pub freed: u64,
     /// Keys kept because a lock file still uses them.
     pub kept: Vec<String>,
+    /// Role snapshots removed: their image entry is gone, or they are
+    /// unreadable.
+    pub snapshots_removed: Vec<String>,
     /// Cached packages removed (no known lock names them).
     pub packages_removed: usize,
     /// Cached packages kept.
@@ -138,6 +144,11 @@ impl Store {
     /// The store directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The folder of role snapshots (whether or not it exists).
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.root.join(SNAPSHOTS)
     }
 
     /// Where the entry of `key` lives (whether or not it exists).
@@ -381,9 +392,53 @@ impl Store {
             remove_tree(&entry.path())?;
             report.removed.push(key);
         }
+        self.gc_snapshots(&mut report, now)?;
         report.removed.sort();
         report.kept.sort();
         Ok(report)
+    }
+
+    /// Removes the role snapshots whose image entry is gone (or whose
+    /// description cannot be read), and snapshots left half made by a
+    /// process that died (in `.snapshots/.tmp`, over an hour old).
+    fn gc_snapshots(&self, report: &mut GcReport, now: i64) -> Result<()> {
+        let dir = self.snapshots_dir();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for entry in entries {
+            let path = entry.at("cannot list", &dir)?.path();
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if name == TMP {
+                for stale in fs::read_dir(&path).at("cannot list", &path)? {
+                    let stale = stale.at("cannot list", &path)?.path();
+                    let old = fs::symlink_metadata(&stale).is_ok_and(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        now - m.mtime() >= RECENT_SECS
+                    });
+                    if old {
+                        report.freed += tree_size(&stale)?;
+                        remove_tree(&stale)?;
+                    }
+                }
+                continue;
+            }
+            let image = fs::read(path.join("meta.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|v| v.get("image").and_then(|i| i.as_str()).map(str::to_owned));
+            let live = image.is_some_and(|key| !key.is_empty() && self.root.join(key).is_dir());
+            if !live {
+                report.freed += tree_size(&path)?;
+                remove_tree(&path)?;
+                report.snapshots_removed.push(name);
+            }
+        }
+        report.snapshots_removed.sort();
+        Ok(())
     }
 
     /// Fails clearly when the store's filesystem has less than `needed_mib`
@@ -584,6 +639,45 @@ mod tests {
         fs::create_dir_all(store.entry_dir("dead")).expect("mkdir");
         assert!(store.lookup("dead").is_none());
         assert!(store.list().expect("ls").is_empty());
+    }
+
+    #[test]
+    fn gc_removes_the_snapshots_whose_image_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("store")).expect("open");
+        fake_entry(&store, "aaaa");
+        let lock = dir.path().join("testbed.lock");
+        fs::write(&lock, "").expect("w");
+        let keys = BTreeMap::from([("ctl".to_owned(), "aaaa".to_owned())]);
+        store.register(&lock, &keys).expect("reg");
+        let snapshot = |name: &str, meta: &str| {
+            let d = store.snapshots_dir().join(name);
+            fs::create_dir_all(&d).expect("mkdir");
+            fs::write(d.join("meta.json"), meta).expect("w");
+            fs::write(d.join("ram"), b"ram").expect("w");
+        };
+        snapshot("live", r#"{"image": "aaaa"}"#);
+        snapshot("orphan", r#"{"image": "bbbb"}"#);
+        snapshot("unreadable", "{");
+        let half_made = store.snapshots_dir().join(TMP).join("k.1");
+        fs::create_dir_all(&half_made).expect("mkdir");
+        // A snapshot being made right now is left alone...
+        let report = store.gc(&NoProgress).expect("gc");
+        assert_eq!(report.snapshots_removed, ["orphan", "unreadable"]);
+        assert!(store.snapshots_dir().join("live").join("ram").is_file());
+        assert!(half_made.exists());
+        // ...and removed once an hour old.
+        let later = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+            + 2 * RECENT_SECS;
+        store.gc_at(&NoProgress, later).expect("gc");
+        assert!(!half_made.exists());
+        // Once its image goes, so does the snapshot.
+        fs::remove_file(&lock).expect("rm");
+        let report = store.gc(&NoProgress).expect("gc");
+        assert_eq!(report.removed, ["aaaa"]);
+        assert_eq!(report.snapshots_removed, ["live"]);
     }
 
     #[test]

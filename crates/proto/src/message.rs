@@ -363,6 +363,48 @@ pub struct Activation {
     /// How long each service may take to become active.
     #[serde(default = "service_timeout")]
     pub service_timeout_ms: u64,
+    /// Set when the node was started from a memory snapshot rather than
+    /// booted: what makes the clone a machine of its own, applied before
+    /// anything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+/// What a node restored from a role's memory snapshot must change to be
+/// distinct from every other clone of it (`docs/snapshots.md`).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// The new `/etc/machine-id`: 32 lowercase hex digits.
+    pub machine_id: String,
+    /// NICs to give their plan's address: the snapshot's MAC, then the
+    /// node's.
+    #[serde(default)]
+    pub macs: Vec<MacChange>,
+    /// Bytes from the host's RNG, mixed into the guest's.
+    #[serde(with = "crate::b64")]
+    pub entropy: Vec<u8>,
+    /// The host's clock (ms since the epoch) when the activation was sent:
+    /// the guest's clock still says when the snapshot was taken.
+    pub clock_unix_ms: u64,
+}
+
+impl fmt::Debug for Identity {
+    /// Omits the entropy.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("machine_id", &self.machine_id)
+            .field("macs", &self.macs)
+            .field("entropy", &format_args!("<{} bytes>", self.entropy.len()))
+            .field("clock_unix_ms", &self.clock_unix_ms)
+            .finish()
+    }
+}
+
+/// One NIC's address change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MacChange {
+    pub from: String,
+    pub to: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,8 @@
 //! - [`qemu`]: a VM node's QEMU command line and its running process, which
 //!   dies with the thread that spawned it.
 //! - [`qmp`]: a blocking client for QEMU's control socket (QMP).
+//! - [`snapshot`]: role snapshots: a role's VM saved once booted, and
+//!   every node of the role restored from it.
 //! - [`libvirt`]: the libvirt backend's host layer: domain XML, image
 //!   upload to a storage pool, domains started and found by metadata.
 //!
@@ -25,6 +27,7 @@ pub mod keys;
 pub mod libvirt;
 pub mod qemu;
 pub mod qmp;
+pub mod snapshot;
 pub mod spec;
 pub mod state;
 pub mod supervisor;

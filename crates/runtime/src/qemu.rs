@@ -47,6 +47,10 @@ pub const QEMU_ENV: &str = "TESTBED_QEMU";
 /// start on a badly overloaded host. The guest's boot is not part of it.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The QOM id of the agent's virtio-serial port: QMP's `VSERPORT_CHANGE`
+/// events (the guest opened or closed its end) name it.
+pub const AGENT_PORT_ID: &str = "agent-port";
+
 /// How many lines of QEMU's log an error quotes.
 const TAIL_LINES: usize = 30;
 
@@ -163,6 +167,27 @@ pub struct VmConfig {
     pub console_log: PathBuf,
     /// Where QEMU listens for QMP.
     pub qmp_socket: PathBuf,
+    /// Where the guest's RAM lives.
+    #[serde(default)]
+    pub ram: Ram,
+    /// Wait for an incoming migration (a restore from a memory snapshot,
+    /// started over QMP) instead of booting: `-incoming defer`.
+    #[serde(default)]
+    pub incoming: bool,
+}
+
+/// The guest RAM's backing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ram {
+    /// A memfd: anonymous shared memory (every cold boot).
+    #[default]
+    Memfd,
+    /// A file: mapped shared while a role's snapshot is made (the guest's
+    /// RAM is then the file, and migration skips it), privately by the
+    /// nodes restored from it (copy on write: pages no clone wrote stay
+    /// shared between them in the host's page cache).
+    File { path: PathBuf, shared: bool },
 }
 
 /// One NIC: a virtio-net device whose frames travel as datagrams between
@@ -205,10 +230,21 @@ pub fn argv(config: &VmConfig) -> Vec<String> {
     // huge pages (shmem_enabled is `never` by default, while QEMU madvises
     // anonymous RAM for THP), so an idle node costs the host the 4 KiB
     // pages its guest touched rather than whole 2 MiB pages.
-    push(&[
-        "-object",
-        &format!("memory-backend-memfd,id=ram,size={}M", config.memory_mib),
-    ]);
+    match &config.ram {
+        Ram::Memfd => push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=ram,size={}M", config.memory_mib),
+        ]),
+        Ram::File { path, shared } => push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=ram,size={}M,mem-path={},share={}",
+                config.memory_mib,
+                opt(path),
+                if *shared { "on" } else { "off" }
+            ),
+        ]),
+    }
     push(&["-machine", "q35,memory-backend=ram"]);
     push(config.accel.qemu_args());
     push(&["-m", &format!("{}M", config.memory_mib)]);
@@ -262,7 +298,7 @@ pub fn argv(config: &VmConfig) -> Vec<String> {
     push(&[
         "-device",
         &format!(
-            "virtserialport,bus=virtio-serial0.0,chardev=agent,name={}",
+            "virtserialport,bus=virtio-serial0.0,chardev=agent,name={},id={AGENT_PORT_ID}",
             testbed_proto::VIRTIO_PORT_NAME
         ),
     ]);
@@ -285,6 +321,12 @@ pub fn argv(config: &VmConfig) -> Vec<String> {
         ),
     ]);
     push(&["-mon", "chardev=qmp,mode=control"]);
+    // A fresh generation id per QEMU process: a guest restored from a
+    // snapshot sees it change and reseeds its random number generator.
+    push(&["-device", "vmgenid,guid=auto"]);
+    if config.incoming {
+        push(&["-incoming", "defer"]);
+    }
     a
 }
 
@@ -685,6 +727,8 @@ mod tests {
             console_socket: "/r/console.sock".into(),
             console_log: "/r/console.log".into(),
             qmp_socket: "/r/qmp.sock".into(),
+            ram: Ram::default(),
+            incoming: false,
         }
     }
 

@@ -57,6 +57,11 @@ pub struct ClusterSpec {
     pub activation_timeout_ms: u64,
     /// Seeds the switch's loss and jitter, so runs are repeatable.
     pub seed: u64,
+    /// Where role snapshots are kept and made (the store's `.snapshots`):
+    /// VM nodes start from their role's snapshot instead of booting.
+    /// `None` (`--cold`) boots every node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<PathBuf>,
     pub networks: Vec<NetworkSpec>,
     pub nodes: Vec<NodeSpec>,
 }
@@ -175,6 +180,8 @@ pub struct Options {
     pub boot_timeout: Duration,
     pub activation_timeout: Duration,
     pub seed: u64,
+    /// See [`ClusterSpec::snapshots`].
+    pub snapshots: Option<PathBuf>,
 }
 
 /// The text of `/etc/hosts` for every node: each node's first address
@@ -363,6 +370,7 @@ pub fn prepare(
             }),
             services,
             service_timeout_ms: testbed_proto::millis(options.activation_timeout),
+            identity: None,
         };
         host_keys.insert(node.name.clone(), host_key);
         nodes.push(NodeSpec {
@@ -393,6 +401,7 @@ pub fn prepare(
         boot_timeout_ms: testbed_proto::millis(options.boot_timeout),
         activation_timeout_ms: testbed_proto::millis(options.activation_timeout),
         seed: options.seed,
+        snapshots: options.snapshots.clone(),
         networks: plan
             .networks
             .iter()
@@ -444,6 +453,7 @@ mod tests {
             boot_timeout: Duration::from_secs(300),
             activation_timeout: Duration::from_secs(120),
             seed: 7,
+            snapshots: None,
         };
         let (spec, ssh) = prepare(&comp, &plan, &images(), &options, scratch.path()).unwrap();
         let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();

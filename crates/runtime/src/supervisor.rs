@@ -37,13 +37,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use testbed_proto::{Client, ClientError, ClientOptions, Exec, ExecEvent, ExecRequest, PutRequest};
+use testbed_proto::{
+    Client, ClientError, ClientOptions, Exec, ExecEvent, ExecRequest, Identity, PutRequest,
+};
 use thiserror::Error;
 
 use crate::api::{
     self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request, WaitFor,
 };
-use crate::backend::{self, Backend, BackendError, Channel, Events, Opened, SharedSwitch, Stop};
+use crate::backend::{
+    self, Backend, BackendError, Channel, Events, Opened, Restored, SharedSwitch, Stop,
+};
 use crate::spec::{ClusterSpec, NodeSpec};
 use crate::state::{self, StateDir};
 use crate::switch::{FaultEvent, LinkRule};
@@ -122,6 +126,9 @@ struct NodeRt {
     state: NodeState,
     message: Option<String>,
     run: Option<Run>,
+    /// This boot's role snapshot and warning (see `NodeStatus`).
+    snapshot: Option<String>,
+    warning: Option<String>,
     /// The agent client, once the hello succeeded (kept when activation
     /// fails, so a failed node can still be inspected).
     client: Option<Arc<Client>>,
@@ -208,6 +215,8 @@ impl Supervisor {
                     state: NodeState::Starting,
                     message: None,
                     run: None,
+                    snapshot: None,
+                    warning: None,
                     client: None,
                     close: None,
                     generation: 0,
@@ -623,6 +632,8 @@ fn node_status(dir: &StateDir, n: &NodeRt) -> NodeStatus {
         pid: n.run.and_then(|r| r.pid),
         uptime_ms: n.run.map(|r| testbed_proto::millis(r.started.elapsed())),
         message: n.message.clone(),
+        snapshot: n.snapshot.clone(),
+        warning: n.warning.clone(),
         console_log: dir.node(&n.spec.name).console_log(),
     }
 }
@@ -712,8 +723,9 @@ fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
         }
         shared.backend.start(&spec, generation)
     };
-    match result {
+    let restored = match result {
         Ok(run) => {
+            let restored = run.restored.clone();
             shared.set(name, generation, |n| {
                 // A machine that ended at once was reported meanwhile.
                 if n.state == NodeState::Starting {
@@ -722,17 +734,45 @@ fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
                         pid: run.pid,
                         started,
                     });
+                    n.snapshot = run.restored.as_ref().map(|r| r.snapshot.clone());
+                    n.warning = run.warning.clone();
                 }
             });
+            restored
         }
         Err(e) => return shared.fail(name, generation, e.to_string()),
-    }
-    attach(shared, &spec, generation, started);
+    };
+    attach(shared, &spec, generation, started, restored);
+}
+
+/// What makes a node restored from a role snapshot a machine of its own:
+/// a fresh machine id and host entropy, the host's clock now, and the
+/// MACs the backend says to change.
+fn identity(restored: &Restored) -> Result<Identity, String> {
+    let random = crate::keys::random_bytes("a restored node's identity", 16 + 64)
+        .map_err(|e| e.to_string())?;
+    let machine_id = random[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let clock_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(testbed_proto::millis)
+        .unwrap_or(0);
+    Ok(Identity {
+        machine_id,
+        macs: restored.macs.clone(),
+        entropy: random[16..].to_vec(),
+        clock_unix_ms,
+    })
 }
 
 /// Everything after the machine runs: open the agent channel, wait for the
 /// hello (the boot), activate.
-fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Instant) {
+fn attach(
+    shared: &Arc<Shared>,
+    spec: &NodeSpec,
+    generation: u64,
+    started: Instant,
+    restored: Option<Restored>,
+) {
     let name = spec.name.as_str();
     let boot_timeout = shared.spec.boot_timeout();
     let deadline = started + boot_timeout;
@@ -800,7 +840,14 @@ fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Insta
     // The agent bounds each service by the activation's own timeout; this
     // bound covers all of them plus writing the files.
     let limit = shared.spec.activation_timeout() * (spec.activation.services.len() as u32 + 1);
-    match client.activate(&spec.activation, limit) {
+    let mut activation = spec.activation.clone();
+    if let Some(restored) = &restored {
+        match identity(restored) {
+            Ok(identity) => activation.identity = Some(identity),
+            Err(e) => return shared.fail(name, generation, e),
+        }
+    }
+    match client.activate(&activation, limit) {
         Ok(report) => {
             shared.set(name, generation, |n| {
                 if n.state == NodeState::Activating {

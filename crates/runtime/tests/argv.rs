@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use testbed_runtime::accel::Accel;
-use testbed_runtime::qemu::{argv, NicConfig, VmConfig};
+use testbed_runtime::qemu::{argv, NicConfig, Ram, VmConfig};
 use testbed_test_support::assert_snapshot;
 
 /// One line per option, its value after a space; values with spaces are
@@ -56,6 +56,8 @@ fn node(name: &str, accel: Accel, networks: &[&str]) -> VmConfig {
         console_socket: run.join(format!("{name}.console.sock")),
         console_log: run.join(format!("{name}.console.log")),
         qmp_socket: run.join(format!("{name}.qmp.sock")),
+        ram: Ram::default(),
+        incoming: false,
     }
 }
 

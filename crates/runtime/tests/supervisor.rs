@@ -191,7 +191,7 @@ impl Backend for Fake {
                 guest,
             },
         );
-        Ok(Started { pid: None })
+        Ok(Started::booted(None))
     }
 
     fn agent(&self, node: &NodeSpec) -> Result<Channel, BackendError> {
@@ -344,6 +344,7 @@ fn node(name: &str, ip: &str) -> NodeSpec {
             ssh: None,
             services: Vec::new(),
             service_timeout_ms: 1000,
+            identity: None,
         },
     }
 }
@@ -372,6 +373,7 @@ impl Cluster {
             boot_timeout_ms: boot.as_millis() as u64,
             activation_timeout_ms: 5000,
             seed: 1,
+            snapshots: None,
             networks: vec![NetworkSpec {
                 name: "lan".to_owned(),
                 subnet: "10.9.0.0/24".to_owned(),

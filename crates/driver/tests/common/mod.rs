@@ -88,6 +88,8 @@ impl FakeCluster {
                     pid: Some(1),
                     uptime_ms: Some(1000),
                     message: None,
+                    snapshot: None,
+                    warning: None,
                     console_log: log,
                 }
             })

@@ -346,7 +346,7 @@ impl Backend for ContainerBackend {
             },
         );
         self.sync_faults()?;
-        Ok(Started { pid: Some(pid) })
+        Ok(Started::booted(Some(pid)))
     }
 
     /// The agent's session: `engine exec -i NAME agent --stdio`.

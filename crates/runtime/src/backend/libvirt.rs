@@ -362,7 +362,7 @@ impl Backend for LibvirtBackend {
         lock(&self.shared.running).insert(name.to_owned(), generation);
         // The QEMU runs on the libvirt host, possibly another machine: no
         // pid of ours.
-        Ok(Started { pid: None })
+        Ok(Started::booted(None))
     }
 
     fn agent(&self, node: &NodeSpec) -> Result<Channel, BackendError> {

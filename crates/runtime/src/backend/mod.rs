@@ -116,10 +116,37 @@ pub enum Stop {
 }
 
 /// A node's machine runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Started {
     /// The host process `status` shows, if the machine is one on this host.
     pub pid: Option<u32>,
+    /// Set when the machine was restored from a role's memory snapshot
+    /// rather than booted: its activation then carries an `Identity`.
+    pub restored: Option<Restored>,
+    /// What the user should know about this start although it worked (a
+    /// snapshot that could not be made or restored, so it booted).
+    pub warning: Option<String>,
+}
+
+impl Started {
+    /// A machine that boots.
+    pub fn booted(pid: Option<u32>) -> Started {
+        Started {
+            pid,
+            restored: None,
+            warning: None,
+        }
+    }
+}
+
+/// What the node restored from a snapshot must change besides what every
+/// clone changes (machine id, entropy, clock).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The snapshot's name for `status` (its key's first digits).
+    pub snapshot: String,
+    /// Its NICs' MACs in the snapshot, and the plan's.
+    pub macs: Vec<testbed_proto::MacChange>,
 }
 
 /// The host end of a node's agent channel.

@@ -12,10 +12,13 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use testbed_proto::MacChange;
+
 use super::{first_line, CheckLevel, HostCheck};
-use super::{Backend, BackendError, Caps, Channel, Events, Opened, Started, Stop};
-use crate::qemu::{self, NicConfig, VmConfig, VmProcess};
+use super::{Backend, BackendError, Caps, Channel, Events, Opened, Restored, Started, Stop};
+use crate::qemu::{self, NicConfig, Ram, VmConfig, VmProcess};
 use crate::qmp::Qmp;
+use crate::snapshot::{self, RoleSnapshot};
 use crate::spec::{ClusterSpec, NodeSpec};
 use crate::state::{self, StateDir};
 use crate::switch::{self, PortSpec, Switch};
@@ -41,6 +44,15 @@ pub struct QemuBackend {
     spec: ClusterSpec,
     dir: StateDir,
     spawner: Mutex<mpsc::Sender<Cmd>>,
+    qemu_bin: PathBuf,
+    events: Arc<dyn Events>,
+    /// Node → the role snapshot it starts from (found or made in
+    /// `prepare`); a node whose snapshot fails to restore is removed and
+    /// boots cold from then on.
+    snapshots: Mutex<BTreeMap<String, RoleSnapshot>>,
+    /// Node → why its role's snapshot could not be made, for its first
+    /// start's warning.
+    unmade: Mutex<BTreeMap<String, String>>,
 }
 
 /// Finds QEMU, starts the switch with one unix-socket port per NIC, and
@@ -65,9 +77,11 @@ pub fn open(
         .map_err(|e| BackendError::Failed(format!("cannot start the virtual switch: {e}")))?;
     let (tx, rx) = mpsc::channel();
     let thread_dir = dir.clone();
+    let thread_bin = qemu_bin.clone();
+    let thread_events = Arc::clone(&events);
     std::thread::Builder::new()
         .name("spawner".into())
-        .spawn(move || spawner(&thread_dir, &qemu_bin, &rx, &*events))
+        .spawn(move || spawner(&thread_dir, &thread_bin, &rx, &*thread_events))
         .map_err(BackendError::failed)?;
     Ok(Opened {
         backend: Box::new(QemuBackend {
@@ -81,6 +95,10 @@ pub fn open(
             spec: spec.clone(),
             dir: dir.clone(),
             spawner: Mutex::new(tx),
+            qemu_bin,
+            events,
+            snapshots: Mutex::new(BTreeMap::new()),
+            unmade: Mutex::new(BTreeMap::new()),
         }),
         switch: Arc::new(Mutex::new(switch)),
     })
@@ -119,7 +137,67 @@ impl QemuBackend {
             console_socket: node_dir.console_socket(),
             console_log: node_dir.console_log(),
             qmp_socket: node_dir.qmp_socket(),
+            ram: Ram::default(),
+            incoming: false,
         }
+    }
+
+    /// Spawns `config` on the spawner thread; its pid.
+    fn spawn(&self, node: &str, generation: u64, config: VmConfig) -> Result<u32, BackendError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Cmd::Start {
+            node: node.to_owned(),
+            generation,
+            config: Box::new(config),
+            reply: tx,
+        });
+        match rx.recv() {
+            Ok(Ok(pid)) => Ok(pid),
+            Ok(Err(message)) => Err(BackendError::Failed(message)),
+            Err(_) => Err(BackendError::Failed(
+                "the QEMU spawner has ended".to_owned(),
+            )),
+        }
+    }
+
+    /// Starts `node` from `snapshot`: a QEMU waiting for the device state,
+    /// which is then loaded over QMP. On failure the QEMU is killed.
+    fn restore(
+        &self,
+        node: &NodeSpec,
+        generation: u64,
+        snapshot: &RoleSnapshot,
+    ) -> Result<Started, String> {
+        let config = snapshot::clone_config(&self.config(node), snapshot);
+        let pid = self
+            .spawn(&node.name, generation, config)
+            .map_err(|e| e.to_string())?;
+        let restored = self
+            .qmp(&node.name)
+            .map_err(|e| e.to_string())
+            .and_then(|mut qmp| snapshot::restore(&mut qmp, snapshot));
+        if let Err(e) = restored {
+            let _ = self.stop(&node.name, Stop::PowerCut);
+            return Err(e);
+        }
+        let macs = snapshot
+            .meta
+            .macs
+            .iter()
+            .zip(&node.nics)
+            .map(|(from, nic)| MacChange {
+                from: from.clone(),
+                to: nic.mac.clone(),
+            })
+            .collect();
+        Ok(Started {
+            pid: Some(pid),
+            restored: Some(Restored {
+                snapshot: snapshot.meta.key.chars().take(12).collect(),
+                macs,
+            }),
+            warning: None,
+        })
     }
 
     fn qmp(&self, node: &str) -> Result<Qmp, BackendError> {
@@ -143,21 +221,99 @@ impl Backend for QemuBackend {
         &self.caps
     }
 
-    fn start(&self, node: &NodeSpec, generation: u64) -> Result<Started, BackendError> {
-        let (tx, rx) = mpsc::channel();
-        self.send(Cmd::Start {
-            node: node.name.clone(),
-            generation,
-            config: Box::new(self.config(node)),
-            reply: tx,
-        });
-        match rx.recv() {
-            Ok(Ok(pid)) => Ok(Started { pid: Some(pid) }),
-            Ok(Err(message)) => Err(BackendError::Failed(message)),
-            Err(_) => Err(BackendError::Failed(
-                "the QEMU spawner has ended".to_owned(),
-            )),
+    /// Finds, or makes, the snapshot of every role's VM when the spec asks
+    /// for snapshots. A role whose snapshot cannot be made boots cold,
+    /// with a warning in the log.
+    fn prepare(&self) -> Result<(), BackendError> {
+        let Some(root) = &self.spec.snapshots else {
+            return Ok(());
+        };
+        let host = match snapshot::Host::probe(&self.qemu_bin, &self.spec.accel) {
+            Ok(host) => host,
+            Err(e) => {
+                self.events
+                    .log(&format!("warning: no snapshots, every node boots: {e}"));
+                return Ok(());
+            }
+        };
+        let mut by_key: BTreeMap<String, Result<RoleSnapshot, String>> = BTreeMap::new();
+        for node in &self.spec.nodes {
+            let config = self.config(node);
+            let key = snapshot::key(&host, &node.image.key, &config);
+            let found = by_key.entry(key.clone()).or_insert_with(|| {
+                if let Some(found) = RoleSnapshot::find(root, &key) {
+                    return Ok(found);
+                }
+                self.events.log(&format!(
+                    "making the snapshot of role {} ({}) from node {}",
+                    node.role,
+                    &key[..12],
+                    node.name
+                ));
+                let making = snapshot::Making {
+                    qemu_bin: &self.qemu_bin,
+                    host: &host,
+                    image: &node.image.key,
+                    node: &config,
+                    root,
+                    work: &self.dir.path().join("snap"),
+                    boot_timeout: self.spec.boot_timeout(),
+                };
+                match snapshot::make(&making) {
+                    Ok(made) => {
+                        self.events.log(&format!(
+                            "made the snapshot of role {} in {:.1}s",
+                            node.role,
+                            made.meta.made_in_ms as f64 / 1000.0
+                        ));
+                        Ok(made)
+                    }
+                    Err(e) => {
+                        let warning = format!(
+                            "the snapshot of role {} could not be made, so its nodes boot: {e}",
+                            node.role
+                        );
+                        self.events.log(&format!("warning: {warning}"));
+                        Err(warning)
+                    }
+                }
+            });
+            match found {
+                Ok(found) => {
+                    super::lock(&self.snapshots).insert(node.name.clone(), found.clone());
+                }
+                Err(warning) => {
+                    super::lock(&self.unmade).insert(node.name.clone(), warning.clone());
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// From the role's snapshot if there is one (falling back to a boot,
+    /// with a warning, if it does not restore), else a boot.
+    fn start(&self, node: &NodeSpec, generation: u64) -> Result<Started, BackendError> {
+        let snapshot = super::lock(&self.snapshots).get(&node.name).cloned();
+        let mut warning = super::lock(&self.unmade).remove(&node.name);
+        if let Some(snapshot) = snapshot {
+            match self.restore(node, generation, &snapshot) {
+                Ok(started) => return Ok(started),
+                Err(e) => {
+                    super::lock(&self.snapshots).remove(&node.name);
+                    let text = format!(
+                        "the snapshot {} did not restore, so the node booted: {e}",
+                        snapshot.dir.display()
+                    );
+                    self.events.log(&format!("warning: {}: {text}", node.name));
+                    warning = Some(text);
+                }
+            }
+        }
+        let pid = self.spawn(&node.name, generation, self.config(node))?;
+        Ok(Started {
+            warning,
+            ..Started::booted(Some(pid))
+        })
     }
 
     fn agent(&self, node: &NodeSpec) -> Result<Channel, BackendError> {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use testbed_runtime::accel::Accel;
-use testbed_runtime::qemu::{NicConfig, VmConfig};
+use testbed_runtime::qemu::{NicConfig, Ram, VmConfig};
 
 /// Generous bound for anything QEMU does on a busy 2-core host; only a hang
 /// takes this long.
@@ -75,5 +75,7 @@ pub fn node(name: &str, accel: Accel, boot: &BootFiles, dir: &Path, networks: &[
         console_socket: dir.join(format!("{name}.console.sock")),
         console_log: dir.join(format!("{name}.console.log")),
         qmp_socket: dir.join(format!("{name}.qmp.sock")),
+        ram: Ram::default(),
+        incoming: false,
     }
 }

@@ -62,6 +62,9 @@ pub struct BackendArgs {
     /// Accelerator
     #[arg(long, value_enum, default_value = "auto")]
     pub accel: Accel,
+    /// qemu: boot every node instead of starting it from its role's memory snapshot (made on first use; docs/snapshots.md)
+    #[arg(long)]
+    pub cold: bool,
 }
 
 impl BackendArgs {
@@ -72,6 +75,7 @@ impl BackendArgs {
             connect: self.connect.clone(),
             hosts: self.hosts.clone(),
             accel: self.accel.0,
+            cold: self.cold,
         }
     }
 }
@@ -196,8 +200,12 @@ fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter
         UpEvent::Node(node) => {
             let detail = match node.state {
                 NodeState::Ready => format!(
-                    " ({:.1}s after its start)",
-                    node.uptime_ms.unwrap_or(0) as f64 / 1000.0
+                    " ({:.1}s after its start{})",
+                    node.uptime_ms.unwrap_or(0) as f64 / 1000.0,
+                    node.snapshot
+                        .as_ref()
+                        .map(|s| format!(", from snapshot {s}"))
+                        .unwrap_or_default()
                 ),
                 NodeState::Failed => " (details below)".to_owned(),
                 _ => String::new(),
@@ -209,6 +217,9 @@ fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter
                 node.state,
                 detail
             );
+            if let (NodeState::Booting, Some(warning)) = (node.state, &node.warning) {
+                eprintln!("warning: {}: {warning}", node.name);
+            }
         }
         UpEvent::Up { cluster, nodes } => eprintln!(
             "{} cluster {cluster} is up: {} ready",

@@ -730,6 +730,9 @@ pub fn store_gc() -> Outcome {
     for key in &report.removed {
         println!("removed {}", short(key));
     }
+    for key in &report.snapshots_removed {
+        println!("removed snapshot {} (its image is gone)", short(key));
+    }
     println!(
         "freed {:.1} MiB; kept {} entr{} still used by a lock file; package cache: removed {}, kept {} a lock file names",
         report.freed as f64 / (1024.0 * 1024.0),
