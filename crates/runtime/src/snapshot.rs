@@ -39,10 +39,17 @@ pub const FORMAT: u32 = 1;
 pub const RAM_FILE: &str = "ram";
 pub const STATE_FILE: &str = "state";
 pub const META_FILE: &str = "meta.json";
+/// The template's console: the boot every clone skipped, which a clone's
+/// console log starts with.
+pub const CONSOLE_FILE: &str = "console.log";
 
 /// How long saving or loading the device state may take (it is a few
 /// hundred KiB; this bounds a hung QEMU).
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a migration may show no status at all (it has not started:
+/// the `exec:` command failed, say) before it counts as failed.
+const NOT_STARTED: Duration = Duration::from_secs(10);
 
 /// The MAC of a template's NIC number `index`: locally administered, and
 /// never one the plan gives (those start with `52:54:00`).
@@ -85,6 +92,43 @@ impl RoleSnapshot {
 
     pub fn state(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
+    }
+
+    /// Appends the template's boot to `log` (a clone's console log), then
+    /// a line saying the machine was restored here, so that `testbed logs`
+    /// shows a boot as it does for a booted node.
+    pub fn append_boot(&self, log: &Path) {
+        let boot = fs::read(self.dir.join(CONSOLE_FILE)).unwrap_or_default();
+        let marker = format!(
+            "\r\n[testbed] the boot above is role snapshot {}'s; this node was restored from it here\r\n",
+            &self.meta.key[..12.min(self.meta.key.len())]
+        );
+        let _ = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .and_then(|mut f| {
+                f.write_all(&boot)?;
+                f.write_all(marker.as_bytes())
+            });
+    }
+
+    /// Removes the entry (one that did not restore), first moving it out
+    /// of the way so that no one finds it half removed. Clones already
+    /// running keep their mapping of the RAM file.
+    pub fn discard(&self) {
+        let Some(root) = self.dir.parent() else {
+            return;
+        };
+        let aside = root.join(".tmp").join(format!(
+            "{}.discarded.{}",
+            self.meta.key,
+            std::process::id()
+        ));
+        let _ = fs::create_dir_all(root.join(".tmp"));
+        if fs::rename(&self.dir, &aside).is_ok() {
+            let _ = fs::remove_dir_all(&aside);
+        }
     }
 
     /// The entry of `key` under `root`, if it is complete: its description
@@ -220,6 +264,7 @@ pub fn make(m: &Making<'_>) -> Result<RoleSnapshot, String> {
     let _ = fs::remove_dir_all(m.work);
     fs::create_dir_all(m.work).map_err(|e| format!("cannot create {}: {e}", m.work.display()))?;
     let result = boot_and_save(m, &tmp, &key, started);
+    let _ = fs::copy(m.work.join("console.log"), tmp.join(CONSOLE_FILE));
     let _ = fs::remove_dir_all(m.work);
     match result {
         Ok(meta) => {
@@ -364,12 +409,19 @@ fn wait_port_closed(qmp: &mut Qmp) -> Result<(), String> {
 
 /// Polls `query-migrate` until the migration completed (Ok) or failed.
 fn wait_migration(qmp: &mut Qmp) -> Result<(), String> {
-    let deadline = Instant::now() + MIGRATION_TIMEOUT;
+    let start = Instant::now();
+    let deadline = start + MIGRATION_TIMEOUT;
     loop {
         let info = qmp
             .execute("query-migrate", None)
             .map_err(|e| e.to_string())?;
         match info.get("status").and_then(|s| s.as_str()) {
+            None if start.elapsed() > NOT_STARTED => {
+                return Err(format!(
+                    "QEMU did not start the migration within {}s",
+                    NOT_STARTED.as_secs()
+                ))
+            }
             Some("completed") => return Ok(()),
             Some(status @ ("failed" | "cancelled")) => {
                 let why = info
@@ -404,6 +456,10 @@ pub fn clone_config(node: &VmConfig, snapshot: &RoleSnapshot) -> VmConfig {
 /// Loads the snapshot's device state into a clone QEMU started from
 /// [`clone_config`] and lets it run.
 pub fn restore(qmp: &mut Qmp, snapshot: &RoleSnapshot) -> Result<(), String> {
+    // Another node of the cluster may have found it bad and removed it.
+    if !snapshot.state().is_file() {
+        return Err(format!("{} is gone", snapshot.state().display()));
+    }
     qmp.execute(
         "migrate-set-capabilities",
         Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),

@@ -28,7 +28,16 @@ enum Cmd {
         node: String,
         generation: u64,
         config: Box<VmConfig>,
+        /// Whether its exit is reported; off while a restore may still
+        /// fail (QEMU exits when it refuses the state, and the node then
+        /// boots under the same generation).
+        report: bool,
         reply: mpsc::Sender<Result<u32, String>>,
+    },
+    /// Report the exit of `node`'s QEMU from now on; false if it is gone.
+    Report {
+        node: String,
+        reply: mpsc::Sender<bool>,
     },
     Kill {
         node: String,
@@ -143,12 +152,19 @@ impl QemuBackend {
     }
 
     /// Spawns `config` on the spawner thread; its pid.
-    fn spawn(&self, node: &str, generation: u64, config: VmConfig) -> Result<u32, BackendError> {
+    fn spawn(
+        &self,
+        node: &str,
+        generation: u64,
+        config: VmConfig,
+        report: bool,
+    ) -> Result<u32, BackendError> {
         let (tx, rx) = mpsc::channel();
         self.send(Cmd::Start {
             node: node.to_owned(),
             generation,
             config: Box::new(config),
+            report,
             reply: tx,
         });
         match rx.recv() {
@@ -169,15 +185,38 @@ impl QemuBackend {
         snapshot: &RoleSnapshot,
     ) -> Result<Started, String> {
         let config = snapshot::clone_config(&self.config(node), snapshot);
+        snapshot.append_boot(&config.console_log);
         let pid = self
-            .spawn(&node.name, generation, config)
+            .spawn(&node.name, generation, config, false)
             .map_err(|e| e.to_string())?;
         let restored = self
             .qmp(&node.name)
             .map_err(|e| e.to_string())
-            .and_then(|mut qmp| snapshot::restore(&mut qmp, snapshot));
+            .and_then(|mut qmp| snapshot::restore(&mut qmp, snapshot))
+            .and_then(|()| {
+                let (tx, rx) = mpsc::channel();
+                self.send(Cmd::Report {
+                    node: node.name.clone(),
+                    reply: tx,
+                });
+                match rx.recv() {
+                    Ok(true) => Ok(()),
+                    _ => Err("QEMU ended right after the restore".to_owned()),
+                }
+            });
         if let Err(e) = restored {
             let _ = self.stop(&node.name, Stop::PowerCut);
+            // QEMU's own reason, when it ended over the state it was given.
+            let log = fs::read_to_string(self.dir.node(&node.name).qemu_log()).unwrap_or_default();
+            let said = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("qemu-system") && !l.starts_with("testbed:"))
+                .map(|l| format!(" (QEMU: {})", l.trim()))
+                .unwrap_or_default();
+            let e = format!("{e}{said}");
+            // QEMU refused the state: the next `up` makes a new snapshot.
+            snapshot.discard();
             return Err(e);
         }
         let macs = snapshot
@@ -309,7 +348,7 @@ impl Backend for QemuBackend {
                 }
             }
         }
-        let pid = self.spawn(&node.name, generation, self.config(node))?;
+        let pid = self.spawn(&node.name, generation, self.config(node), true)?;
         Ok(Started {
             warning,
             ..Started::booted(Some(pid))
@@ -367,16 +406,18 @@ impl Backend for QemuBackend {
 /// Owns every QEMU process. Spawning from this one thread, which lives as
 /// long as the backend, is what makes the VMs die with it.
 fn spawner(dir: &StateDir, qemu_bin: &Path, rx: &mpsc::Receiver<Cmd>, events: &dyn Events) {
-    let mut vms: BTreeMap<String, (u64, VmProcess)> = BTreeMap::new();
+    // Node → (generation, its QEMU, whether its exit is reported).
+    let mut vms: BTreeMap<String, (u64, VmProcess, bool)> = BTreeMap::new();
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(Cmd::Start {
                 node,
                 generation,
                 config,
+                report,
                 reply,
             }) => {
-                if let Some((_, mut old)) = vms.remove(&node) {
+                if let Some((_, mut old, _)) = vms.remove(&node) {
                     let _ = old.kill();
                 }
                 let node_dir = dir.node(&node);
@@ -401,7 +442,7 @@ fn spawner(dir: &StateDir, qemu_bin: &Path, rx: &mpsc::Receiver<Cmd>, events: &d
                             pid.to_string().as_bytes(),
                             0o600,
                         );
-                        vms.insert(node, (generation, vm));
+                        vms.insert(node, (generation, vm, report));
                         let _ = reply.send(Ok(pid));
                     }
                     Err(e) => {
@@ -409,15 +450,19 @@ fn spawner(dir: &StateDir, qemu_bin: &Path, rx: &mpsc::Receiver<Cmd>, events: &d
                     }
                 }
             }
+            Ok(Cmd::Report { node, reply }) => {
+                let present = vms.get_mut(&node).map(|(_, _, report)| *report = true);
+                let _ = reply.send(present.is_some());
+            }
             Ok(Cmd::Kill { node, reply }) => {
-                if let Some((_, mut vm)) = vms.remove(&node) {
+                if let Some((_, mut vm, _)) = vms.remove(&node) {
                     let _ = vm.kill();
                     let _ = fs::remove_file(dir.node(&node).pid_file());
                 }
                 let _ = reply.send(());
             }
             Ok(Cmd::KillAll { reply }) => {
-                for (node, (_, mut vm)) in std::mem::take(&mut vms) {
+                for (node, (_, mut vm, _)) in std::mem::take(&mut vms) {
                     let _ = vm.kill();
                     let _ = fs::remove_file(dir.node(&node).pid_file());
                 }
@@ -425,23 +470,25 @@ fn spawner(dir: &StateDir, qemu_bin: &Path, rx: &mpsc::Receiver<Cmd>, events: &d
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                for (_, (_, mut vm)) in std::mem::take(&mut vms) {
+                for (_, (_, mut vm, _)) in std::mem::take(&mut vms) {
                     let _ = vm.kill();
                 }
                 return;
             }
         }
-        let exited: Vec<(String, u64, String)> = vms
+        let exited: Vec<(String, u64, String, bool)> = vms
             .iter_mut()
-            .filter_map(|(name, (generation, vm))| match vm.try_wait() {
-                Ok(Some(status)) => Some((name.clone(), *generation, status.to_string())),
+            .filter_map(|(name, (generation, vm, report))| match vm.try_wait() {
+                Ok(Some(status)) => Some((name.clone(), *generation, status.to_string(), *report)),
                 _ => None,
             })
             .collect();
-        for (name, generation, status) in exited {
+        for (name, generation, status, report) in exited {
             vms.remove(&name);
             let _ = fs::remove_file(dir.node(&name).pid_file());
-            events.exited(&name, generation, &format!("QEMU exited: {status}"));
+            if report {
+                events.exited(&name, generation, &format!("QEMU exited: {status}"));
+            }
         }
     }
 }

@@ -1,0 +1,158 @@
+//! Role snapshots on the QEMU backend (`docs/snapshots.md`), as a user
+//! sees them: `up` makes the role's snapshot and starts both nodes from
+//! it, the two clones are distinct machines, a snapshot that does not
+//! restore means a boot with a warning (and is replaced), and `--cold`
+//! boots.
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use support::Env;
+use testbed_test_support::text;
+
+const COMPOSITION: &str = r#"
+[cluster]
+name = "clones"
+distro = "debian/bookworm"
+
+[defaults]
+memory = "384MiB"
+cpus = 1
+
+[roles.node]
+count = 2
+packages = ["openssh-server"]
+
+[networks.lan]
+subnet = "10.81.0.0/24"
+"#;
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let comp = tmp.path().join("clones");
+    std::fs::create_dir_all(&comp).unwrap();
+    std::fs::write(comp.join("testbed.toml"), COMPOSITION).unwrap();
+    Env::at(tmp, comp)
+}
+
+fn ok(env: &Env, args: &[&str]) -> String {
+    let out = env.testbed(args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stderr)
+}
+
+fn exec(env: &Env, node: &str, script: &str) -> String {
+    let out = env.testbed(&["exec", node, "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Each node's `snapshot` and `warning` as `status --json` shows them.
+fn starts(env: &Env) -> Vec<(Option<String>, Option<String>)> {
+    let out = env.testbed(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let field = |n: &serde_json::Value, k: &str| n[k].as_str().map(str::to_owned);
+    status["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| (field(n, "snapshot"), field(n, "warning")))
+        .collect()
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// What must differ between two clones, one line each.
+const IDENTITY: &str = "cat /etc/machine-id; \
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+    cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub; \
+    ip -br link | grep -v '^lo' | tr -s ' ' | cut -d' ' -f3";
+
+#[test]
+fn clones_of_a_role_snapshot_are_distinct_machines_and_a_bad_snapshot_means_a_boot() {
+    let env = env();
+
+    let stderr = ok(&env, &["up"]);
+    assert!(stderr.contains("from snapshot"), "{stderr}");
+    let first = starts(&env);
+    assert_eq!(first.len(), 2);
+    for (snapshot, warning) in &first {
+        assert!(snapshot.is_some(), "{first:?}");
+        assert_eq!(warning, &None);
+    }
+    assert_eq!(first[0].0, first[1].0, "one role, one snapshot");
+
+    // Two clones of one snapshot: their own machine id, random stream,
+    // SSH host key and MAC (the plan's, not the template's placeholder).
+    let a = exec(&env, "node1", IDENTITY);
+    let b = exec(&env, "node2", IDENTITY);
+    let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+    assert_eq!((a.len(), b.len()), (4, 4), "{a:?} {b:?}");
+    for (what, (x, y)) in ["machine id", "urandom", "ssh host key", "MAC"]
+        .iter()
+        .zip(a.iter().zip(&b))
+    {
+        assert_ne!(x, y, "the clones share their {what}");
+    }
+    assert_eq!(a[0].len(), 32, "{a:?}");
+    for mac in [a[3], b[3]] {
+        assert!(mac.starts_with("52:54:00:"), "{mac}: not the plan's MAC");
+    }
+    // The clock is the host's, not the snapshot's.
+    let before = now();
+    let guest: f64 = exec(&env, "node2", "date +%s.%N").trim().parse().unwrap();
+    let after = now();
+    assert!(
+        guest > before - 1.0 && guest < after + 1.0,
+        "guest {guest}, host between {before} and {after}"
+    );
+    // The switch learnt the new MACs.
+    exec(&env, "node1", "ping -c1 -W5 node2");
+    // The console log shows the boot the clone skipped, and says so.
+    let out = env.testbed(&["logs", "node2"]);
+    let log = text(&out.stdout);
+    assert!(log.contains("testbed-stage1"), "{log}");
+    assert!(log.contains("restored from it here"), "{log}");
+    ok(&env, &["down"]);
+
+    // A snapshot whose device state is corrupt: both nodes boot instead,
+    // each with a warning, and the snapshot is gone from the store.
+    let dir = support::store()
+        .join(".snapshots")
+        .join(snapshot_dir(&first[0].0.clone().unwrap()));
+    std::fs::write(dir.join("state"), b"not a migration stream").unwrap();
+    let stderr = ok(&env, &["up"]);
+    assert!(stderr.contains("did not restore"), "{stderr}");
+    for (snapshot, warning) in starts(&env) {
+        assert_eq!(snapshot, None);
+        assert!(warning.unwrap_or_default().contains("did not restore"));
+    }
+    assert!(!dir.exists(), "the bad snapshot is removed");
+    exec(&env, "node1", "ping -c1 -W5 node2");
+    ok(&env, &["down"]);
+
+    // --cold boots without a snapshot, and makes none.
+    let stderr = ok(&env, &["up", "--cold"]);
+    assert!(!stderr.contains("from snapshot"), "{stderr}");
+    assert_eq!(starts(&env), [(None, None), (None, None)]);
+    assert!(!dir.exists());
+    ok(&env, &["down"]);
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+/// The folder of the snapshot whose key starts with `short`.
+fn snapshot_dir(short: &str) -> String {
+    std::fs::read_dir(support::store().join(".snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with(short))
+        .unwrap_or_else(|| panic!("no snapshot {short}"))
+}
