@@ -5,17 +5,31 @@
 #   (a) a bare qemu-system-x86_64 boot of the compute role's store entry
 #       (testbed's flags minus NICs and agent channel) until the serial
 #       console shows the `login:` prompt (getty, i.e. multi-user);
-#   (b) `testbed up --scale compute=1` of a one-node composition (the
+#   (b) `testbed up --cold --scale compute=1` of a one-node composition (the
 #       example without its ctl role, so the same compute image) to all-ready;
-#   (a) and (b) alternate $BOOTS times and the medians are compared;
-#   (c) `testbed up` of the whole example (ctl + 4 compute) to all-ready, once;
-#   then, on (c) left idle for $IDLE seconds, the host RSS of its QEMU
-#   processes per node, and the round trip of `testbed exec NODE -- true`
-#   against `testbed ssh NODE -- true` and plain `ssh -F CONFIG NODE true`.
+#   (b') the same `up` from the role's memory snapshot (docs/snapshots.md),
+#       and the restore itself (the supervisor log's "restored ... in Xs");
+#   (a), (b) and (b') alternate $BOOTS times and the medians are compared;
+#   (c) `testbed up --cold` of the whole example to all-ready, once, then
+#   (c') `testbed up` of it from snapshots;
+#   then, on (c') left idle for $IDLE seconds, the host RSS and PSS of its
+#   QEMU processes per node, and the round trip of `testbed exec NODE -- true`
+#   against `testbed ssh NODE -- true` and plain `ssh -F CONFIG NODE true`;
+#   with MANY=N (default 0: skipped), N nodes of the compute role from its
+#   snapshot at once, and their RSS and PSS per node.
 #
-# Prints every time and its ratio against the targets: up of one node
-# <= 1.25x one bare boot; up of N nodes <= 1.25 x ceil(N/cores) x one bare
-# boot; exec >= 5x faster than ssh (p50); <= 200 MiB RSS per idle node.
+# The snapshots are made first by one `up` of each composition (timed and
+# printed, not part of the rounds).
+#
+# Prints every time and its ratio against the targets: cold up of one node
+# <= 1.25x one bare boot; cold up of N nodes <= 1.25 x ceil(N/cores) x one
+# bare boot; up of one node from its snapshot <= 0.2x its cold up, the
+# restore <= 0.5 s; up of the example from snapshots <= 40 s; exec >= 5x
+# faster than ssh (p50); <= 120 MiB PSS per idle node from snapshots.
+#
+# SMOKE=1 runs every step once, quickly (BOOTS=1, RUNS=3, IDLE=1, no wait for
+# a quiet host, no cold up of the whole example, the debug build): what CI
+# runs so that a broken benchmark fails CI. Its numbers mean little.
 #
 # Needs root for the first image build (mmdebstrap), like `testbed build`.
 # Before each boot it waits until no qemu-system process runs on the host
@@ -23,24 +37,35 @@
 #
 # A sampler notes any other qemu-system process seen during a measurement.
 #
-# Environment: BOOTS (rounds of (a) and (b), default 5), RUNS (round trips
-# per method, default 50), IDLE (seconds, default 10), NODE (default
-# compute1), QUIET_WAIT (default 1800),
+# Environment: BOOTS (rounds of (a), (b) and (b'), default 5), RUNS (round
+# trips per method, default 50), IDLE (seconds, default 10), NODE (default
+# compute1), QUIET_WAIT (default 1800), MANY (default 0), SMOKE,
 # KEEP=1 (keep the work folder with the console logs), TESTBED_STORE,
 # TESTBED_STATE_DIR, CARGO_TARGET_DIR.
 set -euo pipefail
 export LC_ALL=C # EPOCHREALTIME and printf with a "." decimal point
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+SMOKE=${SMOKE:-0}
+if [[ $SMOKE = 1 ]]; then
+    BOOTS=1 RUNS=3 IDLE=1 QUIET_WAIT=0 MANY=0 profile=debug
+else
+    profile=release
+fi
 BOOTS=${BOOTS:-5}
 RUNS=${RUNS:-50}
 IDLE=${IDLE:-10}
 NODE=${NODE:-compute1}
 QUIET_WAIT=${QUIET_WAIT:-1800}
+MANY=${MANY:-0}
 QEMU=${TESTBED_QEMU:-qemu-system-x86_64}
 
-cargo build --quiet --release --locked --bin testbed --bin testbed-agent
-tb=$(realpath "$CARGO_TARGET_DIR/release/testbed")
+if [[ $profile = release ]]; then
+    cargo build --quiet --release --locked --bin testbed --bin testbed-agent
+else
+    cargo build --quiet --locked --bin testbed --bin testbed-agent
+fi
+tb=$(realpath "$CARGO_TARGET_DIR/$profile/testbed")
 
 work=$(mktemp -d /tmp/tb-bench.XXXXXX)
 full=$work/full # the example as is: ctl + 4 compute
@@ -103,11 +128,11 @@ phase() { echo "$1" >"$work/phase"; }
 
 # --- the two compositions ------------------------------------------------
 cp -r examples/slurm/. "$full"
-mkdir -p "$one"
-cp examples/slurm/testbed.lock "$one/"
-# Drop the [roles.ctl] table; the compute role and everything else stay
-# byte for byte, so its image (a function of packages, files and the lock,
-# never of role names or counts) is the same store entry.
+# Every file of the example (templates, scripts, the lock), then the ctl
+# role dropped: the compute role and everything else stay byte for byte,
+# so its image (a function of packages, files and the lock, never of role
+# names or counts) is the same store entry.
+cp -r examples/slurm/. "$one"
 awk '/^\[/ { skip = ($0 == "[roles.ctl]") } !skip' examples/slurm/testbed.toml |
     sed 's/^name = "slurm"$/name = "slurm-one"/' >"$one/testbed.toml"
 # slurmd needs a SlurmctldHost; point it at the node itself.
@@ -215,9 +240,31 @@ up_timed() {
     up_us=$((t1 - t0))
 }
 
-# The slowest node's "ready (X.Ys after QEMU started)" of an `up` log.
+# The slowest node's "ready (X.Ys after its start...)" of an `up` log.
 slowest_ready() {
-    sed -n 's/.*ready (\([0-9.]*\)s after QEMU started).*/\1/p' "$work/up-$1.log" | sort -n | tail -1
+    sed -n 's/.*ready (\([0-9.]*\)s after its start.*/\1/p' "$work/up-$1.log" | sort -n | tail -1
+}
+
+# The slowest restore ("NODE: restored from snapshot K in X.XXs") in the
+# supervisor log of the composition at $1, in seconds; "n/a" if none.
+slowest_restore() {
+    local dir
+    dir=$("$tb" status "$1" --json | sed -n 's/^ *"state_dir": "\(.*\)",$/\1/p')
+    sed -n 's/.*restored from snapshot [0-9a-f]* in \([0-9.]*\)s.*/\1/p' "$dir/supervisor.log" |
+        sort -n | tail -1 | grep . || echo n/a
+}
+
+# The sum of VmRSS and of Pss (KiB) of the QEMU processes of the cluster at
+# $1, and their count: "RSS PSS N".
+memory_of() {
+    local pids rss=0 pss=0 n=0 pid
+    pids=$("$tb" status "$1" --json | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')
+    for pid in $pids; do
+        rss=$((rss + $(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")))
+        pss=$((pss + $(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup")))
+        n=$((n + 1))
+    done
+    echo "$rss $pss $n"
 }
 
 # Round trips of a command, RUNS times after one warm-up run; sets lat_p50
@@ -243,31 +290,56 @@ round_trips() {
 median() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 spread() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { printf "%.1f-%.1f", v[1] / 1e6, v[NR] / 1e6 }'; }
 
-bare_all=() one_all=() one_vm_all=()
+# --- the snapshots, made by a first up of each (timed, not a round) ------
+up_timed snap-one "making the compute role's snapshot" "$one" --scale compute=1
+snap_one_us=$up_us
+"$tb" down "$one" >/dev/null 2>&1
+up_timed snap-full "making the example's snapshots" "$full"
+snap_full_us=$up_us
+"$tb" down "$full" >/dev/null 2>&1
+say "first ups (snapshots made): 1 node $(secs $snap_one_us) s, $nodes nodes $(secs $snap_full_us) s"
+
+bare_all=() one_all=() one_vm_all=() warm_all=() restore_all=()
 for ((round = 1; round <= BOOTS; round++)); do
     bare_boot "$round"
     bare_all+=("$bare_us")
     say "round $round/$BOOTS: bare boot $(secs "$bare_us") s"
-    up_timed "one-$round" "the 1-node ups" "$one" --scale compute=1
+    up_timed "one-$round" "the 1-node cold ups" "$one" --cold --scale compute=1
     one_all+=("$up_us")
     one_vm_all+=("$(slowest_ready "one-$round")")
-    say "round $round/$BOOTS: up (1 node) $(secs "$up_us") s"
+    say "round $round/$BOOTS: up --cold (1 node) $(secs "$up_us") s"
+    "$tb" down "$one" >/dev/null 2>&1
+    up_timed "warm-$round" "the 1-node ups from the snapshot" "$one" --scale compute=1
+    warm_all+=("$up_us")
+    restore_all+=("$(slowest_restore "$one")")
+    say "round $round/$BOOTS: up from the snapshot (1 node) $(secs "$up_us") s"
     "$tb" down "$one" >/dev/null 2>&1
 done
 bare_us=$(median "${bare_all[@]}")
 one_us=$(median "${one_all[@]}")
 one_vm=$(median "${one_vm_all[@]}")
+warm_us=$(median "${warm_all[@]}")
+restore_s=$(median "${restore_all[@]}")
 
-up_timed full "the ${nodes}-node up" "$full"
-full_us=$up_us
-full_vm=$(slowest_ready full)
-say "up ($nodes nodes): $(secs $full_us) s"
+if [[ $SMOKE = 1 ]]; then
+    full_us=
+else
+    up_timed full "the ${nodes}-node cold up" "$full" --cold
+    full_us=$up_us
+    full_vm=$(slowest_ready full)
+    say "up --cold ($nodes nodes): $(secs $full_us) s"
+    "$tb" down "$full" >/dev/null 2>&1
+fi
+up_timed full-warm "the ${nodes}-node up from snapshots" "$full"
+full_warm_us=$up_us
+say "up from snapshots ($nodes nodes): $(secs $full_warm_us) s"
 
 # --- host RSS per idle node -------------------------------------------------
 say "idling ${IDLE}s ..."
 phase "the idle RSS and the round trips"
 sleep "$IDLE"
 pids=$("$tb" status "$full" --json | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p')
+read -r _ pss_kib _ < <(memory_of "$full")
 rss_kib=0 anon_kib=0 thp_kib=0 npids=0
 for pid in $pids; do
     rss_kib=$((rss_kib + $(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")))
@@ -280,6 +352,7 @@ done
 ((npids == nodes)) || notes+=("status named $npids QEMU pids for $nodes nodes")
 per_node_mib() { awk -v k="$1" -v n="$npids" 'BEGIN { printf "%.0f", k / n / 1024 }'; }
 rss_node_mib=$(per_node_mib $rss_kib)
+pss_node_mib=$(per_node_mib $pss_kib)
 anon_node_mib=$(per_node_mib $anon_kib)
 thp_node_mib=$(per_node_mib $thp_kib)
 
@@ -299,6 +372,16 @@ analyze=$("$tb" exec -f "$full" "$NODE" -- systemd-analyze 2>&1 | head -1 | sed 
 t0=$(now_us)
 "$tb" down "$full" >/dev/null 2>&1
 down_us=$(($(now_us) - t0))
+
+# --- MANY nodes of one role from its snapshot -----------------------------
+many_line="$MANY nodes from one snapshot: skipped (MANY=0)"
+if ((MANY > 0)); then
+    up_timed many "$MANY nodes from the snapshot" "$one" --scale compute="$MANY"
+    sleep "$IDLE"
+    read -r m_rss m_pss m_n < <(memory_of "$one")
+    many_line="$m_n nodes from one snapshot: up in $(secs $up_us) s; per idle node RSS $(awk -v k="$m_rss" -v n="$m_n" 'BEGIN { printf "%.0f", k / n / 1024 }') MiB, PSS $(awk -v k="$m_pss" -v n="$m_n" 'BEGIN { printf "%.0f", k / n / 1024 }') MiB (target <= 120 MiB PSS)"
+    "$tb" down "$one" >/dev/null 2>&1
+fi
 phase done
 kill "$sampler_pid" 2>/dev/null || true
 sampler_pid=
@@ -316,16 +399,26 @@ round_ratios() {
     echo "${out[*]}"
 }
 waves=$(((nodes + cores - 1) / cores))
+if [[ -n $full_us ]]; then
+    full_lines="up --cold, $nodes nodes ready: $(secs $full_us) s   (slowest node ready ${full_vm} s after its start)
+  $nodes nodes cold / (ceil($nodes/$cores) x bare): $(ratio $full_us $((waves * bare_us)))x (target <= 1.25x; ceil($nodes/$cores) = $waves)
+  $nodes nodes from snapshots / cold: $(ratio $full_warm_us $full_us)x"
+else
+    full_lines="up --cold, $nodes nodes: skipped (SMOKE=1)"
+fi
 cat <<EOF
 host:                 $cores cores, $accel_name; guests ${mem} MiB, $cpus vCPU
 bare boot to login:   $(secs $bare_us) s   (median of $BOOTS: $(spread "${bare_all[@]}") s; one QEMU, compute image, no NICs)
-up, 1 node ready:     $(secs $one_us) s   (median of $BOOTS: $(spread "${one_all[@]}") s; node ready ${one_vm} s after its QEMU started)
-up, $nodes nodes ready:    $(secs $full_us) s   (slowest node ready ${full_vm} s after its QEMU started)
-  1 node / bare:      $(ratio $one_us $bare_us)x (target <= 1.25x; per round: $(round_ratios))
-  $nodes nodes / (ceil($nodes/$cores) x bare): $(ratio $full_us $((waves * bare_us)))x (target <= 1.25x; ceil($nodes/$cores) = $waves)
-  $nodes nodes / bare:     $(ratio $full_us $bare_us)x
-host RSS per idle node: $rss_node_mib MiB (sum of $npids QEMU VmRSS after ${IDLE} s idle / $npids; target <= 200 MiB for ${mem} MiB guests)
+up --cold, 1 node ready: $(secs $one_us) s   (median of $BOOTS: $(spread "${one_all[@]}") s; node ready ${one_vm} s after its start)
+  1 node cold / bare: $(ratio $one_us $bare_us)x (target <= 1.25x; per round: $(round_ratios))
+up from the snapshot, 1 node ready: $(secs $warm_us) s   (median of $BOOTS: $(spread "${warm_all[@]}") s; the restore itself ${restore_s} s, target <= 0.5 s)
+  1 node from the snapshot / cold: $(ratio $warm_us $one_us)x (target <= 0.2x)
+$full_lines
+up from snapshots, $nodes nodes ready: $(secs $full_warm_us) s (target <= 40 s)
+first ups, snapshots made: 1 node $(secs $snap_one_us) s, $nodes nodes $(secs $snap_full_us) s
+host memory per idle node ($nodes from snapshots, after ${IDLE} s idle): RSS $rss_node_mib MiB, PSS $pss_node_mib MiB (target <= 120 MiB PSS for ${mem} MiB guests)
   of which anonymous: $anon_node_mib MiB, in transparent huge pages: $thp_node_mib MiB
+$many_line
 round trip to $NODE, $RUNS runs each (p50 / p99):
   testbed exec -- true:     $exec_p50 / $exec_p99 ms
   testbed ssh -- true:      $tbssh_p50 / $tbssh_p99 ms

@@ -18,17 +18,24 @@
 #
 # Environment: NODES (default 50), VM_NODES (default 4), IDLE (default 10),
 # KEEP=1 (keep the work folder), TESTBED_STORE, TESTBED_STATE_DIR,
-# CARGO_TARGET_DIR.
+# CARGO_TARGET_DIR; SMOKE=1 runs every step once, small and quick (2
+# containers, 1 VM, the debug build): what CI runs so that a broken
+# benchmark fails CI.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+if [[ ${SMOKE:-0} = 1 ]]; then
+    NODES=2 VM_NODES=1 IDLE=1
+    cargo build --quiet --locked --bin testbed --bin testbed-agent
+    tb=$(realpath "$CARGO_TARGET_DIR/debug/testbed")
+else
+    cargo build --quiet --release --locked --bin testbed --bin testbed-agent
+    tb=$(realpath "$CARGO_TARGET_DIR/release/testbed")
+fi
 NODES=${NODES:-50}
 VM_NODES=${VM_NODES:-4}
 IDLE=${IDLE:-10}
-
-cargo build --quiet --release --locked --bin testbed --bin testbed-agent
-tb=$(realpath "$CARGO_TARGET_DIR/release/testbed")
 
 work=$(mktemp -d /tmp/tb-bench-ct.XXXXXX)
 comp=$work/dense

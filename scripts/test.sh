@@ -17,6 +17,12 @@ echo "== cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace --no-fail-fast
+echo "== benchmarks in their smoke mode (every step once: a broken benchmark fails CI; the numbers mean little)"
+# The store the tests filled, so that images (and snapshots) they share
+# are not built again.
+TESTBED_STORE="$(realpath "$target")/tmp/store" SMOKE=1 bench/cluster.sh
+TESTBED_STORE="$(realpath "$target")/tmp/store" SMOKE=1 bench/containers.sh
+SMOKE=1 bench/image-build.sh
 echo "== a testbed without libvirt (cargo build --no-default-features)"
 # Its own target directory: the default build's binary stays as the tests
 # built it. The driver, a pure API client, links no libvirt either.

@@ -186,6 +186,7 @@ impl QemuBackend {
     ) -> Result<Started, String> {
         let config = snapshot::clone_config(&self.config(node), snapshot);
         snapshot.append_boot(&config.console_log);
+        let started = std::time::Instant::now();
         let pid = self
             .spawn(&node.name, generation, config, false)
             .map_err(|e| e.to_string())?;
@@ -219,6 +220,12 @@ impl QemuBackend {
             snapshot.discard();
             return Err(e);
         }
+        self.events.log(&format!(
+            "{}: restored from snapshot {} in {:.2}s",
+            node.name,
+            &snapshot.meta.key[..12.min(snapshot.meta.key.len())],
+            started.elapsed().as_secs_f64()
+        ));
         let macs = snapshot
             .meta
             .macs
@@ -237,6 +244,52 @@ impl QemuBackend {
             }),
             warning: None,
         })
+    }
+
+    /// Makes the snapshot `key` from `node` (the `index`th being made at
+    /// once, for its work folder); the warning its nodes get if it fails.
+    fn make(
+        &self,
+        host: &snapshot::Host,
+        root: &Path,
+        key: &str,
+        node: &NodeSpec,
+        index: usize,
+    ) -> Result<RoleSnapshot, String> {
+        self.events.log(&format!(
+            "making the snapshot of role {} ({}) from node {}",
+            node.role,
+            &key[..12.min(key.len())],
+            node.name
+        ));
+        let config = self.config(node);
+        let making = snapshot::Making {
+            qemu_bin: &self.qemu_bin,
+            host,
+            image: &node.image.key,
+            node: &config,
+            root,
+            work: &self.dir.path().join(format!("snap{index}")),
+            boot_timeout: self.spec.boot_timeout(),
+        };
+        match snapshot::make(&making) {
+            Ok(made) => {
+                self.events.log(&format!(
+                    "made the snapshot of role {} in {:.1}s",
+                    node.role,
+                    made.meta.made_in_ms as f64 / 1000.0
+                ));
+                Ok(made)
+            }
+            Err(e) => {
+                let warning = format!(
+                    "the snapshot of role {} could not be made, so its nodes boot: {e}",
+                    node.role
+                );
+                self.events.log(&format!("warning: {warning}"));
+                Err(warning)
+            }
+        }
     }
 
     fn qmp(&self, node: &str) -> Result<Qmp, BackendError> {
@@ -275,54 +328,41 @@ impl Backend for QemuBackend {
                 return Ok(());
             }
         };
-        let mut by_key: BTreeMap<String, Result<RoleSnapshot, String>> = BTreeMap::new();
+        // Each node's key; one node per key to make the missing ones from.
+        let mut keys: Vec<(String, &NodeSpec)> = Vec::new();
+        let mut missing: BTreeMap<String, &NodeSpec> = BTreeMap::new();
         for node in &self.spec.nodes {
-            let config = self.config(node);
-            let key = snapshot::key(&host, &node.image.key, &config);
-            let found = by_key.entry(key.clone()).or_insert_with(|| {
-                if let Some(found) = RoleSnapshot::find(root, &key) {
-                    return Ok(found);
-                }
-                self.events.log(&format!(
-                    "making the snapshot of role {} ({}) from node {}",
-                    node.role,
-                    &key[..12],
-                    node.name
-                ));
-                let making = snapshot::Making {
-                    qemu_bin: &self.qemu_bin,
-                    host: &host,
-                    image: &node.image.key,
-                    node: &config,
-                    root,
-                    work: &self.dir.path().join("snap"),
-                    boot_timeout: self.spec.boot_timeout(),
-                };
-                match snapshot::make(&making) {
-                    Ok(made) => {
-                        self.events.log(&format!(
-                            "made the snapshot of role {} in {:.1}s",
-                            node.role,
-                            made.meta.made_in_ms as f64 / 1000.0
-                        ));
-                        Ok(made)
-                    }
-                    Err(e) => {
-                        let warning = format!(
-                            "the snapshot of role {} could not be made, so its nodes boot: {e}",
-                            node.role
-                        );
-                        self.events.log(&format!("warning: {warning}"));
-                        Err(warning)
-                    }
-                }
-            });
+            let key = snapshot::key(&host, &node.image.key, &self.config(node));
+            if RoleSnapshot::find(root, &key).is_none() {
+                missing.entry(key.clone()).or_insert(node);
+            }
+            keys.push((key, node));
+        }
+        // The missing ones side by side, each template from a thread of its
+        // own that lives as long as it (QEMU dies with its spawning thread).
+        let made: BTreeMap<String, Result<RoleSnapshot, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = missing
+                .iter()
+                .enumerate()
+                .map(|(i, (key, node))| {
+                    let host = &host;
+                    scope.spawn(move || (key.clone(), self.make(host, root, key, node, i)))
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
+        });
+        for (key, node) in keys {
+            let found = match made.get(&key) {
+                Some(result) => result.clone(),
+                None => RoleSnapshot::find(root, &key)
+                    .ok_or_else(|| format!("the snapshot {key} went away")),
+            };
             match found {
                 Ok(found) => {
-                    super::lock(&self.snapshots).insert(node.name.clone(), found.clone());
+                    super::lock(&self.snapshots).insert(node.name.clone(), found);
                 }
                 Err(warning) => {
-                    super::lock(&self.unmade).insert(node.name.clone(), warning.clone());
+                    super::lock(&self.unmade).insert(node.name.clone(), warning);
                 }
             }
         }
