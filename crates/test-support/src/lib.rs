@@ -28,6 +28,6 @@ pub mod workspace_bins;
 pub use examples::{copy_example, repo_root};
 pub use net::free_tcp_port;
 pub use poll::{eventually, wait_until};
-pub use process::{is_alive, run_ok, text};
+pub use process::{is_alive, output_within, run_ok, text};
 pub use sshd::Sshd;
 pub use workspace_bins::{agent_binary, build_workspace_bins};

@@ -22,8 +22,23 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use testbed_test_support::{agent_binary, copy_example, text};
+use testbed_test_support::{agent_binary, copy_example, output_within, text};
+
+/// How long a verb may take before the test calls it a hang: verbs that
+/// may build images and boot a whole cluster get 20 minutes (a cold
+/// build of an example's images with a slow mirror, and TCG), the others
+/// 5 (a reboot under TCG takes about one).
+pub fn limit(args: &[&str]) -> Duration {
+    let long = ["up", "test", "build", "lock"];
+    let verb = args.iter().find(|a| !a.starts_with('-')).copied();
+    if verb.is_some_and(|v| long.contains(&v)) {
+        Duration::from_secs(20 * 60)
+    } else {
+        Duration::from_secs(5 * 60)
+    }
+}
 
 /// The store shared by this crate's tests, so images are built once.
 pub fn store() -> PathBuf {
@@ -88,13 +103,20 @@ impl Env {
     /// `testbed ARGS` in the composition's folder, with the shared store
     /// and this environment's state directory; the command, its exit code
     /// and its output are echoed on stderr.
+    ///
+    /// Every command is bounded ([`limit`]): one that hangs is killed and
+    /// fails the test with its output so far and the end of every log of
+    /// the environment's clusters (supervisor, consoles), so a hang costs
+    /// minutes and says where it was.
     pub fn testbed(&self, args: &[&str]) -> Output {
         agent_binary();
-        let out = testbed_command(args, &self.comp)
-            .env("TESTBED_STORE", store())
-            .env("TESTBED_STATE_DIR", &self.state)
-            .output()
-            .expect("run testbed");
+        let result = output_within(
+            testbed_command(args, &self.comp)
+                .env("TESTBED_STORE", store())
+                .env("TESTBED_STATE_DIR", &self.state),
+            limit(args),
+        );
+        let (Ok(out) | Err(out)) = &result;
         eprintln!(
             "$ testbed {}\n-> {:?}\n{}{}",
             args.join(" "),
@@ -102,7 +124,40 @@ impl Env {
             text(&out.stdout),
             text(&out.stderr)
         );
-        out
+        match result {
+            Ok(out) => out,
+            Err(_) => panic!(
+                "testbed {} did not end within {:?}; the cluster's logs:\n{}",
+                args.join(" "),
+                limit(args),
+                self.log_tails()
+            ),
+        }
+    }
+
+    /// The last lines of every log under the state directory.
+    pub fn log_tails(&self) -> String {
+        let mut logs = Vec::new();
+        let mut dirs = vec![self.state.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "log") {
+                    logs.push(path);
+                }
+            }
+        }
+        logs.sort();
+        let mut said = String::new();
+        for log in logs {
+            let content = text(&std::fs::read(&log).unwrap_or_default());
+            let lines: Vec<&str> = content.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(30)..];
+            said.push_str(&format!("== {}\n{}\n", log.display(), tail.join("\n")));
+        }
+        said
     }
 
     /// `testbed test --junit report.xml --json report.json`, the reports in
