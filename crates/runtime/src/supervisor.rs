@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -981,7 +981,13 @@ fn serve_exec(
         let Ok(read_half) = reader.get_ref().try_clone() else {
             return false;
         };
-        let mut lines = BufReader::new(read_half);
+        // The client sends its first input right after the request, so the
+        // request's reader may hold some already: the feeder starts with
+        // those bytes (reading the socket alone lost them, and a command
+        // waited forever for input the client had sent).
+        let buffered = reader.buffer().to_vec();
+        reader.consume(buffered.len());
+        let mut lines = BufReader::new(std::io::Cursor::new(buffered).chain(read_half));
         Some(std::thread::spawn(move || loop {
             match api::read_line::<_, Input>(&mut lines) {
                 Ok(Some(Input::Stdin { data })) => {

@@ -720,3 +720,53 @@ fn the_socket_transport_serves_the_same_requests_and_down_returns() {
     assert!(!c.dir.exists());
     assert!(c.fake.running().is_empty());
 }
+
+#[test]
+fn input_sent_with_an_exec_request_reaches_the_command() {
+    // A client writes the request, its whole input and the end of input at
+    // once (a short `exec -i` does): the supervisor's reader of the request
+    // then holds the input lines already, and the command must get them.
+    let c = Cluster::ready(&[]);
+    let socket = c.dir.api_socket();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let sup = c.sup.clone();
+    let server = std::thread::spawn(move || sup.serve(listener));
+    let mut exec = ExecRequest::argv(["tr", "a-z", "A-Z"]);
+    exec.stdin = true;
+    let mut burst = Vec::new();
+    testbed_runtime::api::write_line(
+        &mut burst,
+        &Request::Exec {
+            node: "a".into(),
+            exec,
+        },
+    )
+    .unwrap();
+    let input = testbed_runtime::api::Input::Stdin {
+        data: b"through stdin\n".to_vec(),
+    };
+    testbed_runtime::api::write_line(&mut burst, &input).unwrap();
+    testbed_runtime::api::write_line(&mut burst, &testbed_runtime::api::Input::Eof).unwrap();
+    let mut conn = UnixStream::connect(&socket).unwrap();
+    conn.set_read_timeout(Some(SETTLE)).unwrap();
+    std::io::Write::write_all(&mut conn, &burst).unwrap();
+    let mut replies = std::io::BufReader::new(conn);
+    let mut stdout = Vec::new();
+    loop {
+        let reply: Reply = testbed_runtime::api::read_line(&mut replies)
+            .expect("a reply within the bound (the command waited for its input)")
+            .expect("a reply before the end");
+        match reply {
+            Reply::Stdout { data } => stdout.extend(data),
+            Reply::Exited { status } => {
+                assert_eq!(status.code, Some(0), "{status:?}");
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&stdout), "THROUGH STDIN\n");
+    let mut other = ApiClient::connect(&socket).unwrap();
+    assert_eq!(other.call(&Request::Down).unwrap(), Reply::Ok);
+    server.join().unwrap().unwrap();
+}
