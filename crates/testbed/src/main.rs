@@ -6,6 +6,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[macro_use]
+mod print;
 mod cmd;
 mod output;
 
@@ -235,7 +237,19 @@ enum StoreCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help, the version, or a usage error (exit 2), printed as clap
+        // does, but quietly ended on a closed pipe like every other output.
+        Err(e) => {
+            if let Err(io) = e.print() {
+                if io.kind() == std::io::ErrorKind::BrokenPipe {
+                    std::process::exit(print::CLOSED_PIPE);
+                }
+            }
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let result = match cli.command {
         Command::Init(args) => cmd::init::run(&args),
         Command::Check { comp, scale, json } => {
@@ -290,7 +304,7 @@ fn main() -> ExitCode {
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),
         Command::Doctor { json } => cmd::doctor::doctor(json),
         Command::Schema => {
-            println!("{}", testbed_model::schema::json_schema());
+            outln!("{}", testbed_model::schema::json_schema());
             Ok(())
         }
     };

@@ -298,3 +298,28 @@ fn up_and_test_refuse_backend_flags_that_do_not_fit_before_touching_anything() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stderr), "cluster p is not running\n");
 }
+
+#[test]
+fn a_closed_stdout_ends_every_verb_quietly_with_the_sigpipe_status() {
+    // `testbed plan --json | head -1`: the reader is gone before the first
+    // write. Every verb ends at once, says nothing, and exits 141 (128 +
+    // SIGPIPE), as a shell reports for `ls | head`.
+    let verbs: [&[&str]; 5] = [
+        &["plan", "examples/slurm", "--json"],
+        &["plan", "examples/slurm"],
+        &["check", "examples/slurm", "--json"],
+        &["schema"],
+        &["--help"],
+    ];
+    for args in verbs {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = testbed_command(args, &repo_root())
+            .stdout(writer)
+            .output()
+            .expect("run testbed");
+        let said = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "testbed {args:?}: {said}");
+        assert!(said.is_empty(), "testbed {args:?} said: {said}");
+    }
+}

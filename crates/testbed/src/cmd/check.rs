@@ -31,11 +31,11 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], json: bool) -> Outcome {
                     "templates": templates,
                     "diagnostics": [],
                 });
-                println!("{v:#}");
+                outln!("{v:#}");
             } else {
                 let plural =
                     |n: usize, w: &str| format!("{n} {w}{}", if n == 1 { "" } else { "s" });
-                println!(
+                outln!(
                     "ok: {}: cluster \"{}\", {}, {}, {}, {}, {} rendered for every node",
                     path.display(),
                     plan.cluster,
@@ -50,7 +50,7 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], json: bool) -> Outcome {
         }
         Err(diags) if json => {
             let v = json!({ "ok": false, "file": path, "diagnostics": diags });
-            println!("{v:#}");
+            outln!("{v:#}");
             Err(Failure::Reported(2))
         }
         Err(diags) => Err(Failure::Input(diags)),

@@ -161,8 +161,8 @@ pub fn bring_up(target: &Target, options: &UpOptions) -> Result<ClusterStatus, F
 
 fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter>) {
     match event {
-        UpEvent::AlreadyUp { cluster } => eprintln!("cluster {cluster} is already up"),
-        UpEvent::StaleStateRemoved { cluster, killed } => eprintln!(
+        UpEvent::AlreadyUp { cluster } => errln!("cluster {cluster} is already up"),
+        UpEvent::StaleStateRemoved { cluster, killed } => errln!(
             "removed the state of an earlier run of {cluster} whose supervisor is gone{}",
             if killed.is_empty() {
                 String::new()
@@ -170,7 +170,7 @@ fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter
                 format!(" ({} leftover processes killed)", killed.len())
             }
         ),
-        UpEvent::LibvirtHost { uri, nodes } => eprintln!(
+        UpEvent::LibvirtHost { uri, nodes } => errln!(
             "{} libvirt host {uri}: {}",
             elapsed(start),
             if nodes.is_empty() {
@@ -179,14 +179,14 @@ fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter
                 nodes.join(", ")
             }
         ),
-        UpEvent::ContainerEngine(engine) => eprintln!(
+        UpEvent::ContainerEngine(engine) => errln!(
             "{} container engine: {}{}",
             elapsed(start),
             engine.engine,
             if engine.rootless { " (rootless)" } else { "" }
         ),
         UpEvent::Accelerator(d) => {
-            eprintln!("{} accelerator: {} ({})", elapsed(start), d.accel, d.reason)
+            errln!("{} accelerator: {} ({})", elapsed(start), d.accel, d.reason)
         }
         UpEvent::BuildStarted => *reporter = Some(Reporter::new()),
         UpEvent::Image(event) => {
@@ -210,7 +210,7 @@ fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter
                 NodeState::Failed => " (details below)".to_owned(),
                 _ => String::new(),
             };
-            eprintln!(
+            errln!(
                 "{} {:<16} {}{}",
                 elapsed(start),
                 node.name,
@@ -218,10 +218,10 @@ fn print_up_event(event: UpEvent, start: Instant, reporter: &mut Option<Reporter
                 detail
             );
             if let (NodeState::Booting, Some(warning)) = (node.state, &node.warning) {
-                eprintln!("warning: {}: {warning}", node.name);
+                errln!("warning: {}: {warning}", node.name);
             }
         }
-        UpEvent::Up { cluster, nodes } => eprintln!(
+        UpEvent::Up { cluster, nodes } => errln!(
             "{} cluster {cluster} is up: {} ready",
             elapsed(start),
             match nodes {
@@ -250,22 +250,28 @@ fn fmt_uptime(ms: Option<u64>) -> String {
 
 fn print_status(status: &ClusterStatus, json: bool) -> Outcome {
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(status).context("status as JSON")?
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "cluster {} ({} backend, {}), supervisor pid {}",
-        status.cluster, status.backend, status.accel, status.supervisor_pid
+        status.cluster,
+        status.backend,
+        status.accel,
+        status.supervisor_pid
     );
-    println!(
+    outln!(
         "{:<16} {:<12} {:<11} {:<8} ADDRESSES",
-        "NODE", "ROLE", "STATE", "UPTIME"
+        "NODE",
+        "ROLE",
+        "STATE",
+        "UPTIME"
     );
     for n in &status.nodes {
-        println!(
+        outln!(
             "{:<16} {:<12} {:<11} {:<8} {}",
             n.name,
             n.role,
@@ -275,7 +281,7 @@ fn print_status(status: &ClusterStatus, json: bool) -> Outcome {
         );
         if let (Some(message), NodeState::Failed | NodeState::Stopped) = (&n.message, n.state) {
             let first = message.lines().next().unwrap_or_default();
-            println!("{:<16} {first}", "");
+            outln!("{:<16} {first}", "");
         }
     }
     Ok(())
@@ -302,7 +308,7 @@ pub fn down(path: Option<&Path>) -> Outcome {
             dir.path().display()
         )));
     }
-    eprintln!("{message}");
+    errln!("{message}");
     Ok(())
 }
 
@@ -560,7 +566,7 @@ pub fn ssh_config(path: Option<&Path>) -> Outcome {
     let (cluster, dir) = state_dir(path)?;
     let config = ssh_config_path(&cluster, &dir)?;
     let text = fs::read_to_string(&config).context("cannot read the ssh config")?;
-    print!("{text}");
+    out!("{text}");
     Ok(())
 }
 
@@ -638,7 +644,7 @@ pub fn console(file: Option<&Path>, node: &str) -> Outcome {
     } else {
         None
     };
-    eprint!("connected to the console of {node}; Ctrl-] leaves\r\n");
+    err!("connected to the console of {node}; Ctrl-] leaves\r\n");
     let mut from_guest = stream.try_clone().context("console")?;
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let done2 = Arc::clone(&done);
@@ -678,7 +684,7 @@ pub fn console(file: Option<&Path>, node: &str) -> Outcome {
     if let Some(saved) = raw {
         let _ = rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &saved);
     }
-    eprintln!("\r\ndisconnected from the console of {node}");
+    errln!("\r\ndisconnected from the console of {node}");
     result.context("console").map_err(Failure::Runtime)
 }
 
@@ -690,7 +696,7 @@ pub fn supervise(dir: &Path) -> Outcome {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs_f64())
             .unwrap_or(0.0);
-        eprintln!("{stamp:.3} +{:.1}s {line}", start.elapsed().as_secs_f64());
+        errln!("{stamp:.3} +{:.1}s {line}", start.elapsed().as_secs_f64());
     });
     // The error is reported on stderr, which is the supervisor's log.
     testbed_runtime::supervisor::run(&StateDir::at(dir), log)

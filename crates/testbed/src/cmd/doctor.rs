@@ -150,7 +150,7 @@ pub fn doctor(json: bool) -> Outcome {
     if json {
         let text = serde_json::to_string_pretty(&checks)
             .map_err(|e| Failure::Runtime(anyhow::anyhow!(e)))?;
-        println!("{text}");
+        outln!("{text}");
     } else {
         for c in &checks {
             let mark = match c.level {
@@ -158,9 +158,9 @@ pub fn doctor(json: bool) -> Outcome {
                 Level::Warn => "warn",
                 Level::Fail => "FAIL",
             };
-            println!("{mark} {:<14} {}", c.name, c.found);
+            outln!("{mark} {:<14} {}", c.name, c.found);
             if let Some(fix) = &c.fix {
-                println!("     {:<14} fix: {fix}", "");
+                outln!("     {:<14} fix: {fix}", "");
             }
         }
     }

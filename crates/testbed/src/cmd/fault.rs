@@ -192,19 +192,19 @@ pub fn fault(args: &FaultArgs) -> Outcome {
     match (&args.fault, reply) {
         (FaultCommand::History { json }, Reply::History { events }) => {
             if *json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&events).context("history as JSON")?
                 );
             } else {
                 for e in events {
-                    println!("{:.3} {}", e.at, e.change);
+                    outln!("{:.3} {}", e.at, e.change);
                 }
             }
             Ok(())
         }
         (FaultCommand::Link(link), Reply::Link { rule }) => {
-            eprintln!("link {}-{}: {}", link.a, link.b, describe(&rule));
+            errln!("link {}-{}: {}", link.a, link.b, describe(&rule));
             Ok(())
         }
         (_, Reply::Ok) => Ok(()),
@@ -284,7 +284,7 @@ fn wait_node_ready(
             .find(|n| n.name == node)
             .ok_or_else(|| Failure::Runtime(anyhow!("no node {node} in cluster {cluster}")))?;
         if last != Some(n.state) {
-            eprintln!("{:>6.1}s {node} {}", start.elapsed().as_secs_f64(), n.state);
+            errln!("{:>6.1}s {node} {}", start.elapsed().as_secs_f64(), n.state);
             last = Some(n.state);
         }
         match n.state {

@@ -162,7 +162,7 @@ impl Progress for Lines {
         if last.as_deref() == Some(line.as_str()) {
             return;
         }
-        eprintln!("[{:>6.1}s] {line}", self.start.elapsed().as_secs_f64());
+        errln!("[{:>6.1}s] {line}", self.start.elapsed().as_secs_f64());
         *last = Some(line);
     }
 }
@@ -177,7 +177,7 @@ pub fn note(line: &str) {
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     match live.as_ref() {
         Some(multi) if multi.println(line).is_ok() => {}
-        _ => eprintln!("{line}"),
+        _ => errln!("{line}"),
     }
 }
 
@@ -405,7 +405,7 @@ pub fn lock(
     let previous = Lockfile::read_if_exists(&lock_file).map_err(failure)?;
     if let (Some(prev), false) = (&previous, update) {
         if prev.check_fresh(&specs, &lock_file).is_ok() {
-            println!(
+            outln!(
                 "{} is up to date (use --update to move to current package versions)",
                 lock_file.display()
             );
@@ -422,24 +422,24 @@ pub fn lock(
     .map_err(failure)?;
     drop(progress);
     if previous.as_ref() == Some(&lock) {
-        println!("{} is unchanged", lock_file.display());
+        outln!("{} is unchanged", lock_file.display());
         return Ok(());
     }
     lock.write(&lock_file).map_err(failure)?;
     match &previous {
         Some(prev) => {
             let changes = lock.changes_from(prev);
-            println!(
+            outln!(
                 "wrote {}: {} change{}",
                 lock_file.display(),
                 changes.len(),
                 plural(changes.len())
             );
             for c in changes {
-                println!("  {c}");
+                outln!("  {c}");
             }
         }
-        None => println!("wrote {}", lock_file.display()),
+        None => outln!("wrote {}", lock_file.display()),
     }
     Ok(())
 }
@@ -474,7 +474,7 @@ fn lock_check(
     .map_err(failure)?;
     drop(reporter);
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&check_json(&lock_file, &acquired)).unwrap_or_default()
         );
@@ -485,13 +485,13 @@ fn lock_check(
         };
     }
     for (origin, packages) in &acquired.from {
-        println!("{}", from_line(origin, packages));
+        outln!("{}", from_line(origin, packages));
     }
     for r in &acquired.refused {
-        println!("refused: {r}");
+        outln!("refused: {r}");
     }
     if acquired.missing.is_empty() {
-        println!("every locked package of {} can be had", lock_file.display());
+        outln!("every locked package of {} can be had", lock_file.display());
         Ok(())
     } else {
         Err(Failure::Runtime(anyhow::anyhow!(
@@ -584,17 +584,17 @@ pub fn vendor(path: Option<&Path>, dir: &Path, json: bool) -> Outcome {
             "packages": done.packages,
             "bytes": done.bytes,
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
-    println!(
+    outln!(
         "{} packages ({:.1} MiB) of {} in {}, with SHA256SUMS",
         done.packages,
         done.bytes as f64 / (1024.0 * 1024.0),
         lock_file.display(),
         dir.display()
     );
-    println!(
+    outln!(
         "build from it alone with: testbed build --offline --vendor {} {}",
         dir.display(),
         comp.dir.display()
@@ -616,10 +616,10 @@ pub fn build(path: Option<&Path>, json: bool, packages: &PackageArgs) -> Outcome
             .iter()
             .map(|b| serde_json::json!({ "role": b.role, "key": b.key, "dir": b.dir, "cached": b.cached }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
         for b in &built {
-            println!(
+            outln!(
                 "{:<12} {}  {}",
                 b.role,
                 if b.cached { "cached" } else { "built " },
@@ -627,7 +627,7 @@ pub fn build(path: Option<&Path>, json: bool, packages: &PackageArgs) -> Outcome
             );
         }
         if built.iter().all(|b| b.cached) {
-            println!("nothing to rebuild");
+            outln!("nothing to rebuild");
         }
     }
     Ok(())
@@ -643,19 +643,22 @@ pub fn verify(path: Option<&Path>) -> Outcome {
     drop(progress);
     for r in &v.roles {
         match &r.difference {
-            None => println!(
+            None => outln!(
                 "{:<12} identical ({} outputs, {})",
                 r.role,
                 r.compared,
                 short(&r.key)
             ),
             Some(d) => {
-                println!(
+                outln!(
                     "{:<12} DIFFERS: {} is {} in the store but {} when rebuilt",
-                    r.role, d.output, d.expected, d.actual
+                    r.role,
+                    d.output,
+                    d.expected,
+                    d.actual
                 );
                 if let Some((a, b)) = &d.first_path {
-                    println!("             first differing file:\n               store:   {a}\n               rebuilt: {b}");
+                    outln!("             first differing file:\n               store:   {a}\n               rebuilt: {b}");
                 }
             }
         }
@@ -664,7 +667,7 @@ pub fn verify(path: Option<&Path>) -> Outcome {
         Ok(())
     } else {
         if let Some(kept) = &v.kept_store {
-            eprintln!("the rebuild is kept in {} for inspection", kept.display());
+            errln!("the rebuild is kept in {} for inspection", kept.display());
         }
         Err(Failure::Reported(1))
     }
@@ -691,10 +694,10 @@ pub fn store_ls(json: bool) -> Outcome {
             "entries": v,
             "packages": { "path": cache.path, "count": cache.count, "size": cache.size },
         });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
     }
-    println!("store: {}", store.root().display());
+    outln!("store: {}", store.root().display());
     for e in &entries {
         let users: Vec<String> = e
             .users
@@ -706,16 +709,16 @@ pub fn store_ls(json: bool) -> Outcome {
         } else {
             users.join("; ")
         };
-        println!(
+        outln!(
             "{}  {:>8.1} MiB  {users}",
             short(&e.key),
             e.size as f64 / (1024.0 * 1024.0)
         );
     }
     if entries.is_empty() {
-        println!("(no images)");
+        outln!("(no images)");
     }
-    println!(
+    outln!(
         "package cache: {} .deb file{}, {:.1} MiB",
         cache.count,
         plural(cache.count),
@@ -728,12 +731,12 @@ pub fn store_gc() -> Outcome {
     let store = Store::open_default().map_err(failure)?;
     let report = store.gc(&Reporter::new()).map_err(failure)?;
     for key in &report.removed {
-        println!("removed {}", short(key));
+        outln!("removed {}", short(key));
     }
     for key in &report.snapshots_removed {
-        println!("removed snapshot {} (its image is gone)", short(key));
+        outln!("removed snapshot {} (its image is gone)", short(key));
     }
-    println!(
+    outln!(
         "freed {:.1} MiB; kept {} entr{} still used by a lock file; package cache: removed {}, kept {} a lock file names",
         report.freed as f64 / (1024.0 * 1024.0),
         report.kept.len(),
@@ -742,7 +745,7 @@ pub fn store_gc() -> Outcome {
         report.packages_kept,
     );
     if let Some(note) = &report.packages_note {
-        println!("{note}");
+        outln!("{note}");
     }
     Ok(())
 }

@@ -122,9 +122,9 @@ pub fn run(args: &Args) -> Outcome {
         let tmp = dir.join(format!(".{file}.tmp"));
         std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
-        println!("created {}", path.display());
+        outln!("created {}", path.display());
     }
-    println!(
+    outln!(
         "next: testbed check {0}   # validate\n      testbed plan {0}    # see the nodes and addresses",
         dir.display()
     );

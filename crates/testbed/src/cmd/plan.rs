@@ -13,12 +13,12 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], json: bool) -> Outcome {
     if json {
         // Serializing plain data cannot fail; the plan's field order is fixed
         // by its types, so the output is byte-identical for the same input.
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&plan).unwrap_or_default()
         );
     } else {
-        print!("{}", table(&plan));
+        out!("{}", table(&plan));
     }
     Ok(())
 }

@@ -133,14 +133,14 @@ fn printer(start: Instant) -> EventSink {
         };
         flush_repeats(&mut last);
         *last = None;
-        eprintln!("{line}");
+        errln!("{line}");
     })
 }
 
 fn flush_repeats(last: &mut Option<(String, u32)>) {
     if let Some((_, n)) = last.as_ref() {
         if *n > 0 {
-            eprintln!(
+            errln!(
                 "        (the same {n} more time{})",
                 if *n == 1 { "" } else { "s" }
             );
@@ -214,7 +214,7 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
         options.keep_failed = args.keep;
         cluster::bring_up(&target, &options)?;
     } else {
-        eprintln!(
+        errln!(
             "{} cluster {} is already running; it stays up afterwards",
             elapsed(start),
             plan.cluster
@@ -223,13 +223,13 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
     let teardown = !args.keep && !was_running;
     let result = drive(args, dir, script_name, source, time_limit, &comp_dir, start);
     if teardown {
-        eprintln!(
+        errln!(
             "{} {}",
             elapsed(start),
             testbed_cluster::down(dir, &plan.cluster)
         );
     } else {
-        eprintln!(
+        errln!(
             "{} cluster {} is left running; `testbed down` removes it",
             elapsed(start),
             plan.cluster
@@ -281,7 +281,7 @@ fn drive(
     let (Some(source), false) = (source, args.interactive) else {
         return repl(&mut driver);
     };
-    eprintln!(
+    errln!(
         "{} running {} (time limit {}, timeout factor {})",
         elapsed(start),
         script.as_deref().unwrap_or(Path::new("")).display(),
@@ -297,7 +297,7 @@ fn drive(
     ] {
         if let Some(path) = path {
             match write_report(path, &text) {
-                Ok(()) => eprintln!("report written to {}", path.display()),
+                Ok(()) => errln!("report written to {}", path.display()),
                 Err(e) => problems.push(format!("{e:#}")),
             }
         }
@@ -316,13 +316,13 @@ fn drive(
             factor: driver.timeout_factor(),
             ..testbed_driver::Timeouts::default()
         };
-        eprintln!("{} collecting artifacts", elapsed(start));
+        errln!("{} collecting artifacts", elapsed(start));
         match artifacts::collect(api.as_ref(), &dest, &timeouts) {
             Ok(a) => {
                 for p in &a.problems {
-                    eprintln!("  note: {p}");
+                    errln!("  note: {p}");
                 }
-                eprintln!(
+                errln!(
                     "artifacts (console logs, journals, fault history) are in {}",
                     display_path(&dest).display()
                 );
@@ -332,7 +332,7 @@ fn drive(
     }
     if !problems.is_empty() {
         for p in &problems {
-            eprintln!("error: {p}");
+            errln!("error: {p}");
         }
         return Err(Failure::Reported(1));
     }
@@ -387,7 +387,7 @@ fn print_summary(report: &TestReport) {
 fn repl(driver: &mut Driver) -> Outcome {
     let stdin = io::stdin();
     let tty = stdin.is_terminal();
-    eprintln!(
+    errln!(
         "test driver prompt; nodes: {}; `.exit` or Ctrl-D leaves",
         driver.nodes().join(", ")
     );
@@ -395,7 +395,7 @@ fn repl(driver: &mut Driver) -> Outcome {
     let mut input = stdin.lock();
     loop {
         if tty {
-            eprint!("{}", if pending.is_empty() { "> " } else { ". " });
+            err!("{}", if pending.is_empty() { "> " } else { ". " });
             let _ = io::stderr().flush();
         }
         let mut line = String::new();
@@ -437,6 +437,6 @@ fn evaluate(driver: &mut Driver, code: &str) {
             let _ = out.flush();
         }
         Ok(None) => {}
-        Err(e) => eprintln!("error: {e}"),
+        Err(e) => errln!("error: {e}"),
     }
 }
