@@ -17,6 +17,7 @@
 //!
 //! Layout, pool and URIs are described in `docs/libvirt.md`.
 
+mod pump;
 mod xml;
 
 use std::fs::{File, OpenOptions};
@@ -47,6 +48,16 @@ pub const SYSTEM_POOL_DIR: &str = "/var/lib/libvirt/images/testbed";
 
 /// The boot files of a node image, in the order of a store entry.
 pub const IMAGE_FILES: [&str; 3] = ["kernel", "initramfs", "rootfs.erofs"];
+
+/// Opens a connection to `uri`, after libvirt's event loop, which every
+/// connection needs for its streams to be pumped ([`pump`]).
+fn open_connection(uri: &str) -> Result<Connect, LibvirtError> {
+    pump::ensure_event_loop().map_err(|reason| LibvirtError::EventLoop { reason })?;
+    Connect::open(Some(uri)).map_err(|source| LibvirtError::Connect {
+        uri: uri.to_string(),
+        source,
+    })
+}
 
 /// Size of the chunks streamed to and from libvirt.
 const CHUNK: usize = 256 * 1024;
@@ -121,6 +132,12 @@ pub enum LibvirtError {
         /// The image or file.
         what: String,
         /// What is wrong.
+        reason: String,
+    },
+    /// libvirt's event loop, which pumps every stream, could not start.
+    #[error("{reason}")]
+    EventLoop {
+        /// Why.
         reason: String,
     },
     /// A local file or thread could not be used.
@@ -222,8 +239,9 @@ pub fn default_pool_dir(uri: &str, home: Option<&Path>) -> Option<PathBuf> {
 
 /// One connection to one libvirt URI.
 ///
-/// The connection is shared by the threads this type starts (console and
-/// agent pumps); libvirt's client library is thread-safe.
+/// The connection serves the supervisor's calls only: every stream (a
+/// node's console, its agent channel) opens a connection of its own, so
+/// that no call waits behind a thread blocked in a stream's receive.
 #[derive(Debug)]
 pub struct LibvirtHost {
     uri: String,
@@ -240,10 +258,7 @@ impl LibvirtHost {
         // libvirt's default error handler prints every error on stderr;
         // errors come back as values here instead.
         virt::error::clear_error_callback();
-        let conn = Connect::open(Some(uri)).map_err(|source| LibvirtError::Connect {
-            uri: uri.to_string(),
-            source,
-        })?;
+        let conn = open_connection(uri)?;
         Ok(LibvirtHost {
             uri: uri.to_string(),
             conn: Arc::new(conn),
@@ -605,23 +620,22 @@ impl LibvirtHost {
             .create_domain_xml(&domain_xml(config), flags)
             .map_err(self.domain_err(&name, "create"))?;
         let attach = || -> Result<(), LibvirtError> {
-            let stream = Stream::new(&self.conn, 0)
+            // The console stream has a connection of its own, as the agent
+            // channel does, so that the supervisor's calls never share a
+            // connection with a stream; it is pumped by libvirt's event
+            // loop (see `pump`), and ends with the domain.
+            let conn = open_connection(&self.uri)?;
+            let own = conn
+                .lookup_domain_by_name(&name)
+                .map_err(self.domain_err(&name, "look up"))?;
+            let stream = pump::nonblocking_stream(&conn)
                 .map_err(self.domain_err(&name, "open a console stream for"))?;
-            dom.open_console(None, &stream, sys::VIR_DOMAIN_CONSOLE_FORCE)
+            own.open_console(None, &stream, sys::VIR_DOMAIN_CONSOLE_FORCE)
                 .map_err(self.domain_err(&name, "attach the console of"))?;
-            std::thread::Builder::new()
-                .name(format!("console-{}", config.node))
-                .spawn(move || {
-                    let mut buf = vec![0u8; CHUNK];
-                    // Ends at the end of the stream (the domain ended), on
-                    // a stream error, or when the log cannot be written.
-                    while let Ok(n) = stream.recv(&mut buf) {
-                        if n <= 0 || log.write_all(&buf[..n as usize]).is_err() {
-                            break;
-                        }
-                    }
-                })
-                .map_err(self.io_err("start the console thread for", &config.console_log))?;
+            // Ends at the end of the stream (the domain ended), on a
+            // stream error, or when the log cannot be written.
+            pump::pump_from(&stream, CHUNK, move |data| log.write_all(data).is_ok())
+                .map_err(self.domain_err(&name, "watch the console stream of"))?;
             dom.resume().map_err(self.domain_err(&name, "resume"))
         };
         if let Err(e) = attach() {
@@ -653,15 +667,12 @@ impl LibvirtHost {
         // share one socket and one client lock, and an agent's reply was
         // seen to wait minutes behind them under load. The stream holds
         // its connection open; it closes when the stream is freed.
-        let conn = Connect::open(Some(&self.uri)).map_err(|source| LibvirtError::Connect {
-            uri: self.uri.clone(),
-            source,
-        })?;
+        let conn = open_connection(&self.uri)?;
         let dom = conn
             .lookup_domain_by_name(name)
             .map_err(self.domain_err(name, "look up"))?;
-        let stream =
-            Stream::new(&conn, 0).map_err(self.domain_err(name, "open an agent stream for"))?;
+        let stream = pump::nonblocking_stream(&conn)
+            .map_err(self.domain_err(name, "open an agent stream for"))?;
         dom.open_channel(
             Some(testbed_proto::VIRTIO_PORT_NAME),
             &stream,
@@ -671,25 +682,34 @@ impl LibvirtHost {
         let what = PathBuf::from(format!("the agent channel of {name}"));
         let (ours, theirs) =
             UnixStream::pair().map_err(self.io_err("create a socket pair for", &what))?;
-        let stream = Arc::new(stream);
-        let from_guest = Arc::clone(&stream);
         let mut to_caller = theirs
             .try_clone()
             .map_err(self.io_err("clone a socket for", &what))?;
         let mut from_caller = theirs;
+        // From the guest: the event loop hands what the stream has to a
+        // thread of this channel, which writes it to the caller, so that a
+        // caller slow to read never stalls the event loop.
+        let (chunks, received) = std::sync::mpsc::channel::<Vec<u8>>();
         std::thread::Builder::new()
             .name(format!("agent-out-{name}"))
             .spawn(move || {
-                let mut buf = vec![0u8; CHUNK];
-                while let Ok(n) = from_guest.recv(&mut buf) {
-                    if n <= 0 || to_caller.write_all(&buf[..n as usize]).is_err() {
+                for chunk in received {
+                    if to_caller.write_all(&chunk).is_err() {
                         break;
                     }
                 }
+                // The stream ended (its pump dropped the sender) or the
+                // caller is gone: the caller reads the end.
                 let _ = to_caller.shutdown(std::net::Shutdown::Write);
-                finish(from_guest);
             })
             .map_err(self.io_err("start a thread for", &what))?;
+        let closer = pump::pump_from(&stream, CHUNK, move |data| {
+            chunks.send(data.to_vec()).is_ok()
+        })
+        .map_err(self.domain_err(name, "watch the agent stream of"))?;
+        // To the guest: a send on a non-blocking remote stream queues the
+        // data and never waits for the guest, so a thread reading the
+        // caller's end does it; the caller's end closes the stream.
         std::thread::Builder::new()
             .name(format!("agent-in-{name}"))
             .spawn(move || {
@@ -703,13 +723,18 @@ impl LibvirtHost {
                     };
                     let mut off = 0;
                     while off < n {
+                        if closer.is_closed() {
+                            break 'pump;
+                        }
                         match stream.send(&buf[off..n]) {
                             Ok(k) if k > 0 => off += k as usize,
+                            // Would block: libvirt's queue is full.
+                            Ok(-2) => std::thread::sleep(std::time::Duration::from_millis(2)),
                             _ => break 'pump,
                         }
                     }
                 }
-                finish(stream);
+                closer.close();
             })
             .map_err(self.io_err("start a thread for", &what))?;
         let writer = ours
@@ -807,14 +832,5 @@ impl LibvirtHost {
         }
         found.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(found)
-    }
-}
-
-/// Ends a pumped stream once its last user is done: the last of the two
-/// pump threads aborts it (the other end may be gone already, so
-/// errors mean nothing here).
-fn finish(stream: Arc<Stream>) {
-    if let Some(stream) = Arc::into_inner(stream) {
-        let _ = stream.abort();
     }
 }
