@@ -81,3 +81,45 @@ fn script_errors_stop_before_the_cluster_boots() {
     );
     assert!(!dir.path().join("state").exists());
 }
+
+#[test]
+fn a_script_given_as_the_path_runs_against_the_composition_of_its_folder() {
+    // `testbed test DIR/check.rhai`, as people call test runners: the
+    // script is the one that runs (its error is reported, before any VM),
+    // not read as a composition.
+    let dir = tempfile::tempdir().unwrap();
+    let comp = dir.path().join("c");
+    std::fs::create_dir(&comp).unwrap();
+    composition(&comp, "[test]\nscript = \"t.rhai\"\n");
+    std::fs::write(comp.join("t.rhai"), "n1.succeed(\"true\");\n").unwrap();
+    std::fs::write(
+        comp.join("bad.rhai"),
+        "n1.succeed(\"true\");\nn9.crash();\n",
+    )
+    .unwrap();
+    let out = testbed(&["test", "c/bad.rhai"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bad.rhai:2:1: syntax error: undefined variable: n9"),
+        "{}",
+        stderr(&out)
+    );
+    // In the composition's own folder too.
+    let out = testbed(&["test", "bad.rhai"], &comp);
+    assert!(
+        stderr(&out).contains("bad.rhai:2:1: syntax error: undefined variable: n9"),
+        "{}",
+        stderr(&out)
+    );
+    let out = testbed(&["test", "c/bad.rhai", "--script", "c/t.rhai"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("two scripts"), "{}", stderr(&out));
+    let out = testbed(&["test", "c/test_x.py"], dir.path());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("test_x.py is a Python file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join("state").exists() && !comp.join("state").exists());
+}

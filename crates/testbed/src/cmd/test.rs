@@ -164,11 +164,45 @@ fn display_path(path: &Path) -> PathBuf {
         .unwrap_or_else(|| path.to_path_buf())
 }
 
+/// `testbed test DIR/check.rhai`, the way people hand a script to a test
+/// runner: the script runs against the composition of its folder. Returns
+/// the composition's path and the script to run.
+fn script_given_as_path(
+    path: Option<&Path>,
+    script: Option<&Path>,
+) -> Result<(Option<PathBuf>, Option<PathBuf>), Failure> {
+    let Some(path) = path else {
+        return Ok((None, script.map(Path::to_path_buf)));
+    };
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("rhai") => {
+            if let Some(other) = script {
+                return Err(Failure::Usage(format!(
+                    "two scripts: {} and --script {}; give one (a script given as the path runs against the composition of its folder)",
+                    path.display(),
+                    other.display()
+                )));
+            }
+            let folder = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            Ok((Some(folder.to_path_buf()), Some(path.to_path_buf())))
+        }
+        Some("py") => Err(Failure::Usage(format!(
+            "{} is a Python file; `testbed test` runs Rhai scripts (`testbed test DIR/SCRIPT.rhai`, or `--script FILE.rhai` with the composition as PATH)",
+            path.display()
+        ))),
+        _ => Ok((Some(path.to_path_buf()), script.map(Path::to_path_buf))),
+    }
+}
+
 /// `testbed test`.
 pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome {
     let start = Instant::now();
     let scale: Scale = scale.iter().cloned().collect();
-    let target = Target::load(path, &scale)?;
+    let (path, script_arg) = script_given_as_path(path, args.script.as_deref())?;
+    let target = Target::load(path.as_deref(), &scale)?;
     let (comp, plan, dir) = (&target.comp, &target.plan, &target.dir);
     let comp_dir = comp
         .source
@@ -178,7 +212,7 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
         .unwrap_or_default();
 
     let script = match (
-        &args.script,
+        &script_arg,
         comp.test.as_ref().and_then(|t| t.script.clone()),
     ) {
         (Some(s), _) => Some(s.clone()),
