@@ -16,7 +16,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -37,6 +37,11 @@ pub enum StateError {
         .path.display()
     )]
     TooLong { path: PathBuf, len: usize },
+    #[error(
+        "refusing the state directory {}: {reason}; remove it, or set TESTBED_STATE_DIR to a folder of your own that only you may write",
+        .path.display()
+    )]
+    Unsafe { path: PathBuf, reason: String },
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
@@ -57,6 +62,41 @@ pub fn root() -> PathBuf {
         "/tmp/testbed-{}",
         rustix::process::getuid().as_raw()
     ))
+}
+
+/// Refuses a directory that someone else could control: a symbolic link,
+/// not a directory, owned by another user, or writable by others. A
+/// directory that does not exist passes (it is about to be created).
+fn check_private(dir: &Path) -> Result<(), StateError> {
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("inspect", dir)(e)),
+    };
+    let refuse = |reason: String| StateError::Unsafe {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link".to_owned()));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".to_owned()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(format!(
+            "it belongs to uid {}, not to you (uid {me})",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "others may write in it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
 }
 
 /// FNV-1a, 64 bits: a stable hash that needs no dependency. Only used to
@@ -125,8 +165,22 @@ impl StateDir {
                 len,
             });
         }
+        // The root (`/tmp/testbed-UID` has a name anyone can guess) and the
+        // directory itself are used only if they are the user's own:
+        // checked before and after creating, so a folder or a symbolic link
+        // someone else put there first is refused, never reused.
+        let root = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+        for dir in root.into_iter().chain([self.path.as_path()]) {
+            check_private(dir)?;
+        }
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
+        builder
+            .create(&self.path)
+            .map_err(io_err("create", &self.path))?;
+        for dir in root.into_iter().chain([self.path.as_path()]) {
+            check_private(dir)?;
+        }
         for dir in [self.path.clone(), self.nodes_dir(), self.net_dir()] {
             builder.create(&dir).map_err(io_err("create", &dir))?;
             // A pre-existing directory keeps its mode; the spec holds
@@ -243,6 +297,54 @@ mod tests {
         let dir = StateDir::at(PathBuf::from("/").join("x".repeat(100)));
         let err = dir.create().unwrap_err().to_string();
         assert!(err.contains("TESTBED_STATE_DIR"), "{err}");
+    }
+
+    #[test]
+    fn a_root_or_directory_someone_else_could_control_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let refused = |root: &Path| {
+            let dir = StateDir::at(root.join("c-00000000"));
+            let err = dir.create().unwrap_err();
+            assert!(matches!(err, StateError::Unsafe { .. }), "{err}");
+            assert!(!dir.path().join("nodes").exists());
+            err.to_string()
+        };
+        // A symbolic link planted where the root would be.
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(refused(&link).contains("symbolic link"));
+        // A root others may write in.
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(refused(&open).contains("others may write in it (mode 777)"));
+        // A root that belongs to someone else: as root, one handed over to
+        // nobody; as a user, one of root's.
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            assert!(refused(&theirs).contains("belongs to uid 65534"));
+        } else {
+            assert!(refused(Path::new("/")).contains("belongs to uid 0"));
+        }
+        // The cluster's own directory as a symbolic link in a good root.
+        let good = tmp.path().join("good");
+        fs::create_dir(&good).unwrap();
+        std::os::unix::fs::symlink(&real, good.join("c-11111111")).unwrap();
+        let err = StateDir::at(good.join("c-11111111")).create().unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        // A root of one's own is used, and the directory is made private.
+        let dir = StateDir::at(good.join("c-22222222"));
+        fs::create_dir(dir.path()).unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        dir.create().unwrap();
+        let mode = fs::metadata(dir.path()).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        assert!(dir.nodes_dir().is_dir() && dir.net_dir().is_dir());
     }
 
     #[test]
