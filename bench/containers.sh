@@ -12,9 +12,11 @@
 #       nodes (what this host can hold under TCG), to all-ready.
 #
 # After each is up and idle for $IDLE seconds: host memory per node, as the
-# drop of MemAvailable since before the start divided by the node count
-# (everything the node costs the host: container or VM, conmon, agent
-# sessions, page cache of its image).
+# proportional set size (PSS) of the node's processes: for a container,
+# every process in its PID namespace (systemd, the services, the agent) and
+# its conmon processes; for a VM, its QEMU process. Pages shared between nodes (the
+# image's files, a snapshot's RAM) count once, split between them.
+# (The drop of MemAvailable, used before, was noise: it came out negative.)
 #
 # Environment: NODES (default 50), VM_NODES (default 4), IDLE (default 10),
 # KEEP=1 (keep the work folder), TESTBED_STORE, TESTBED_STATE_DIR,
@@ -62,8 +64,32 @@ say() { printf '%s\n' "$*" >&2; }
 now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
 secs() { awk -v us="$1" 'BEGIN { printf "%.1f", us / 1e6 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-avail_kib() { awk '/^MemAvailable:/ { print $2 }' /proc/meminfo; }
-per_node_mib() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.0f", (a - b) / 1024 / n }'; }
+# The sum of the PSS (KiB) of the given processes.
+pss_kib() {
+    local pid sum=0 k
+    for pid in "$@"; do
+        k=$(awk '/^Pss:/ { print $2 }' "/proc/$pid/smaps_rollup" 2>/dev/null || true)
+        sum=$((sum + ${k:-0}))
+    done
+    echo "$sum"
+}
+# The processes of the containers named on stdin: every process in each
+# one's PID namespace (systemd, the services, exec sessions such as the
+# agent) and its conmon processes (one per container and per exec session).
+container_pids() {
+    local name id pid ns p
+    while read -r name; do
+        read -r id pid < <(podman inspect --format '{{.Id}} {{.State.Pid}}' "$name")
+        ns=$(readlink "/proc/$pid/ns/pid")
+        for p in /proc/[0-9]*; do
+            [[ $(readlink "$p/ns/pid" 2>/dev/null) == "$ns" ]] && echo "${p#/proc/}"
+        done
+        pgrep -f "conmon .*$id" || true
+    done
+}
+# The QEMU processes of the cluster at $1.
+vm_pids() { "$tb" status "$1" --json | sed -n 's/^ *"pid": \([0-9]*\).*/\1/p'; }
+per_node_mib() { awk -v k="$1" -v n="$2" 'BEGIN { printf "%.0f", k / 1024 / n }'; }
 
 write_comp() { # DIR COUNT
     mkdir -p "$1"
@@ -97,7 +123,6 @@ fi
 say "== (a) baseline: $NODES plain podman containers with systemd"
 podman import --quiet "$tar" "$base_image" >/dev/null
 podman network create --internal --disable-dns --subnet 10.80.0.0/24 "$base_net" >/dev/null
-before=$(avail_kib)
 t0=$(now_us)
 for i in $(seq 1 "$NODES"); do
     podman run --detach --pull never --name "tb-bench-$i" --hostname "n$i" \
@@ -112,33 +137,34 @@ for i in $(seq 1 "$NODES"); do
 done
 t_base=$(($(now_us) - t0))
 sleep "$IDLE"
-mem_base=$(per_node_mib "$before" "$(avail_kib)" "$NODES")
+# shellcheck disable=SC2046
+mem_base=$(per_node_mib "$(pss_kib $(seq -f 'tb-bench-%.0f' 1 "$NODES" | container_pids))" "$NODES")
 podman ps -a --filter label=tb-bench=baseline --format '{{.Names}}' | xargs -r podman rm --force --time 0 >/dev/null
 podman network rm "$base_net" >/dev/null
 podman image rm "$base_image" >/dev/null
 sleep 2
 
 say "== (b) testbed up --backend podman: $NODES nodes"
-before=$(avail_kib)
 t0=$(now_us)
 "$tb" up --backend podman "$comp" >/dev/null
 t_ct=$(($(now_us) - t0))
 ready=$("$tb" status "$comp" --json | grep -c '"state": "ready"' || true)
 sleep "$IDLE"
-mem_ct=$(per_node_mib "$before" "$(avail_kib)" "$NODES")
+# shellcheck disable=SC2046
+mem_ct=$(per_node_mib "$(pss_kib $(podman ps --filter "label=org.testbed.state=$("$tb" status "$comp" --json | sed -n 's/^ *"state_dir": "\(.*\)",$/\1/p')" --format '{{.Names}}' | container_pids))" "$NODES")
 "$tb" down "$comp" >/dev/null
 sleep 2
 
 say "== (c) testbed up --backend qemu: $VM_NODES nodes"
-before=$(avail_kib)
 t0=$(now_us)
 "$tb" up --backend qemu "$vms" >/dev/null
 t_vm=$(($(now_us) - t0))
 sleep "$IDLE"
-mem_vm=$(per_node_mib "$before" "$(avail_kib)" "$VM_NODES")
+# shellcheck disable=SC2046
+mem_vm=$(per_node_mib "$(pss_kib $(vm_pids "$vms"))" "$VM_NODES")
 "$tb" down "$vms" >/dev/null
 
-printf '\n%-44s %10s %10s %14s\n' "" "nodes" "all ready" "host MiB/node"
+printf '\n%-44s %10s %10s %14s\n' "" "nodes" "all ready" "PSS MiB/node"
 printf '%-44s %10s %9ss %14s\n' "(a) plain podman run + systemd (baseline)" "$NODES" "$(secs "$t_base")" "$mem_base"
 printf '%-44s %10s %9ss %14s\n' "(b) testbed up --backend podman" "$ready" "$(secs "$t_ct")" "$mem_ct"
 printf '%-44s %10s %9ss %14s\n' "(c) testbed up --backend qemu" "$VM_NODES" "$(secs "$t_vm")" "$mem_vm"

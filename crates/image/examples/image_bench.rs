@@ -16,7 +16,14 @@ use testbed_image::{build, BuildOptions, ImageSpec, NoProgress, Store};
 
 type Error = Box<dyn std::error::Error>;
 
-fn main() -> Result<(), Error> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("image_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Error> {
     let mut roles: Vec<(String, Vec<String>)> = std::env::args()
         .skip(1)
         .filter_map(|a| {
