@@ -8,7 +8,7 @@
 //! ```
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -115,9 +115,8 @@ fn by_sysfs_name(path: &Path, sysfs: &Path, dev: &Path) -> Option<PathBuf> {
     })
 }
 
-/// Sessions on a virtio-serial port, forever. The port reads end-of-file
-/// while no host is connected, so the loop pauses between sessions; the
-/// device may also not exist yet this early in boot.
+/// Sessions on a virtio-serial port, forever, one host after another. The
+/// device may not exist yet this early in boot.
 fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
     let mut reported = false;
     loop {
@@ -134,9 +133,11 @@ fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
         match opened {
             Ok((reader, writer)) => {
                 reported = false;
-                if let End::Broken(reason) = session::serve(agent, reader, writer) {
+                if let End::Broken(reason) = next_host(agent, reader, writer, NO_HOST_PAUSE) {
                     log(&format!("session on {} ended: {reason}", path.display()));
                 }
+                // Closed here, after its session: the host sees the port
+                // close (a snapshot's maker waits for that).
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => {
@@ -150,9 +151,103 @@ fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
     }
 }
 
+/// How often an open port is read again while no host is connected.
+const NO_HOST_PAUSE: Duration = Duration::from_millis(200);
+
+/// Waits on an open port for the next host and serves its session. While
+/// no host is connected the port reads end-of-file; it is read again every
+/// `pause`, and kept open meanwhile: the guest's driver discards what has
+/// arrived on a port when it is closed, so an agent that closed and
+/// reopened it after each end-of-file lost the first bytes of a host that
+/// connected in between, and never answered its hello (a node restored
+/// from a role snapshot, whose agent is in this wait, stayed "booting").
+fn next_host<R: Read, W: Write + Send + 'static>(
+    agent: &Arc<Agent>,
+    mut reader: R,
+    writer: W,
+    pause: Duration,
+) -> End {
+    let mut first = vec![0u8; 4096];
+    loop {
+        match reader.read(&mut first) {
+            Ok(0) => std::thread::sleep(pause),
+            Ok(n) => {
+                first.truncate(n);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return End::Broken(format!("cannot read the port: {e}")),
+        }
+    }
+    session::serve(agent, std::io::Cursor::new(first).chain(reader), writer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use testbed_proto::client::{Client, ClientOptions};
+
+    /// A port as the guest sees it before a host connects: its first reads
+    /// return end-of-file although the host's bytes may be on their way.
+    /// Dropping it closes it, which in the guest discards what arrived.
+    struct Port {
+        stream: UnixStream,
+        eofs: usize,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl Read for Port {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.eofs > 0 {
+                self.eofs -= 1;
+                return Ok(0);
+            }
+            self.stream.read(buf)
+        }
+    }
+
+    impl Drop for Port {
+        fn drop(&mut self) {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_host_that_connects_while_the_port_reads_end_of_file_is_served_on_the_same_open_port() {
+        let root = tempfile::tempdir().expect("tmp");
+        let agent = Arc::new(Agent::new(root.path().to_path_buf()));
+        let (guest, host) = UnixStream::pair().expect("pair");
+        let closed = Arc::new(AtomicBool::new(false));
+        let port = Port {
+            stream: guest.try_clone().expect("clone"),
+            eofs: 3,
+            closed: Arc::clone(&closed),
+        };
+        let agent_side = std::thread::spawn({
+            let agent = Arc::clone(&agent);
+            move || next_host(&agent, port, guest, Duration::from_millis(10))
+        });
+        // The host's hello is sent at once, while the agent still reads
+        // end-of-file; it must not be lost to a close of the port.
+        let options = ClientOptions {
+            node: "n".to_owned(),
+            hello_timeout: Duration::from_secs(20),
+            ..ClientOptions::default()
+        };
+        let hangup = host.try_clone().expect("clone");
+        let client = Client::with_options(host.try_clone().expect("clone"), host, options)
+            .expect("the agent answers the hello");
+        assert!(!closed.load(Ordering::SeqCst), "the port was closed while waiting");
+        assert!(!client.agent_info().software.is_empty());
+        // The host goes away: the session ends and only then is the port
+        // closed.
+        drop(client);
+        hangup.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        assert!(matches!(agent_side.join().expect("agent thread"), End::Closed));
+        assert!(closed.load(Ordering::SeqCst), "the port is closed after the session");
+    }
 
     #[test]
     fn a_named_port_is_found_through_sysfs_before_udev_links_it() {
