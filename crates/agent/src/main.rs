@@ -239,14 +239,23 @@ mod tests {
         let hangup = host.try_clone().expect("clone");
         let client = Client::with_options(host.try_clone().expect("clone"), host, options)
             .expect("the agent answers the hello");
-        assert!(!closed.load(Ordering::SeqCst), "the port was closed while waiting");
+        assert!(
+            !closed.load(Ordering::SeqCst),
+            "the port was closed while waiting"
+        );
         assert!(!client.agent_info().software.is_empty());
         // The host goes away: the session ends and only then is the port
         // closed.
         drop(client);
         hangup.shutdown(std::net::Shutdown::Both).expect("shutdown");
-        assert!(matches!(agent_side.join().expect("agent thread"), End::Closed));
-        assert!(closed.load(Ordering::SeqCst), "the port is closed after the session");
+        assert!(matches!(
+            agent_side.join().expect("agent thread"),
+            End::Closed
+        ));
+        assert!(
+            closed.load(Ordering::SeqCst),
+            "the port is closed after the session"
+        );
     }
 
     #[test]
