@@ -348,8 +348,8 @@ fn boot_and_save(m: &Making<'_>, tmp: &Path, key: &str, started: Instant) -> Res
         .map_err(|e| e.to_string())?;
     let qmp_err = |e: crate::qmp::QmpError| format!("saving the template failed: {e}");
     // End the session and let the guest see it ended: its agent closes the
-    // port, then polls it (open, end of file, close) until the next host
-    // connects. Saved in the middle of the session instead, a clone's
+    // port, reopens it and reads it (end of file, kept open) until the next
+    // host connects. Saved in the middle of the session instead, a clone's
     // agent would take the next host's first bytes for frames of the old
     // session and never answer.
     drop(client);
@@ -390,9 +390,9 @@ fn boot_and_save(m: &Making<'_>, tmp: &Path, key: &str, started: Instant) -> Res
 }
 
 /// Waits until the guest has closed its end of the agent's port. (QEMU
-/// sends at most one `VSERPORT_CHANGE` per second and port, the latest; the
-/// agent's polling reopens the port for moments only, so "closed" is what
-/// comes through.)
+/// sends at most one `VSERPORT_CHANGE` per second and port, the first at
+/// once: the agent opened the port at boot, long before, so its close
+/// comes through before the reopen 200 ms later.)
 fn wait_port_closed(qmp: &mut Qmp) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
