@@ -18,7 +18,7 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() {
     if let Err(e) = run() {
-        eprintln!("image_bench: {e}");
+        let _ = writeln!(std::io::stderr(), "image_bench: {e}");
         std::process::exit(1);
     }
 }
