@@ -94,6 +94,26 @@ impl LinkChange {
     }
 }
 
+/// The faults in force, as data: what a cluster snapshot saves. A
+/// partition lists every node (its groups as the switch holds them).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultState {
+    #[serde(default)]
+    pub blocked: Vec<String>,
+    #[serde(default)]
+    pub partition: Vec<Vec<String>>,
+    #[serde(default)]
+    pub links: Vec<SavedLink>,
+}
+
+/// One link's rule in a [`FaultState`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedLink {
+    pub a: String,
+    pub b: String,
+    pub rule: LinkRule,
+}
+
 mod duration_ms {
     use std::time::Duration;
 

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use testbed_proto::{ExecRequest, ExitStatus};
 use thiserror::Error;
 
-pub use fault::{FaultEvent, LinkChange, LinkRule};
+pub use fault::{FaultEvent, FaultState, LinkChange, LinkRule, SavedLink};
 
 #[derive(Debug, Error)]
 pub enum ApiError {
@@ -149,9 +149,62 @@ pub enum Request {
     Fault(Fault),
     /// The switch's fault history.
     History,
+    /// Saves the whole running cluster as the snapshot `name` of its
+    /// composition (replacing one of that name); `snapshot` with its
+    /// description, once every node is ready again.
+    Snapshot {
+        name: String,
+    },
+    /// Brings every node back to the snapshot `name`, saved from this same
+    /// `up` of the cluster; `snapshot` once every node is ready.
+    Restore {
+        name: String,
+    },
     /// Stops every node and the supervisor; the state directory is removed
     /// before the reply.
     Down,
+}
+
+/// A snapshot of a whole cluster (`docs/snapshots.md`): its description
+/// (`meta.json` in its folder), the reply to a save or a restore, and what
+/// `testbed snapshot ls` lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub name: String,
+    pub cluster: String,
+    /// The composition it was saved from.
+    pub composition: PathBuf,
+    pub backend: String,
+    /// When it was saved (seconds since the epoch).
+    pub created_unix: u64,
+    /// How long the save took; in a restore's reply, the restore.
+    pub took_ms: u64,
+    pub nodes: Vec<SavedNode>,
+    /// The switch's faults when it was saved; in force again after a
+    /// restore.
+    pub faults: FaultState,
+    /// Its folder.
+    #[serde(default)]
+    pub path: PathBuf,
+}
+
+impl SnapshotInfo {
+    /// The bytes its nodes' saved machines take.
+    pub fn bytes(&self) -> u64 {
+        self.nodes.iter().map(|n| n.bytes).sum()
+    }
+}
+
+/// One node in a [`SnapshotInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedNode {
+    pub name: String,
+    pub role: String,
+    /// Whether its machine ran (and so was saved); a stopped node stays
+    /// stopped after a restore.
+    pub running: bool,
+    /// The size of its saved machine (RAM and devices).
+    pub bytes: u64,
 }
 
 /// Client-to-supervisor lines during an `exec` with stdin.
@@ -275,6 +328,8 @@ pub enum Reply {
     History {
         events: Vec<FaultEvent>,
     },
+    /// A cluster snapshot saved or restored.
+    Snapshot(SnapshotInfo),
     /// A link's rule after a `link` fault.
     Link {
         rule: LinkRule,

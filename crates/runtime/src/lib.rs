@@ -8,6 +8,7 @@
 //! - [`qmp`]: a blocking client for QEMU's control socket (QMP).
 //! - [`snapshot`]: role snapshots: a role's VM saved once booted, and
 //!   every node of the role restored from it.
+//! - [`saved`]: snapshots of whole running clusters, kept in the store.
 //! - [`libvirt`]: the libvirt backend's host layer: domain XML, image
 //!   upload to a storage pool, domains started and found by metadata.
 //!
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod libvirt;
 pub mod qemu;
 pub mod qmp;
+pub mod saved;
 pub mod snapshot;
 pub mod spec;
 pub mod state;

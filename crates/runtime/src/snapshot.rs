@@ -409,8 +409,12 @@ fn wait_port_closed(qmp: &mut Qmp) -> Result<(), String> {
 
 /// Polls `query-migrate` until the migration completed (Ok) or failed.
 fn wait_migration(qmp: &mut Qmp) -> Result<(), String> {
+    wait_migration_for(qmp, MIGRATION_TIMEOUT)
+}
+
+fn wait_migration_for(qmp: &mut Qmp, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
-    let deadline = start + MIGRATION_TIMEOUT;
+    let deadline = start + timeout;
     loop {
         let info = qmp
             .execute("query-migrate", None)
@@ -433,7 +437,7 @@ fn wait_migration(qmp: &mut Qmp) -> Result<(), String> {
             _ if Instant::now() > deadline => {
                 return Err(format!(
                     "migration not done after {}s: {info}",
-                    MIGRATION_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ))
             }
             _ => std::thread::sleep(Duration::from_millis(20)),
@@ -460,19 +464,76 @@ pub fn restore(qmp: &mut Qmp, snapshot: &RoleSnapshot) -> Result<(), String> {
     if !snapshot.state().is_file() {
         return Err(format!("{} is gone", snapshot.state().display()));
     }
+    load(qmp, &snapshot.state(), true, MIGRATION_TIMEOUT)
+}
+
+/// Loads the machine saved in `file` into a QEMU started with `-incoming
+/// defer` and lets it run. `ignore_shared`: the RAM is not in the file
+/// (a role snapshot's, whose RAM is a file of its own).
+pub fn load(
+    qmp: &mut Qmp,
+    file: &Path,
+    ignore_shared: bool,
+    timeout: Duration,
+) -> Result<(), String> {
     qmp.execute(
         "migrate-set-capabilities",
-        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": ignore_shared}]})),
     )
     .map_err(|e| e.to_string())?;
     qmp.execute(
         "migrate-incoming",
-        Some(json!({"uri": format!("exec:cat {}", shell_quoted(&snapshot.state()))})),
+        Some(json!({"uri": format!("exec:cat {}", shell_quoted(file))})),
     )
     .map_err(|e| e.to_string())?;
-    wait_migration(qmp)?;
+    wait_migration_for(qmp, timeout)?;
     qmp.cont().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Saves the whole machine of a stopped QEMU (RAM and devices) into
+/// `file`, at the disk's speed (QEMU's default bandwidth limit is for
+/// live migration over a network). The machine stays stopped.
+pub fn save_whole(qmp: &mut Qmp, file: &Path, timeout: Duration) -> Result<(), String> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": false}]})),
+    )
+    .map_err(|e| e.to_string())?;
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({"max-bandwidth": 1u64 << 40})),
+    )
+    .map_err(|e| e.to_string())?;
+    qmp.execute(
+        "migrate",
+        Some(json!({"uri": format!("exec:cat > {}", shell_quoted(file))})),
+    )
+    .map_err(|e| e.to_string())?;
+    wait_migration_for(qmp, timeout)
+}
+
+/// How long saving or loading a whole machine of `memory_mib` may take:
+/// the device state's bound plus 10 s per GiB (a disk writes far faster).
+pub fn whole_machine_timeout(memory_mib: u64) -> Duration {
+    MIGRATION_TIMEOUT + Duration::from_secs(10 * memory_mib.div_ceil(1024))
+}
+
+/// Waits until the guest's agent has seen its host go: the agent port's
+/// first change after the host closed its end (its close; or, when QEMU
+/// held the close back under its one-event-per-second limit and the
+/// reopen replaced it, the reopen, which follows a close).
+pub fn wait_agent_released(qmp: &mut Qmp, node: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let event = qmp.wait_event("VSERPORT_CHANGE", left).map_err(|e| {
+            format!("{node}: the agent did not let its channel go within {timeout:?}: {e}")
+        })?;
+        if event.data.get("id").and_then(|v| v.as_str()) == Some(qemu::AGENT_PORT_ID) {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]

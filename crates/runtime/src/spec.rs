@@ -62,6 +62,15 @@ pub struct ClusterSpec {
     /// `None` (`--cold`) boots every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshots: Option<PathBuf>,
+    /// Where this cluster's snapshots (`testbed snapshot save`) are kept:
+    /// the store's `.clusters/<cluster>`. `None` for a spec written by an
+    /// older testbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved: Option<PathBuf>,
+    /// Set by `up --from NAME`: the cluster snapshot every node resumes
+    /// from instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<PathBuf>,
     pub networks: Vec<NetworkSpec>,
     pub nodes: Vec<NodeSpec>,
 }
@@ -182,6 +191,8 @@ pub struct Options {
     pub seed: u64,
     /// See [`ClusterSpec::snapshots`].
     pub snapshots: Option<PathBuf>,
+    /// See [`ClusterSpec::saved`].
+    pub saved: Option<PathBuf>,
 }
 
 /// The text of `/etc/hosts` for every node: each node's first address
@@ -402,6 +413,8 @@ pub fn prepare(
         activation_timeout_ms: testbed_proto::millis(options.activation_timeout),
         seed: options.seed,
         snapshots: options.snapshots.clone(),
+        saved: options.saved.clone(),
+        resume: None,
         networks: plan
             .networks
             .iter()
@@ -454,6 +467,7 @@ mod tests {
             activation_timeout: Duration::from_secs(120),
             seed: 7,
             snapshots: None,
+            saved: None,
         };
         let (spec, ssh) = prepare(&comp, &plan, &images(), &options, scratch.path()).unwrap();
         let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();

@@ -39,7 +39,7 @@ use mio::net::{UdpSocket, UnixDatagram};
 use mio::{Events, Interest, Poll, Token, Waker};
 use serde::Serialize;
 // The fault table's values are part of the API; they live with it.
-pub use testbed_api::fault::{FaultEvent, LinkChange, LinkRule};
+pub use testbed_api::fault::{FaultEvent, FaultState, LinkChange, LinkRule, SavedLink};
 
 /// Largest datagram the switch accepts: a jumbo frame with headroom.
 const MAX_FRAME: usize = 65_536;
@@ -490,6 +490,64 @@ impl Switch {
             .get(&pair(a, b))
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// The faults in force, as a cluster snapshot keeps them.
+    pub fn faults(&self) -> FaultState {
+        let f = lock(&self.shared.faults);
+        let mut groups: Vec<(usize, String)> =
+            f.groups.iter().map(|(n, g)| (*g, n.clone())).collect();
+        groups.sort();
+        let mut partition: Vec<Vec<String>> = Vec::new();
+        let mut last = None;
+        for (g, n) in groups {
+            if last != Some(g) {
+                partition.push(Vec::new());
+                last = Some(g);
+            }
+            if let Some(group) = partition.last_mut() {
+                group.push(n);
+            }
+        }
+        FaultState {
+            blocked: f.blocked.iter().cloned().collect(),
+            partition,
+            links: f
+                .links
+                .iter()
+                .map(|((a, b), rule)| SavedLink {
+                    a: a.clone(),
+                    b: b.clone(),
+                    rule: rule.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts `state` in force in place of the current faults (a cluster
+    /// snapshot's restore); recorded in the history as `why`.
+    pub fn set_faults(&self, state: &FaultState, why: &str) -> Result<(), SwitchError> {
+        let mut faults = Faults::default();
+        for node in &state.blocked {
+            self.known(node)?;
+            faults.blocked.insert(node.clone());
+        }
+        for (i, group) in state.partition.iter().enumerate() {
+            for node in group {
+                self.known(node)?;
+                faults.groups.insert(node.clone(), i);
+            }
+        }
+        for link in &state.links {
+            self.known(&link.a)?;
+            self.known(&link.b)?;
+            faults
+                .links
+                .insert(pair(&link.a, &link.b), link.rule.clone());
+        }
+        *lock(&self.shared.faults) = faults;
+        self.record(why.to_string());
+        Ok(())
     }
 
     /// Every fault change so far.

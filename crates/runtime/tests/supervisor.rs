@@ -50,10 +50,12 @@ enum Quirk {
 }
 
 /// One machine of the fake: a thread serving the real agent on `guest`.
+/// Its "disk" is the file `disk` in its root, which a save copies.
 struct Machine {
     generation: u64,
     host: Option<UnixStream>,
     guest: UnixStream,
+    session: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Machine {
@@ -71,6 +73,8 @@ struct FakeState {
     released: bool,
     /// `faults_changed` fails while this is set.
     refuse_faults: bool,
+    /// Whether it can save and resume machines (cluster snapshots).
+    saves: bool,
 }
 
 struct Fake {
@@ -104,6 +108,9 @@ impl FakeHandle {
         lock(&self.state.0).released = true;
         self.state.1.notify_all();
     }
+    fn allow_saves(&self) {
+        lock(&self.state.0).saves = true;
+    }
     fn refuse_faults(&self, refuse: bool) {
         lock(&self.state.0).refuse_faults = refuse;
     }
@@ -124,6 +131,42 @@ impl FakeHandle {
 }
 
 impl Fake {
+    /// A machine of `node` runs: the agent serves a new channel.
+    fn run_machine(&self, node: &str, generation: u64) -> Result<(), BackendError> {
+        let (host, guest) = UnixStream::pair().map_err(BackendError::failed)?;
+        let root = self.root.join(node);
+        // What activation reads under its root prefix: the owner of files.
+        std::fs::create_dir_all(root.join("etc")).map_err(BackendError::failed)?;
+        for (file, line) in [
+            ("passwd", "root:x:0:0::/root:/bin/sh\n"),
+            ("group", "root:x:0:\n"),
+        ] {
+            std::fs::write(root.join("etc").join(file), line).map_err(BackendError::failed)?;
+        }
+        let agent = Arc::new(testbed_agent::Agent::new(root));
+        let (reader, writer) = (
+            guest.try_clone().map_err(BackendError::failed)?,
+            guest.try_clone().map_err(BackendError::failed)?,
+        );
+        let session = std::thread::spawn(move || {
+            testbed_agent::session::serve(&agent, reader, writer);
+        });
+        lock(&self.state.0).machines.insert(
+            node.to_owned(),
+            Machine {
+                generation,
+                host: Some(host),
+                guest,
+                session: Some(session),
+            },
+        );
+        Ok(())
+    }
+
+    fn disk(&self, node: &str) -> PathBuf {
+        self.root.join(node).join("disk")
+    }
+
     fn record(&self, call: String) {
         lock(&self.state.0).calls.push(call);
     }
@@ -167,30 +210,7 @@ impl Backend for Fake {
             }
             _ => {}
         }
-        let (host, guest) = UnixStream::pair().map_err(BackendError::failed)?;
-        let root = self.root.join(&node.name);
-        // What activation reads under its root prefix: the owner of files.
-        std::fs::create_dir_all(root.join("etc")).map_err(BackendError::failed)?;
-        for (file, line) in [
-            ("passwd", "root:x:0:0::/root:/bin/sh\n"),
-            ("group", "root:x:0:\n"),
-        ] {
-            std::fs::write(root.join("etc").join(file), line).map_err(BackendError::failed)?;
-        }
-        let agent = Arc::new(testbed_agent::Agent::new(root));
-        let (reader, writer) = (
-            guest.try_clone().map_err(BackendError::failed)?,
-            guest.try_clone().map_err(BackendError::failed)?,
-        );
-        std::thread::spawn(move || testbed_agent::session::serve(&agent, reader, writer));
-        lock(&self.state.0).machines.insert(
-            node.name.clone(),
-            Machine {
-                generation,
-                host: Some(host),
-                guest,
-            },
-        );
+        self.run_machine(&node.name, generation)?;
         Ok(Started::booted(None))
     }
 
@@ -237,6 +257,57 @@ impl Backend for Fake {
     fn freeze(&self, node: &str, frozen: bool) -> Result<(), BackendError> {
         self.record(format!("freeze {node} {frozen}"));
         Ok(())
+    }
+
+    fn clock_command(&self, node: &str, stamp: &str) -> Vec<String> {
+        // Never `date -s`: this agent runs commands on the test's host.
+        let flag = self.root.join(format!("{node}.clock"));
+        vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            format!("echo {stamp} > {}", flag.display()),
+        ]
+    }
+
+    /// Ends the sessions (the supervisor's `quiesce`), waits until each
+    /// agent saw it, copies each disk, and serves new channels.
+    fn save(&self, nodes: &[String], dir: &Path, quiesce: &dyn Fn()) -> Result<(), BackendError> {
+        if !lock(&self.state.0).saves {
+            return Err(self.unsupported("save a cluster snapshot"));
+        }
+        self.record(format!("save {}", nodes.join(",")));
+        quiesce();
+        for node in nodes {
+            let (session, generation) = {
+                let mut st = lock(&self.state.0);
+                let m = st
+                    .machines
+                    .get_mut(node)
+                    .ok_or_else(|| BackendError::Failed(format!("{node} does not run")))?;
+                (m.session.take(), m.generation)
+            };
+            if let Some(session) = session {
+                let _ = session.join();
+            }
+            let disk = std::fs::read(self.disk(node)).unwrap_or_default();
+            std::fs::write(dir.join(node), disk).map_err(BackendError::failed)?;
+            self.run_machine(node, generation)?;
+        }
+        Ok(())
+    }
+
+    fn resume(
+        &self,
+        node: &NodeSpec,
+        generation: u64,
+        file: &Path,
+    ) -> Result<Started, BackendError> {
+        self.record(format!("resume {} {generation}", node.name));
+        let disk = std::fs::read(file).map_err(BackendError::failed)?;
+        std::fs::create_dir_all(self.root.join(&node.name)).map_err(BackendError::failed)?;
+        std::fs::write(self.disk(&node.name), disk).map_err(BackendError::failed)?;
+        self.run_machine(&node.name, generation)?;
+        Ok(Started::booted(None))
     }
 
     fn faults_changed(&self) -> Result<(), BackendError> {
@@ -310,6 +381,20 @@ impl Backend for Boxed {
     fn faults_changed(&self) -> Result<(), BackendError> {
         self.0.faults_changed()
     }
+    fn clock_command(&self, node: &str, stamp: &str) -> Vec<String> {
+        self.0.clock_command(node, stamp)
+    }
+    fn save(&self, nodes: &[String], dir: &Path, quiesce: &dyn Fn()) -> Result<(), BackendError> {
+        self.0.save(nodes, dir, quiesce)
+    }
+    fn resume(
+        &self,
+        node: &NodeSpec,
+        generation: u64,
+        file: &Path,
+    ) -> Result<Started, BackendError> {
+        self.0.resume(node, generation, file)
+    }
     fn down(&self) -> Vec<String> {
         self.0.down()
     }
@@ -365,6 +450,8 @@ impl Cluster {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::at(tmp.path().join("state"));
         dir.create().unwrap();
+        std::fs::create_dir_all(dir.ssh_dir()).unwrap();
+        std::fs::write(dir.ssh_dir().join("id_ed25519"), "the cluster's key").unwrap();
         let spec = ClusterSpec {
             cluster: "fake".to_owned(),
             composition: tmp.path().join("testbed.toml"),
@@ -374,6 +461,8 @@ impl Cluster {
             activation_timeout_ms: 5000,
             seed: 1,
             snapshots: None,
+            saved: Some(tmp.path().join("saved")),
+            resume: None,
             networks: vec![NetworkSpec {
                 name: "lan".to_owned(),
                 subnet: "10.9.0.0/24".to_owned(),
@@ -769,4 +858,141 @@ fn input_sent_with_an_exec_request_reaches_the_command() {
     let mut other = ApiClient::connect(&socket).unwrap();
     assert_eq!(other.call(&Request::Down).unwrap(), Reply::Ok);
     server.join().unwrap().unwrap();
+}
+
+/// The file a node's "disk" is in the fake (its root's `disk`).
+fn disk(c: &Cluster, node: &str) -> PathBuf {
+    c._tmp.path().join("guests").join(node).join("disk")
+}
+
+#[test]
+fn a_saved_cluster_comes_back_with_its_disks_faults_and_stopped_nodes() {
+    let c = Cluster::ready(&[]);
+    c.fake.allow_saves();
+    let write = |node: &str, text: &str| {
+        let path = disk(&c, node);
+        c.run(
+            node,
+            &["sh", "-c", &format!("echo {text} > {}", path.display())],
+        );
+    };
+    write("a", "one");
+    c.sup
+        .fault(Fault::Partition {
+            groups: vec![vec!["a".to_owned()], vec!["b".to_owned()]],
+        })
+        .unwrap();
+    c.sup.power("c", PowerAction::Crash).unwrap();
+    c.wait("c", NodeState::Stopped);
+
+    let info = c.sup.save("s1").unwrap();
+    assert_eq!(info.name, "s1");
+    let running: Vec<(&str, bool)> = info
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.running))
+        .collect();
+    assert_eq!(running, [("a", true), ("b", true), ("c", false)]);
+    assert!(c.fake.calls().contains(&"save a,b".to_owned()));
+    // Saving changed nothing: the nodes answer at once, clocks were set.
+    assert_eq!(c.sup.node("a").unwrap().state, NodeState::Ready);
+    assert_eq!(
+        c.run("a", &["cat", &disk(&c, "a").to_string_lossy()]),
+        "one\n"
+    );
+    assert!(c._tmp.path().join("guests/a.clock").exists());
+    let folder = c._tmp.path().join("saved/s1");
+    let mode = std::fs::metadata(&folder).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+        0,
+        "it holds secrets"
+    );
+
+    // Everything changes...
+    write("a", "two");
+    c.sup.fault(Fault::Heal).unwrap();
+    c.sup.power("c", PowerAction::Start).unwrap();
+    c.wait("c", NodeState::Ready);
+    let _ = std::fs::remove_file(c._tmp.path().join("guests/b.clock"));
+
+    // ...and comes back.
+    let restored = c.sup.restore("s1").unwrap();
+    assert_eq!(restored.name, "s1");
+    assert_eq!(c.sup.node("a").unwrap().state, NodeState::Ready);
+    assert_eq!(
+        c.run("a", &["cat", &disk(&c, "a").to_string_lossy()]),
+        "one\n"
+    );
+    let st = c.sup.node("c").unwrap();
+    assert_eq!(st.state, NodeState::Stopped);
+    assert!(
+        st.message
+            .unwrap_or_default()
+            .contains("stopped when snapshot s1 was saved"),
+        "c stays stopped"
+    );
+    assert!(c.fake.running().iter().all(|n| n != "c"));
+    let switch_says = c.sup.history().last().map(|e| e.change.clone());
+    assert_eq!(switch_says.as_deref(), Some("restore snapshot s1"));
+    let calls = c.fake.calls();
+    assert!(
+        calls.iter().any(|call| call.starts_with("resume a ")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|call| call.starts_with("resume b ")),
+        "{calls:?}"
+    );
+    assert!(c._tmp.path().join("guests/b.clock").exists(), "clock set");
+    // The partition is in force again: the fault table says a and b are cut.
+    let history: Vec<String> = c.sup.history().into_iter().map(|e| e.change).collect();
+    assert!(history.contains(&"heal".to_owned()), "{history:?}");
+    // A node may be started again after the restore, as after a crash.
+    c.sup.power("c", PowerAction::Start).unwrap();
+    c.wait("c", NodeState::Ready);
+}
+
+#[test]
+fn what_cannot_be_saved_or_restored_is_refused_with_the_reason() {
+    let c = Cluster::ready(&[]);
+    // The fake cannot save yet: unsupported, and nothing changed.
+    let e = c.sup.save("s1").unwrap_err();
+    assert!(e.unsupported, "{e:?}");
+    assert!(e.message.contains("cannot save a cluster snapshot"), "{e}");
+    assert_eq!(c.sup.node("a").unwrap().state, NodeState::Ready);
+    c.run("a", &["true"]);
+    assert!(!c._tmp.path().join("saved/s1").exists());
+
+    c.fake.allow_saves();
+    let e = c.sup.save("../x").unwrap_err();
+    assert!(e.message.contains("is not a snapshot name"), "{e}");
+    let e = c.sup.restore("never").unwrap_err();
+    assert!(e.message.contains("has no snapshot never"), "{e}");
+    c.sup.power("b", PowerAction::Pause).unwrap();
+    let e = c.sup.save("s1").unwrap_err();
+    assert!(e.message.contains("b is paused"), "{e}");
+    c.sup.power("b", PowerAction::Resume).unwrap();
+
+    // Saved from another `up` (other keys in the guests): refused.
+    c.sup.save("s1").unwrap();
+    let spec_file = c._tmp.path().join("saved/s1/spec.json");
+    let mut spec: ClusterSpec =
+        serde_json::from_slice(&std::fs::read(&spec_file).unwrap()).unwrap();
+    spec.nodes[0].activation.hosts.push_str("# another up\n");
+    std::fs::write(&spec_file, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let e = c.sup.restore("s1").unwrap_err();
+    assert!(e.message.contains("up --from s1"), "{e}");
+    assert_eq!(c.sup.node("a").unwrap().state, NodeState::Ready);
+
+    // A truncated machine is found out before any node is touched.
+    c.run(
+        "a",
+        &["sh", "-c", &format!("echo x > {}", disk(&c, "a").display())],
+    );
+    c.sup.save("s2").unwrap();
+    std::fs::write(c._tmp.path().join("saved/s2/machines/a"), "").unwrap();
+    let e = c.sup.restore("s2").unwrap_err();
+    assert!(e.message.contains("unreadable"), "{e}");
+    assert_eq!(c.sup.node("a").unwrap().state, NodeState::Ready);
 }

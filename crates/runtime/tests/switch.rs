@@ -455,3 +455,50 @@ fn link_changes_add_up_and_clear_starts_over() {
     let history: Vec<String> = sw.history().into_iter().map(|e| e.change).collect();
     assert_eq!(history.last().map(String::as_str), Some("link a-b clear"));
 }
+
+#[test]
+fn the_faults_in_force_survive_a_round_trip_through_a_saved_state() {
+    let (sw, _nics) = udp_switch(&[("lan", "a"), ("lan", "b"), ("lan", "c"), ("lan", "d")]);
+    sw.partition(&[vec!["a".into(), "b".into()]])
+        .expect("partition");
+    sw.block("d").expect("block");
+    let delay = LinkChange {
+        delay_ms: Some(20.0),
+        ..LinkChange::default()
+    };
+    sw.change_link("b", "a", &delay).expect("delay");
+    let saved = sw.faults();
+    let text = serde_json::to_string(&saved).expect("json");
+    assert_eq!(saved.blocked, vec!["d".to_owned()]);
+    assert_eq!(
+        saved.partition,
+        vec![
+            vec!["a".to_owned(), "b".to_owned()],
+            vec!["c".to_owned(), "d".to_owned()]
+        ]
+    );
+
+    sw.heal();
+    assert!(sw.verdict("a", "c").is_some(), "healed");
+    let back = serde_json::from_str(&text).expect("parse");
+    sw.set_faults(&back, "restore snapshot s1")
+        .expect("restore");
+    assert_eq!(sw.faults(), saved);
+    assert!(sw.verdict("a", "c").is_none(), "the partition is back");
+    assert!(sw.verdict("c", "d").is_none(), "d is blocked again");
+    assert_eq!(
+        sw.verdict("a", "b").map(|r| r.delay),
+        Some(Duration::from_millis(20)),
+        "the link rule is back"
+    );
+    assert_eq!(
+        sw.history().last().map(|e| e.change.clone()),
+        Some("restore snapshot s1".to_owned())
+    );
+
+    // A state naming a node this switch does not know changes nothing.
+    let mut stranger = back.clone();
+    stranger.blocked.push("zz".into());
+    assert!(sw.set_faults(&stranger, "restore").is_err());
+    assert_eq!(sw.faults(), saved);
+}

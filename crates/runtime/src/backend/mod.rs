@@ -31,6 +31,7 @@ pub mod libvirt;
 pub mod qemu;
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -217,6 +218,13 @@ pub trait Backend: Send + Sync {
             "--no-block".to_owned(),
         ])
     }
+    /// The command the node's agent runs to set the guest's clock to
+    /// `stamp` (`@SECONDS.MILLIS`, UTC) after its machine was saved or
+    /// resumed: a stopped guest's clock stood still.
+    fn clock_command(&self, node: &str, stamp: &str) -> Vec<String> {
+        let _ = node;
+        ["date", "-u", "-s", stamp].map(str::to_owned).to_vec()
+    }
     /// Freezes (`true`) or thaws the node's CPUs.
     fn freeze(&self, node: &str, frozen: bool) -> Result<(), BackendError>;
     /// The fault table changed: apply it where the switch does not (the
@@ -224,9 +232,40 @@ pub trait Backend: Send + Sync {
     fn faults_changed(&self) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Saves the machines of `nodes` (all running) into `dir`, a file per
+    /// node named after it, as one consistent cut: every node's CPUs stop
+    /// before the first is saved, and all run again before this returns,
+    /// whether it worked or not. `quiesce` is called once the backend
+    /// watches the nodes' agent channels: the supervisor ends its sessions
+    /// there, and the backend waits until every guest's agent has seen
+    /// that (a machine saved in the middle of a session would not answer
+    /// the next host).
+    fn save(&self, nodes: &[String], dir: &Path, quiesce: &dyn Fn()) -> Result<(), BackendError> {
+        let _ = (nodes, dir, quiesce);
+        Err(self.unsupported("save a cluster snapshot"))
+    }
+    /// Starts boot `generation` of `node` from its machine saved by
+    /// [`Backend::save`] in `file`: it runs on from where it was, its
+    /// agent waiting for a host.
+    fn resume(
+        &self,
+        node: &NodeSpec,
+        generation: u64,
+        file: &Path,
+    ) -> Result<Started, BackendError> {
+        let _ = (node, generation, file);
+        Err(self.unsupported("restore a cluster snapshot"))
+    }
     /// Stops every node and removes what the backend made for the cluster;
     /// one line per action, for the log.
     fn down(&self) -> Vec<String>;
+    /// [`BackendError::Unsupported`] for `what`, in this backend's name.
+    fn unsupported(&self, what: &str) -> BackendError {
+        BackendError::Unsupported {
+            backend: self.caps().name.clone(),
+            what: what.to_owned(),
+        }
+    }
 }
 
 /// A cluster's backend and its switch.

@@ -207,15 +207,7 @@ impl QemuBackend {
             });
         if let Err(e) = restored {
             let _ = self.stop(&node.name, Stop::PowerCut);
-            // QEMU's own reason, when it ended over the state it was given.
-            let log = fs::read_to_string(self.dir.node(&node.name).qemu_log()).unwrap_or_default();
-            let said = log
-                .lines()
-                .rev()
-                .find(|l| l.contains("qemu-system") && !l.starts_with("testbed:"))
-                .map(|l| format!(" (QEMU: {})", l.trim()))
-                .unwrap_or_default();
-            let e = format!("{e}{said}");
+            let e = format!("{e}{}", self.qemu_said(&node.name));
             // QEMU refused the state: the next `up` makes a new snapshot.
             snapshot.discard();
             return Err(e);
@@ -290,6 +282,16 @@ impl QemuBackend {
                 Err(warning)
             }
         }
+    }
+
+    /// QEMU's own reason, when it ended over the state it was given.
+    fn qemu_said(&self, node: &str) -> String {
+        let log = fs::read_to_string(self.dir.node(node).qemu_log()).unwrap_or_default();
+        log.lines()
+            .rev()
+            .find(|l| l.contains("qemu-system") && !l.starts_with("testbed:"))
+            .map(|l| format!(" (QEMU: {})", l.trim()))
+            .unwrap_or_default()
     }
 
     fn qmp(&self, node: &str) -> Result<Qmp, BackendError> {
@@ -431,6 +433,127 @@ impl Backend for QemuBackend {
         let mut qmp = self.qmp(node)?;
         let done = if frozen { qmp.stop() } else { qmp.cont() };
         done.map(drop).map_err(BackendError::failed)
+    }
+
+    /// Every node's QMP first (the agent ports' changes are events on
+    /// it), then the sessions end and each agent lets go, then all stop;
+    /// then each saves its whole machine, side by side; then all run on.
+    fn save(&self, nodes: &[String], dir: &Path, quiesce: &dyn Fn()) -> Result<(), BackendError> {
+        let mut qmps = Vec::new();
+        for node in nodes {
+            qmps.push((node.clone(), self.qmp(node)?));
+        }
+        quiesce();
+        let released: Result<(), String> = qmps.iter_mut().try_for_each(|(node, qmp)| {
+            snapshot::wait_agent_released(qmp, node, Duration::from_secs(30))
+        });
+        let mut stopped = Ok(());
+        if released.is_ok() {
+            for (node, qmp) in &mut qmps {
+                if let Err(e) = qmp.stop() {
+                    stopped = Err(format!("{node}: cannot stop its CPUs: {e}"));
+                    break;
+                }
+            }
+        }
+        let saved: Result<(), String> = released.and(stopped).and_then(|()| {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = qmps
+                    .iter_mut()
+                    .map(|(node, qmp)| {
+                        let file = dir.join(node.as_str());
+                        let memory = self.spec.node(node).map_or(1024, |n| n.memory_mib);
+                        scope.spawn(move || {
+                            snapshot::save_whole(
+                                qmp,
+                                &file,
+                                snapshot::whole_machine_timeout(memory),
+                            )
+                            .map_err(|e| format!("{node}: saving its machine failed: {e}"))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("a saving thread panicked".to_owned()))
+                    })
+                    .collect::<Result<Vec<()>, String>>()
+                    .map(drop)
+            })
+        });
+        // Whatever happened, the cluster runs on.
+        let mut resumed = Ok(());
+        for (node, qmp) in &mut qmps {
+            if let Err(e) = qmp.cont() {
+                resumed = Err(format!("{node}: cannot let its CPUs run again: {e}"));
+            }
+        }
+        saved.and(resumed).map_err(BackendError::Failed)
+    }
+
+    fn resume(
+        &self,
+        node: &NodeSpec,
+        generation: u64,
+        file: &Path,
+    ) -> Result<Started, BackendError> {
+        let mut config = self.config(node);
+        config.incoming = true;
+        let log = config.console_log.clone();
+        let marker = format!(
+            "\r\n[testbed] this node was restored here from cluster snapshot {}\r\n",
+            file.parent()
+                .and_then(Path::parent)
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
+        let _ = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
+        let started = std::time::Instant::now();
+        let pid = self.spawn(&node.name, generation, config, false)?;
+        let loaded = self
+            .qmp(&node.name)
+            .map_err(|e| e.to_string())
+            .and_then(|mut qmp| {
+                snapshot::load(
+                    &mut qmp,
+                    file,
+                    false,
+                    snapshot::whole_machine_timeout(node.memory_mib),
+                )
+            })
+            .and_then(|()| {
+                let (tx, rx) = mpsc::channel();
+                self.send(Cmd::Report {
+                    node: node.name.clone(),
+                    reply: tx,
+                });
+                match rx.recv() {
+                    Ok(true) => Ok(()),
+                    _ => Err("QEMU ended right after the restore".to_owned()),
+                }
+            });
+        if let Err(e) = loaded {
+            let _ = self.stop(&node.name, Stop::PowerCut);
+            return Err(BackendError::Failed(format!(
+                "its saved machine {} did not load: {e}{}",
+                file.display(),
+                self.qemu_said(&node.name)
+            )));
+        }
+        self.events.log(&format!(
+            "{}: resumed from {} in {:.2}s",
+            node.name,
+            file.display(),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(Started::booted(Some(pid)))
     }
 
     fn down(&self) -> Vec<String> {

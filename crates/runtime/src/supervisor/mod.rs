@@ -27,6 +27,8 @@
 //!   killed with SIGKILL left behind are found by
 //!   [`crate::state::teardown`].
 
+mod saves;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -43,7 +45,8 @@ use testbed_proto::{
 use thiserror::Error;
 
 use crate::api::{
-    self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request, WaitFor,
+    self, ClusterStatus, Fault, Input, NodeState, NodeStatus, PowerAction, Reply, Request,
+    SnapshotInfo, WaitFor,
 };
 use crate::backend::{
     self, Backend, BackendError, Channel, Events, Opened, Restored, SharedSwitch, Stop,
@@ -140,6 +143,9 @@ struct NodeRt {
     /// Why the machine is expected to stop (set by crash/shutdown), so its
     /// exit is not reported as a failure.
     expected_stop: Option<String>,
+    /// When the current agent session began (a cluster save waits until
+    /// it is old enough for QEMU to report the port's next change).
+    attached: Option<Instant>,
 }
 
 struct Shared {
@@ -153,6 +159,8 @@ struct Shared {
     /// backend's start; `down` takes it for writing, so it waits for the
     /// starts under way and no start begins after it.
     stopping: RwLock<bool>,
+    /// Held by a cluster snapshot's save or restore: one at a time.
+    saving: Mutex<()>,
     log: Log,
 }
 
@@ -221,6 +229,7 @@ impl Supervisor {
                     close: None,
                     generation: 0,
                     expected_stop: None,
+                    attached: None,
                 },
             );
         }
@@ -242,6 +251,7 @@ impl Supervisor {
             switch: opened.switch,
             backend: opened.backend,
             stopping: RwLock::new(false),
+            saving: Mutex::new(()),
             log,
         });
         let _ = hub.target.set(Arc::downgrade(&shared));
@@ -250,6 +260,9 @@ impl Supervisor {
             std::thread::Builder::new()
                 .name("boot-all".into())
                 .spawn(move || {
+                    if let Some(from) = shared.spec.resume.clone() {
+                        return saves::resume_all(&shared, &from);
+                    }
                     if let Err(e) = shared.backend.prepare() {
                         let message = e.to_string();
                         for name in shared.spec.nodes.iter().map(|n| n.name.clone()) {
@@ -409,6 +422,17 @@ impl Supervisor {
 
     pub fn history(&self) -> Vec<FaultEvent> {
         lock(&self.shared.switch).history()
+    }
+
+    /// Saves the running cluster as its snapshot `name`
+    /// ([`crate::saved`]); every node is ready again when this returns.
+    pub fn save(&self, name: &str) -> Result<SnapshotInfo, Refusal> {
+        saves::save(&self.shared, name)
+    }
+
+    /// Brings every node back to the snapshot `name` of this same `up`.
+    pub fn restore(&self, name: &str) -> Result<SnapshotInfo, Refusal> {
+        saves::restore(&self.shared, name)
     }
 
     /// Stops every node and the switch, removes what the backend made and
@@ -684,6 +708,12 @@ fn machine_ended(shared: &Arc<Shared>, name: &str, generation: u64, status: &str
 
 /// Starts a new boot of `name` on its own thread.
 fn start_boot(shared: &Arc<Shared>, name: &str) {
+    start_machine(shared, name, None);
+}
+
+/// Starts a new boot of `name` on its own thread: a boot, or with `from`
+/// its machine saved in a cluster snapshot resumed.
+fn start_machine(shared: &Arc<Shared>, name: &str, from: Option<PathBuf>) {
     let generation = {
         let mut nodes = lock(&shared.nodes);
         let Some(node) = nodes.get_mut(name) else {
@@ -696,6 +726,7 @@ fn start_boot(shared: &Arc<Shared>, name: &str) {
         node.close = None;
         node.run = None;
         node.expected_stop = None;
+        node.attached = None;
         node.generation
     };
     shared.changed.notify_all();
@@ -703,12 +734,12 @@ fn start_boot(shared: &Arc<Shared>, name: &str) {
     let name = name.to_owned();
     let _ = std::thread::Builder::new()
         .name(format!("boot-{name}"))
-        .spawn(move || boot(&shared, &name, generation));
+        .spawn(move || boot(&shared, &name, generation, from.as_deref()));
 }
 
 /// One boot: the backend starts the machine; then the agent's hello and
-/// the activation.
-fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
+/// the activation (or, for a machine resumed from `from`, its clock).
+fn boot(shared: &Arc<Shared>, name: &str, generation: u64, from: Option<&Path>) {
     let Some(spec) = shared.spec.node(name).cloned() else {
         return;
     };
@@ -721,7 +752,10 @@ fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
         if *stopping || !current {
             return;
         }
-        shared.backend.start(&spec, generation)
+        match from {
+            Some(file) => shared.backend.resume(&spec, generation, file),
+            None => shared.backend.start(&spec, generation),
+        }
     };
     let restored = match result {
         Ok(run) => {
@@ -742,7 +776,21 @@ fn boot(shared: &Arc<Shared>, name: &str, generation: u64) {
         }
         Err(e) => return shared.fail(name, generation, e.to_string()),
     };
-    attach(shared, &spec, generation, started, restored);
+    let mode = match from {
+        Some(_) => Attach::Resume,
+        None => Attach::Activate(restored),
+    };
+    attach(shared, &spec, generation, started, mode);
+}
+
+/// What follows a node's agent hello.
+enum Attach {
+    /// A booted node (or one restored from its role's snapshot: with the
+    /// identity to give it) is activated.
+    Activate(Option<Restored>),
+    /// A node resumed from a cluster snapshot was activated before it was
+    /// saved: its clock is set, and it is ready.
+    Resume,
 }
 
 /// What makes a node restored from a role snapshot a machine of its own:
@@ -766,13 +814,7 @@ fn identity(restored: &Restored) -> Result<Identity, String> {
 
 /// Everything after the machine runs: open the agent channel, wait for the
 /// hello (the boot), activate.
-fn attach(
-    shared: &Arc<Shared>,
-    spec: &NodeSpec,
-    generation: u64,
-    started: Instant,
-    restored: Option<Restored>,
-) {
+fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Instant, mode: Attach) {
     let name = spec.name.as_str();
     let boot_timeout = shared.spec.boot_timeout();
     let deadline = started + boot_timeout;
@@ -828,9 +870,31 @@ fn attach(
         }
     };
     let booted = started.elapsed();
+    let restored = match mode {
+        Attach::Activate(restored) => restored,
+        Attach::Resume => {
+            if let Err(e) = saves::sync_clock(shared, name, &client) {
+                return shared.fail(name, generation, e);
+            }
+            shared.set(name, generation, |n| {
+                if n.state == NodeState::Booting {
+                    n.state = NodeState::Ready;
+                    n.message = None;
+                    n.client = Some(Arc::clone(&client));
+                    n.attached = Some(Instant::now());
+                }
+            });
+            shared.log(&format!(
+                "{name}: agent answered {:.1}s after the node resumed",
+                booted.as_secs_f64()
+            ));
+            return;
+        }
+    };
     shared.set(name, generation, |n| {
         n.state = NodeState::Activating;
         n.client = Some(Arc::clone(&client));
+        n.attached = Some(Instant::now());
     });
     shared.log(&format!(
         "{name}: agent {} answered {:.1}s after the node started",
@@ -947,6 +1011,8 @@ fn serve(sup: &Supervisor, conn: UnixStream) -> Served {
                     events: sup.history(),
                 },
             ),
+            Request::Snapshot { name } => answer(&mut conn, sup.save(&name).map(Reply::Snapshot)),
+            Request::Restore { name } => answer(&mut conn, sup.restore(&name).map(Reply::Snapshot)),
             Request::Down => {
                 for line in sup.down() {
                     sup.shared.log(&format!("down: {line}"));
