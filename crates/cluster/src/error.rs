@@ -89,6 +89,9 @@ pub enum Error {
     /// The supervisor process runs but never opened its API socket.
     #[error("the supervisor did not open its API socket within 30s; see {}", .log.display())]
     SupervisorSilent { log: PathBuf },
+    /// A cluster snapshot cannot be used or listed.
+    #[error(transparent)]
+    Saved(#[from] testbed_runtime::saved::SavedError),
     /// Some nodes were not ready; every one is named with its reason.
     #[error("cluster {} did not come up:\n{}", .0.cluster, .0)]
     NotReady(NotReady),
@@ -100,6 +103,7 @@ impl Error {
     pub fn is_usage(&self) -> bool {
         match self {
             Error::Composition(_) | Error::Usage(_) => true,
+            Error::Saved(e) => !matches!(e, testbed_runtime::saved::SavedError::Io { .. }),
             Error::Image(e) => crate::images::is_usage(e),
             _ => false,
         }

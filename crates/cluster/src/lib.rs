@@ -11,6 +11,8 @@
 //!   spec, the supervisor process, and the wait, failing fast; a cluster
 //!   that did not come up is an [`Error::NotReady`] naming every node.
 //! - [`down`]: through the supervisor, or by hand when it is gone.
+//! - [`snapshots`]: snapshots of the whole cluster, saved, restored,
+//!   listed and removed (`up` starts from one with [`UpOptions::from`]).
 //!
 //! Nothing here prints: progress is a stream of [`UpEvent`]s to the
 //! caller's callback, on the caller's thread, and errors are [`Error`]s,
@@ -21,6 +23,7 @@ mod down;
 mod error;
 pub mod images;
 pub mod libvirt;
+pub mod snapshots;
 mod summary;
 mod target;
 mod up;

@@ -15,6 +15,7 @@ use testbed_runtime::api::{
 };
 use testbed_runtime::backend::Timeouts;
 use testbed_runtime::container::EngineInfo;
+use testbed_runtime::saved;
 use testbed_runtime::spec::{self, BackendSpec, ImageFiles, Options};
 use testbed_runtime::state::{self, StateDir};
 
@@ -33,6 +34,9 @@ pub struct UpOptions {
     /// node to settle instead of stopping at the first failure.
     pub keep_failed: bool,
     pub packages: PackageOptions,
+    /// Start every node from this snapshot of the cluster
+    /// (`testbed snapshot save`) instead of booting.
+    pub from: Option<String>,
     /// The testbed executable. The supervisor is started as `EXE supervise
     /// STATE_DIR`, the SSH config's ProxyCommand is `EXE forward --file
     /// COMPOSITION NODE 22`, and the guest agent is looked for beside it
@@ -49,6 +53,7 @@ impl UpOptions {
             timeout: None,
             keep_failed: false,
             packages: PackageOptions::default(),
+            from: None,
             exe: exe.into(),
         }
     }
@@ -107,6 +112,11 @@ pub fn up(
     options.backend.check()?;
     let cluster = target.cluster();
     if let Some(status) = running(&target.dir) {
+        if let Some(name) = &options.from {
+            return Err(Error::Usage(format!(
+                "cluster {cluster} is already running: `testbed snapshot restore {name}` brings it back to that snapshot, or take it down first"
+            )));
+        }
         let want: Vec<&str> = target.plan.nodes.iter().map(|n| n.name.as_str()).collect();
         let have: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
         if want != have {
@@ -242,6 +252,8 @@ fn launch(
     } else {
         None
     };
+    let store = testbed_image::Store::open_default()?;
+    let saved_root = saved::cluster_root(store.root(), target.cluster());
     let spec_options = Options {
         backend,
         accel,
@@ -249,6 +261,7 @@ fn launch(
         activation_timeout: timeouts.activation,
         seed,
         snapshots,
+        saved: Some(saved_root.clone()),
     };
     let (spec, ssh) = spec::prepare(
         &target.comp,
@@ -257,6 +270,10 @@ fn launch(
         &spec_options,
         dir.path(),
     )?;
+    let (spec, ssh) = match &options.from {
+        Some(name) => from_snapshot(&saved_root, target.cluster(), name, spec)?,
+        None => (spec, ssh),
+    };
     spec.write(&dir.spec())?;
     let exe = &options.exe;
     let proxy = vec![
@@ -304,6 +321,102 @@ fn launch(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The spec and SSH keys of a cluster that starts from its snapshot
+/// `name`: the saved nodes (the guests hold their keys and secrets) with
+/// this run's images, timeouts and folders, once the snapshot is known to
+/// fit `fresh` (the plan as it is now: the same nodes, machines, addresses
+/// and images, the same backend and accelerator).
+fn from_snapshot(
+    root: &std::path::Path,
+    cluster: &str,
+    name: &str,
+    fresh: spec::ClusterSpec,
+) -> Result<(spec::ClusterSpec, spec::SshMaterial), Error> {
+    let snapshot = saved::Saved::open(root, cluster, name)?;
+    let old = snapshot.spec()?;
+    let unfit = |why: String| {
+        Error::Usage(format!(
+            "snapshot {name} of cluster {cluster} does not fit the composition any more: {why}; `testbed up` without --from boots it, and `testbed snapshot save {name}` saves it again"
+        ))
+    };
+    if old.backend != fresh.backend {
+        return Err(unfit(format!(
+            "it was saved on the {} backend, this run uses {}",
+            old.backend.name(),
+            fresh.backend.name()
+        )));
+    }
+    if old.accel != fresh.accel {
+        return Err(unfit(format!(
+            "it was saved under {}, this run uses {}",
+            old.accel, fresh.accel
+        )));
+    }
+    let names = |s: &spec::ClusterSpec| s.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    if names(&old) != names(&fresh) {
+        return Err(unfit(format!(
+            "it has nodes {}, the plan has {}",
+            names(&old).join(", "),
+            names(&fresh).join(", ")
+        )));
+    }
+    let mut nodes = Vec::new();
+    for (was, now) in old.nodes.iter().zip(&fresh.nodes) {
+        let why = if was.image.key != now.image.key {
+            Some("its role's image changed")
+        } else if (was.memory_mib, was.cpus) != (now.memory_mib, now.cpus) {
+            Some("its memory or CPUs changed")
+        } else if was.nics != now.nics {
+            Some("its networks or addresses changed")
+        } else if was.activation.services != now.activation.services
+            || was.activation.files.len() != now.activation.files.len()
+        {
+            Some("its services or files changed")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(unfit(format!("node {}: {why}", was.name)));
+        }
+        nodes.push(spec::NodeSpec {
+            image: now.image.clone(),
+            ..was.clone()
+        });
+    }
+    let client_private = snapshot.client_key()?;
+    let client_public = nodes
+        .first()
+        .and_then(|n| n.activation.ssh.as_ref())
+        .and_then(|ssh| ssh.authorized_keys.first().cloned())
+        .unwrap_or_default();
+    let host_keys = nodes
+        .iter()
+        .filter_map(|n| {
+            let key = n.activation.ssh.as_ref()?.host_keys.first()?;
+            Some((
+                n.name.clone(),
+                testbed_runtime::keys::KeyPair {
+                    private_key: key.private_key.clone(),
+                    public_key: key.public_key.clone(),
+                },
+            ))
+        })
+        .collect();
+    let ssh = spec::SshMaterial {
+        client: testbed_runtime::keys::KeyPair {
+            private_key: client_private,
+            public_key: client_public,
+        },
+        host_keys,
+    };
+    let spec = spec::ClusterSpec {
+        nodes,
+        resume: Some(snapshot.dir.clone()),
+        ..fresh
+    };
+    Ok((spec, ssh))
 }
 
 /// Follows the supervisor's `watch` stream, reporting each change, until

@@ -12,7 +12,7 @@ use std::time::Duration;
 use testbed_api::state::StateDir;
 use testbed_api::{
     ApiClient, ApiError, ClusterStatus, Fault, FaultEvent, LinkRule, PowerAction, Reply, Request,
-    WaitFor,
+    SnapshotInfo, WaitFor,
 };
 use testbed_proto::{ExecRequest, ExitStatus};
 use thiserror::Error;
@@ -67,6 +67,15 @@ pub trait Cluster: Send + Sync {
     fn fault(&self, fault: &Fault) -> Result<Option<LinkRule>, ClusterError>;
     /// The switch's history of fault changes.
     fn history(&self) -> Result<Vec<FaultEvent>, ClusterError>;
+    /// Saves the whole cluster as its snapshot `name` (`restore`: brings
+    /// it back to that snapshot); returns once every node is ready.
+    fn snapshot(&self, name: &str, restore: bool) -> Result<SnapshotInfo, ClusterError> {
+        let _ = (name, restore);
+        Err(ClusterError::Failed {
+            message: "this cluster cannot save or restore snapshots".to_owned(),
+            node: None,
+        })
+    }
     /// How long a node may take to boot and activate, as `up` set it for
     /// this cluster (it already depends on the accelerator).
     fn boot_timeout(&self) -> Duration;
@@ -257,6 +266,20 @@ impl Cluster for ApiCluster {
         match self.call(&Request::History, SHORT_REPLY)? {
             Reply::History { events } => Ok(events),
             other => Err(unexpected("history", &other)),
+        }
+    }
+
+    fn snapshot(&self, name: &str, restore: bool) -> Result<SnapshotInfo, ClusterError> {
+        let name = name.to_owned();
+        let request = if restore {
+            Request::Restore { name }
+        } else {
+            Request::Snapshot { name }
+        };
+        // A restore resumes every node, each bounded by the boot timeout.
+        match self.call(&request, self.boot_timeout + REPLY_MARGIN)? {
+            Reply::Snapshot(info) => Ok(info),
+            other => Err(unexpected("snapshot", &other)),
         }
     }
 

@@ -1348,6 +1348,24 @@ fn register_globals(engine: &mut Engine, rt: &Arc<Runtime>) {
         })
     });
     let r = Arc::clone(rt);
+    engine.register_fn("snapshot", move |name: &str| -> RResult<()> {
+        r.action(None, &format!("snapshot {name}"), || {
+            r.cluster
+                .snapshot(name, false)
+                .map(drop)
+                .map_err(|e| fail(e.to_string()))
+        })
+    });
+    let r = Arc::clone(rt);
+    engine.register_fn("restore", move |name: &str| -> RResult<()> {
+        r.action(None, &format!("restore {name}"), || {
+            r.cluster
+                .snapshot(name, true)
+                .map(drop)
+                .map_err(|e| fail(e.to_string()))
+        })
+    });
+    let r = Arc::clone(rt);
     engine.register_fn("fault_history", move || -> RResult<Array> {
         let events = r.cluster.history().map_err(|e| fail(e.to_string()))?;
         Ok(events

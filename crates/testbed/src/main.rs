@@ -203,6 +203,9 @@ enum Command {
         #[command(flatten)]
         args: cmd::test::TestArgs,
     },
+    /// Save the running cluster whole, restore it, list or remove its snapshots (docs/snapshots.md)
+    #[command(subcommand)]
+    Snapshot(cmd::snapshot::SnapshotCommand),
     /// Stop every node and remove everything the cluster left on the host
     Down {
         #[command(flatten)]
@@ -300,6 +303,7 @@ fn main() -> ExitCode {
         Command::Test { comp, scale, args } => {
             cmd::test::run(comp.path.as_deref(), &scale.scale, &args)
         }
+        Command::Snapshot(command) => cmd::snapshot::run(&command),
         Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),
         Command::Doctor { json } => cmd::doctor::doctor(json),

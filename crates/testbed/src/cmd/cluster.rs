@@ -65,6 +65,9 @@ pub struct BackendArgs {
     /// qemu: boot every node instead of starting it from its role's memory snapshot (made on first use; docs/snapshots.md)
     #[arg(long)]
     pub cold: bool,
+    /// qemu: start every node from this snapshot of the cluster (`testbed snapshot save NAME`) instead of booting: where it was, services running, faults as saved
+    #[arg(long, value_name = "NAME", conflicts_with = "cold")]
+    pub from: Option<String>,
 }
 
 impl BackendArgs {
@@ -142,6 +145,7 @@ pub fn up_options(
     let mut options = UpOptions::new(exe);
     options.backend = backend.options();
     options.packages = packages.options();
+    options.from = backend.from.clone();
     Ok(options)
 }
 

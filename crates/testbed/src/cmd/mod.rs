@@ -38,4 +38,5 @@ pub mod fault;
 pub mod image;
 pub mod init;
 pub mod plan;
+pub mod snapshot;
 pub mod test;
