@@ -31,7 +31,8 @@ pub fn save(cluster: &str, dir: &StateDir, name: &str) -> Result<SnapshotInfo, E
 
 /// Brings every node of the running cluster back to its snapshot `name`.
 pub fn restore(cluster: &str, dir: &StateDir, name: &str) -> Result<SnapshotInfo, Error> {
-    saved::check_name(name)?;
+    // A name that is not there is the user's mistake, said before asking.
+    Saved::open(&snapshot_root(cluster)?, cluster, name)?;
     ask(
         cluster,
         dir,

@@ -120,6 +120,8 @@ fn clones_of_a_role_snapshot_are_distinct_machines_and_a_bad_snapshot_means_a_bo
     let log = text(&out.stdout);
     assert!(log.contains("testbed-stage1"), "{log}");
     assert!(log.contains("restored from it here"), "{log}");
+
+    whole_cluster_snapshots(&env);
     ok(&env, &["down"]);
 
     // A snapshot whose device state is corrupt: both nodes boot instead,
@@ -145,6 +147,71 @@ fn clones_of_a_role_snapshot_are_distinct_machines_and_a_bad_snapshot_means_a_bo
     assert!(!dir.exists());
     ok(&env, &["down"]);
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+}
+
+/// Whether node1 reaches node2 over the cluster network.
+fn reaches(env: &Env) -> bool {
+    let out = env.testbed(&["exec", "node1", "--", "ping", "-c1", "-W2", "node2"]);
+    out.status.code() == Some(0)
+}
+
+/// The cluster (running, both nodes ready) saved with a partition and a
+/// file written on a node, changed, restored: both come back; taken down
+/// and started again from the snapshot: both are there, and the saved
+/// keys let `ssh` in. Leaves the cluster running, without the snapshot.
+fn whole_cluster_snapshots(env: &Env) {
+    exec(env, "node1", "echo one > /root/mark");
+    ok(env, &["fault", "partition", "node1", "node2"]);
+    assert!(!reaches(env));
+    let out = env.testbed(&["snapshot", "save", "base", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(info["name"], "base");
+    assert_eq!(info["nodes"].as_array().map(Vec::len), Some(2));
+    assert!(info["nodes"][0]["bytes"].as_u64().unwrap_or(0) > 1 << 20);
+    // The save changed nothing: the cluster runs on as it was.
+    assert_eq!(exec(env, "node1", "cat /root/mark"), "one\n");
+
+    exec(env, "node1", "echo two > /root/mark");
+    ok(env, &["fault", "heal"]);
+    assert!(reaches(env));
+
+    let stderr = ok(env, &["snapshot", "restore", "base"]);
+    assert!(stderr.contains("restoring"), "{stderr}");
+    assert_eq!(exec(env, "node1", "cat /root/mark"), "one\n");
+    assert!(!reaches(env), "the partition is in force again");
+    let history = exec_ok(env, &["fault", "history"]);
+    assert!(history.contains("restore snapshot base"), "{history}");
+    let before = now();
+    let guest: f64 = exec(env, "node2", "date +%s.%N").trim().parse().unwrap();
+    assert!(guest > before - 1.0 && guest < now() + 1.0, "clock {guest}");
+
+    let listed = exec_ok(env, &["snapshot", "ls"]);
+    assert!(
+        listed.contains("base") && listed.contains("2/2"),
+        "{listed}"
+    );
+
+    // Another up of the cluster: restore refuses, up --from resumes it.
+    ok(env, &["down"]);
+    ok(env, &["up", "--from", "base"]);
+    assert_eq!(exec(env, "node1", "cat /root/mark"), "one\n");
+    assert!(!reaches(env), "the partition is in force");
+    let out = env.testbed(&["ssh", "node2", "--", "cat", "/etc/hostname"]);
+    assert_eq!(text(&out.stdout), "node2\n", "{}", text(&out.stderr));
+    ok(env, &["fault", "heal"]);
+    assert!(reaches(env));
+
+    ok(env, &["snapshot", "rm", "base"]);
+    let out = env.testbed(&["snapshot", "restore", "base"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("has no snapshot base"));
+}
+
+fn exec_ok(env: &Env, args: &[&str]) -> String {
+    let out = env.testbed(args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
 }
 
 /// The folder of the snapshot whose key starts with `short`.
