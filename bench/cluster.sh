@@ -15,6 +15,8 @@
 #   then, on (c') left idle for $IDLE seconds, the host RSS and PSS of its
 #   QEMU processes per node, and the round trip of `testbed exec NODE -- true`
 #   against `testbed ssh NODE -- true` and plain `ssh -F CONFIG NODE true`;
+#   (d) on (c'), `testbed snapshot save` of the whole running cluster, a
+#   crash of $NODE, and `testbed snapshot restore` back to the save;
 #   with MANY=N (default 0: skipped), N nodes of the compute role from its
 #   snapshot at once, and their RSS and PSS per node.
 #
@@ -24,7 +26,8 @@
 # Prints every time and its ratio against the targets: cold up of one node
 # <= 1.25x one bare boot; cold up of N nodes <= 1.25 x ceil(N/cores) x one
 # bare boot; up of one node from its snapshot <= 0.2x its cold up, the
-# restore <= 0.5 s; up of the example from snapshots <= 40 s; exec >= 5x
+# restore <= 0.5 s; up of the example from snapshots <= 40 s; the restore
+# of the whole running example <= 15 s; exec >= 5x
 # faster than ssh (p50); <= 120 MiB PSS per idle node from snapshots.
 #
 # SMOKE=1 runs every step once, quickly (BOOTS=1, RUNS=3, IDLE=1, no wait for
@@ -369,6 +372,24 @@ ssh_p50=$lat_p50 ssh_p99=$lat_p99
 # Where a node's boot went (under the full cluster's contention).
 analyze=$("$tb" exec -f "$full" "$NODE" -- systemd-analyze 2>&1 | head -1 | sed "s/ *$//" || true)
 
+# --- the whole cluster saved and restored (docs/snapshots.md) ------------
+phase "the cluster snapshot"
+t0=$(now_us)
+"$tb" snapshot save -f "$full" bench >"$work/save.out" 2>"$work/save.log" ||
+    { say "snapshot save failed:"; cat "$work/save.log" >&2; exit 1; }
+save_us=$(($(now_us) - t0))
+save_mib=$(sed -n 's/.* \([0-9]*\) MiB;.*/\1/p' "$work/save.out")
+# Something to undo: a node crashed.
+"$tb" power crash -f "$full" "$NODE" >/dev/null 2>&1
+t0=$(now_us)
+"$tb" snapshot restore -f "$full" bench >"$work/restore.out" 2>"$work/restore.log" ||
+    { say "snapshot restore failed:"; cat "$work/restore.log" >&2; exit 1; }
+restore_all_us=$(($(now_us) - t0))
+"$tb" exec -f "$full" "$NODE" -- true >/dev/null ||
+    { say "$NODE does not answer after the restore"; exit 1; }
+"$tb" snapshot rm -f "$full" bench >/dev/null 2>&1
+phase between
+
 t0=$(now_us)
 "$tb" down "$full" >/dev/null 2>&1
 down_us=$(($(now_us) - t0))
@@ -415,6 +436,7 @@ up from the snapshot, 1 node ready: $(secs $warm_us) s   (median of $BOOTS: $(sp
   1 node from the snapshot / cold: $(ratio $warm_us $one_us)x (target <= 0.2x)
 $full_lines
 up from snapshots, $nodes nodes ready: $(secs $full_warm_us) s (target <= 40 s)
+snapshot save of the running $nodes nodes: $(secs $save_us) s ($save_mib MiB); restore after a crash: $(secs $restore_all_us) s (target <= 15 s)${full_us:+; restore / cold up: $(ratio $restore_all_us $full_us)x}
 first ups, snapshots made: 1 node $(secs $snap_one_us) s, $nodes nodes $(secs $snap_full_us) s
 host memory per idle node ($nodes from snapshots, after ${IDLE} s idle): RSS $rss_node_mib MiB, PSS $pss_node_mib MiB (target <= 120 MiB PSS for ${mem} MiB guests)
   of which anonymous: $anon_node_mib MiB, in transparent huge pages: $thp_node_mib MiB

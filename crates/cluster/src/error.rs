@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 
 use testbed_image::ImageError;
-use testbed_model::Diagnostics;
+use testbed_model::{ConfineError, Diagnostics};
 use testbed_runtime::api::ApiError;
 use testbed_runtime::container::ContainerError;
 use testbed_runtime::spec::SpecError;
@@ -40,6 +40,14 @@ pub enum Error {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    /// A static file of a role is outside the composition's folder (and
+    /// every allowed path) when it is read, or is not a regular file.
+    #[error("role {role}: a source file is refused")]
+    Confined {
+        role: String,
+        #[source]
+        source: ConfineError,
     },
     /// `$TESTBED_AGENT` is set but names no file.
     #[error(
@@ -102,7 +110,7 @@ impl Error {
     /// that do not fit, an unknown package, a stale lock), not the work.
     pub fn is_usage(&self) -> bool {
         match self {
-            Error::Composition(_) | Error::Usage(_) => true,
+            Error::Composition(_) | Error::Usage(_) | Error::Confined { .. } => true,
             Error::Saved(e) => !matches!(e, testbed_runtime::saved::SavedError::Io { .. }),
             Error::Image(e) => crate::images::is_usage(e),
             _ => false,

@@ -15,7 +15,7 @@ use testbed_image::{
     BuildOptions, BuiltImage, ImageError, ImageSpec, LockOptions, Lockfile, PackageSources,
     Progress, StaticFile, Store,
 };
-use testbed_model::{Composition, FileKind, Snapshot};
+use testbed_model::{Composition, ConfineError, FileKind, Snapshot};
 use testbed_runtime::spec::ImageFiles;
 
 use crate::Error;
@@ -83,13 +83,19 @@ pub fn specs(comp: &Composition, agent: Option<&Path>) -> Result<Vec<ImageSpec>,
             for f in role.files.iter().filter(|f| f.is_static()) {
                 let content = match &f.kind {
                     FileKind::Content(text) => text.clone().into_bytes(),
-                    FileKind::Source(path) => {
-                        std::fs::read(path).map_err(|source| Error::ReadFile {
+                    // Resolved and checked again right before reading: a
+                    // link swapped since validation is refused.
+                    FileKind::Source(path) => comp.confinement.read(path).map_err(|e| match e {
+                        ConfineError::Io { source, .. } => Error::ReadFile {
                             role: role.name.clone(),
                             path: path.clone(),
                             source,
-                        })?
-                    }
+                        },
+                        refused => Error::Confined {
+                            role: role.name.clone(),
+                            source: refused,
+                        },
+                    })?,
                     FileKind::Template(_) => continue,
                 };
                 files.push(StaticFile {
@@ -317,6 +323,44 @@ mod tests {
         let beside = dir.path().join("testbed-agent");
         std::fs::write(&beside, b"agent").expect("write");
         assert_eq!(agent_binary(&exe).expect("beside"), beside);
+    }
+
+    #[test]
+    fn a_source_swapped_for_a_link_out_of_the_folder_is_refused_at_build() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let comp_dir = dir.path().join("comp");
+        std::fs::create_dir(&comp_dir).expect("mkdir");
+        std::fs::write(dir.path().join("secret"), b"secret").expect("write");
+        std::fs::write(comp_dir.join("real.conf"), b"real").expect("write");
+        let link = comp_dir.join("app.conf");
+        std::os::unix::fs::symlink("real.conf", &link).expect("symlink");
+        let toml = comp_dir.join("testbed.toml");
+        std::fs::write(
+            &toml,
+            "[cluster]\nname = \"c\"\n[roles.r]\nfiles.\"/etc/app.conf\" = { source = \"app.conf\" }\n",
+        )
+        .expect("write");
+        let comp = testbed_model::load(&toml).expect("valid");
+        let built = specs(&comp, None).expect("inside the folder");
+        assert_eq!(built[0].files[0].content, b"real");
+
+        // Validated; then the link is pointed at a file outside.
+        std::fs::remove_file(&link).expect("rm");
+        std::os::unix::fs::symlink(dir.path().join("secret"), &link).expect("symlink");
+        let err = specs(&comp, None).expect_err("refused");
+        assert!(matches!(err, Error::Confined { .. }), "{err:?}");
+        assert!(err.is_usage());
+        assert_eq!(err.to_string(), "role r: a source file is refused");
+        let cause = std::error::Error::source(&err).expect("cause").to_string();
+        assert!(
+            cause.contains("outside the composition's folder"),
+            "{cause}"
+        );
+
+        // A file that is gone is an I/O error, as before.
+        std::fs::remove_file(&link).expect("rm");
+        let err = specs(&comp, None).expect_err("gone");
+        assert!(matches!(err, Error::ReadFile { .. }), "{err:?}");
     }
 
     #[test]

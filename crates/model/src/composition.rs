@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::confine::Confinement;
 use crate::diag::SourceFile;
 use crate::net::Subnet;
 
@@ -28,6 +29,10 @@ pub struct Composition {
     pub source: Arc<SourceFile>,
     /// The folder relative paths are resolved against.
     pub dir: PathBuf,
+    /// Where `source` and `template` files may be read from: the folder,
+    /// and the paths of `[cluster] allow_paths_outside`. Read them through
+    /// it ([`Confinement::read`]), never directly.
+    pub confinement: Confinement,
     /// `[cluster]`
     pub cluster: Cluster,
     /// The roles, in file order.
@@ -160,9 +165,12 @@ pub struct FileSpec {
 pub enum FileKind {
     /// Inline text: static, baked into the image.
     Content(String),
-    /// A host file (resolved path): static, baked into the image.
+    /// A host file (the composition's folder joined with the path given):
+    /// static, baked into the image. Read it with [`Confinement::read`].
     Source(PathBuf),
-    /// A Jinja template (resolved path) rendered per node at activation.
+    /// A Jinja template (the composition's folder joined with the path
+    /// given) rendered per node at activation. Read it with
+    /// [`crate::template::read`].
     Template(PathBuf),
 }
 

@@ -14,6 +14,7 @@
 //! - Nothing here panics on any input: errors are [`Diagnostics`].
 
 pub mod composition;
+pub mod confine;
 pub mod diag;
 pub mod net;
 pub mod plan;
@@ -29,6 +30,7 @@ pub use composition::{
     Cluster, Composition, Distro, FileKind, FileSpec, Host, Network, Role, Secret, Snapshot,
     TestSpec,
 };
+pub use confine::{ConfineError, Confinement};
 pub use diag::{Diagnostic, Diagnostics, Location, SourceFile};
 pub use net::{Mac, Subnet};
 pub use plan::{plan, Nic, Node, Plan, PlanNetwork, PlanRole, Scale, ScaleArg};

@@ -86,6 +86,15 @@ pub struct RawCluster {
     #[serde(default)]
     #[schemars(with = "String")]
     pub snapshot: Option<Spanned<String>>,
+    /// Paths outside the composition's folder that `source` and `template`
+    /// files may come from: folders (everything under them) or single
+    /// files, absolute or relative to the composition, e.g.
+    /// `["/opt/shared-certs"]`. Without them, every such file must be in the
+    /// composition's folder once symbolic links are resolved, so that a
+    /// composition cannot copy other files of the host into an image.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub allow_paths_outside: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[roles.NAME]` and `[defaults]`.

@@ -21,6 +21,7 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde::Serialize;
 
 use crate::composition::{Composition, FileKind};
+use crate::confine::{ConfineError, Confinement};
 use crate::diag::{Diagnostic, Diagnostics, Sink, SourceFile};
 use crate::plan::{Node, Plan};
 use crate::validate::io_reason;
@@ -120,24 +121,26 @@ fn diagnostic(file: &SourceFile, e: &minijinja::Error, node: Option<&str>) -> Di
     }
 }
 
-/// Reads a template file; the error names it.
-pub fn read(path: &Path) -> Result<SourceFile, Diagnostic> {
-    match std::fs::read_to_string(path) {
+/// Reads a template file (a [`FileKind::Template`] path) if `confine`
+/// allows it, resolving it right now; the error names it.
+pub fn read(confine: &Confinement, path: &Path) -> Result<SourceFile, Diagnostic> {
+    match confine.read_to_string(path) {
         Ok(text) => Ok(SourceFile {
             path: path.to_path_buf(),
             text,
         }),
-        Err(e) => Err(Diagnostic::new(format!(
+        Err(ConfineError::Io { source, .. }) => Err(Diagnostic::new(format!(
             "cannot read template {}: {}",
             path.display(),
-            io_reason(&e)
+            io_reason(&source)
         ))),
+        Err(e) => Err(Diagnostic::new(format!("template {e}"))),
     }
 }
 
 /// Checks that a template file parses.
-pub fn check_syntax(path: &Path) -> Result<(), Diagnostic> {
-    let file = read(path)?;
+pub fn check_syntax(confine: &Confinement, path: &Path) -> Result<(), Diagnostic> {
+    let file = read(confine, path)?;
     let env = environment();
     match env.template_from_named_str("template", &file.text) {
         Ok(_) => Ok(()),
@@ -208,7 +211,7 @@ pub fn check_all(comp: &Composition, plan: &Plan) -> Result<(), Diagnostics> {
             if failed.contains(&path.as_path()) {
                 continue;
             }
-            let file = match read(path) {
+            let file = match read(&comp.confinement, path) {
                 Ok(file) => file,
                 Err(d) => {
                     sink.push(d);

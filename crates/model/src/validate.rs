@@ -12,6 +12,7 @@ use indexmap::IndexMap;
 use toml::Spanned;
 
 use crate::composition::*;
+use crate::confine::{self, ConfineError, Confinement};
 use crate::diag::{Diagnostic, Diagnostics, Sink, SourceFile};
 use crate::net::Subnet;
 use crate::raw::*;
@@ -33,6 +34,9 @@ pub(crate) const MAX_COUNT: i64 = 4096;
 struct Ctx<'a> {
     src: &'a SourceFile,
     dir: &'a Path,
+    /// Where `source` and `template` files may come from; set once
+    /// `[cluster]` is read.
+    confine: Confinement,
     sink: Sink,
 }
 
@@ -97,9 +101,13 @@ pub fn parse(
             return Err(d.into());
         }
     };
+    // A folder that cannot be resolved stays as given: canonical paths do
+    // not start with it, so no file is allowed (the check fails closed).
+    let root = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     let mut cx = Ctx {
         src: &src,
         dir,
+        confine: Confinement::from_canonical(root, Vec::new()),
         sink: Sink::default(),
     };
     let cluster = cluster(&mut cx, raw.cluster.as_ref(), default_name);
@@ -110,7 +118,7 @@ pub fn parse(
 
     let defaults = raw.defaults.as_ref().map(|d| d.get_ref());
     if let Some(d) = defaults {
-        for diag in check_defaults(cx.src, cx.dir, d) {
+        for diag in check_defaults(cx.src, cx.dir, &cx.confine, d) {
             cx.sink.push(diag);
         }
         // Checked once here; roles inherit it quietly.
@@ -143,6 +151,7 @@ pub fn parse(
     sink.finish(Composition {
         source: src.clone(),
         dir: dir.to_path_buf(),
+        confinement: cx.confine,
         cluster,
         roles,
         secrets,
@@ -310,6 +319,9 @@ fn cluster(
                 Snapshot::Off
             }
         });
+    if let Some(list) = raw.and_then(|c| c.allow_paths_outside.as_ref()) {
+        allow_paths_outside(cx, list);
+    }
     Cluster {
         name,
         distro: Distro {
@@ -320,6 +332,47 @@ fn cluster(
         mirror,
         snapshot,
     }
+}
+
+/// `[cluster] allow_paths_outside`: every entry must exist; each widens
+/// the confinement of `source` and `template` files to what it resolves to.
+fn allow_paths_outside(cx: &mut Ctx<'_>, list: &Spanned<Vec<Spanned<String>>>) {
+    let root = cx.confine.root().to_path_buf();
+    let mut allowed: Vec<PathBuf> = Vec::new();
+    for entry in list.get_ref() {
+        let written = entry.get_ref();
+        if written.is_empty() {
+            cx.err(
+                entry.span(),
+                "empty path in allow_paths_outside",
+                Some("list folders (or files) outside the composition's folder, e.g. \"/opt/shared-certs\"".to_string()),
+            );
+            continue;
+        }
+        let joined = root.join(written);
+        match std::fs::canonicalize(&joined) {
+            Ok(real) if real.parent().is_none() => cx.err(
+                entry.span(),
+                format!("allow_paths_outside lists \"{written}\", the whole file system"),
+                Some("list only the folders your sources and templates come from, e.g. \"/opt/shared-certs\"".to_string()),
+            ),
+            Ok(real) => {
+                if !allowed.contains(&real) {
+                    allowed.push(real);
+                }
+            }
+            Err(e) => cx.err(
+                entry.span(),
+                format!("allowed path \"{written}\" not found"),
+                Some(format!(
+                    "allow_paths_outside lists existing folders or files (absolute, or relative to the composition's folder); looked at {} ({})",
+                    joined.display(),
+                    io_reason(&e)
+                )),
+            ),
+        }
+    }
+    cx.confine = Confinement::from_canonical(root, allowed);
 }
 
 /// Parses `[cluster] snapshot`: `"off"`, or a URL with one of the schemes the
@@ -705,6 +758,7 @@ fn file(cx: &mut Ctx<'_>, path: &Spanned<String>, raw: &RawFile, report: bool) -
     let mut quiet = Ctx {
         src: cx.src,
         dir: cx.dir,
+        confine: cx.confine.clone(),
         sink: Sink::default(),
     };
     let cx: &mut Ctx<'_> = if report { cx } else { &mut quiet };
@@ -765,18 +819,18 @@ fn file_kind(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> Option<FileKin
         return None;
     }
     let resolved: PathBuf = cx.dir.join(rel);
-    let meta = std::fs::metadata(&resolved);
-    match meta {
-        Ok(m) if m.is_file() => {}
-        Ok(_) => {
-            cx.err(
-                v.span(),
-                format!("{key} \"{}\" is not a regular file", v.get_ref()),
-                Some(format!("looked at {}", resolved.display())),
-            );
+    let real = match cx.confine.resolve(&resolved) {
+        Ok(real) => real,
+        Err(ConfineError::Outside { resolved: real, .. }) => {
+            let (message, help) = if rel.is_absolute() {
+                absolute(&cx.confine, key, v.get_ref(), &real)
+            } else {
+                outside(&cx.confine, key, v.get_ref(), &real)
+            };
+            cx.err(v.span(), message, Some(help));
             return None;
         }
-        Err(e) => {
+        Err(ConfineError::Io { source: e, .. }) => {
             cx.err(
                 v.span(),
                 format!("{key} file \"{}\" not found", v.get_ref()),
@@ -788,9 +842,23 @@ fn file_kind(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> Option<FileKin
             );
             return None;
         }
+        Err(ConfineError::NotAFile { .. }) => resolved.clone(),
+    };
+    if rel.is_absolute() && !cx.confine.is_allowed_outside(&real) {
+        let (message, help) = absolute(&cx.confine, key, v.get_ref(), &real);
+        cx.err(v.span(), message, Some(help));
+        return None;
+    }
+    if !std::fs::metadata(&real).is_ok_and(|m| m.is_file()) {
+        cx.err(
+            v.span(),
+            format!("{key} \"{}\" is not a regular file", v.get_ref()),
+            Some(format!("looked at {}", resolved.display())),
+        );
+        return None;
     }
     if key == "template" {
-        match template::check_syntax(&resolved) {
+        match template::check_syntax(&cx.confine, &resolved) {
             Ok(()) => {}
             Err(d) => {
                 cx.sink.push(d);
@@ -800,6 +868,51 @@ fn file_kind(cx: &mut Ctx<'_>, key: &str, v: &Spanned<String>) -> Option<FileKin
         return Some(FileKind::Template(resolved));
     }
     Some(FileKind::Source(resolved))
+}
+
+/// What to say about a `source` or `template` that resolves to `real`,
+/// outside the composition's folder and every allowed path.
+fn outside(confine: &Confinement, key: &str, written: &str, real: &Path) -> (String, String) {
+    let root = confine.root();
+    let through_link = confine::lexical(&root.join(written)).starts_with(root);
+    let how = if through_link {
+        " through a symbolic link"
+    } else {
+        ""
+    };
+    let message = format!(
+        "{key} \"{written}\" is outside the composition's folder: it resolves to {}{how}",
+        real.display()
+    );
+    (message, way_out(confine, key, real))
+}
+
+/// What to say about an absolute `source` or `template` path that is not
+/// under an allowed path.
+fn absolute(confine: &Confinement, key: &str, written: &str, real: &Path) -> (String, String) {
+    match real.strip_prefix(confine.root()) {
+        Ok(inside) => (
+            format!("{key} \"{written}\" is an absolute path"),
+            format!(
+                "it is in the composition's folder: write it relative to it, \"{}\"",
+                inside.display()
+            ),
+        ),
+        Err(_) => (
+            format!("{key} \"{written}\" is an absolute path outside the composition's folder"),
+            way_out(confine, key, real),
+        ),
+    }
+}
+
+/// The rule and the way out, for a file outside the composition's folder.
+fn way_out(confine: &Confinement, key: &str, real: &Path) -> String {
+    let folder = real.parent().unwrap_or(real);
+    format!(
+        "{key} files are read only from the composition's folder ({}), symbolic links resolved, so that a composition cannot copy other files of the host; copy the file into the folder or, if you trust it, allow its folder under [cluster] with allow_paths_outside = [\"{}\"]",
+        confine.root().display(),
+        folder.display()
+    )
 }
 
 pub(crate) fn io_reason(e: &std::io::Error) -> String {
@@ -923,10 +1036,16 @@ fn test(cx: &mut Ctx<'_>, raw: &RawTest) -> TestSpec {
 }
 
 /// Reports problems in `[defaults]` once (roles merge its values quietly).
-pub(crate) fn check_defaults(src: &SourceFile, dir: &Path, raw: &RawRole) -> Vec<Diagnostic> {
+pub(crate) fn check_defaults(
+    src: &SourceFile,
+    dir: &Path,
+    confine: &Confinement,
+    raw: &RawRole,
+) -> Vec<Diagnostic> {
     let mut cx = Ctx {
         src,
         dir,
+        confine: confine.clone(),
         sink: Sink::default(),
     };
     if let Some(l) = &raw.packages {

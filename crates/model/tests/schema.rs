@@ -44,7 +44,22 @@ fn schema_knows_every_cluster_key_and_describes_snapshot() {
         .keys()
         .map(String::as_str)
         .collect();
-    assert_eq!(keys, ["name", "distro", "kernel", "mirror", "snapshot"]);
+    assert_eq!(
+        keys,
+        [
+            "name",
+            "distro",
+            "kernel",
+            "mirror",
+            "snapshot",
+            "allow_paths_outside"
+        ]
+    );
+    let allow = &cluster["properties"]["allow_paths_outside"];
+    assert_eq!(allow["type"], "array");
+    assert!(allow["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("symbolic links")));
     let snapshot = &cluster["properties"]["snapshot"];
     assert_eq!(snapshot["type"], "string");
     let described = snapshot["description"].as_str().unwrap_or_default();

@@ -323,10 +323,14 @@ pub fn prepare(
                 continue;
             };
             if !templates.contains_key(path) {
+                // Resolved and checked again right before reading: a link
+                // swapped since validation is refused.
                 let source =
-                    testbed_model::template::read(path).map_err(|d| SpecError::Template {
-                        node: node.name.clone(),
-                        message: d.to_string(),
+                    testbed_model::template::read(&comp.confinement, path).map_err(|d| {
+                        SpecError::Template {
+                            node: node.name.clone(),
+                            message: d.to_string(),
+                        }
                     })?;
                 templates.insert(path.clone(), source);
             }
