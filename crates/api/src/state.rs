@@ -120,14 +120,22 @@ pub struct StateDir {
     path: PathBuf,
 }
 
+/// The name that tells the cluster `name` defined by `composition` (any
+/// path to the file; it is made absolute) apart from every other: the name
+/// plus a hash of the composition's absolute path. Its state directory has
+/// this name, and so has its prompt history file.
+pub fn cluster_key(name: &str, composition: &Path) -> String {
+    let absolute = std::path::absolute(composition).unwrap_or_else(|_| composition.into());
+    let hash = fnv1a(absolute.as_os_str().as_encoded_bytes());
+    format!("{name}-{:08x}", hash as u32)
+}
+
 impl StateDir {
-    /// The directory of the cluster `name` defined by `composition` (any
-    /// path to the file; it is made absolute), under [`root`].
+    /// The directory of the cluster `name` defined by `composition`, under
+    /// [`root`], named [`cluster_key`].
     pub fn for_cluster(name: &str, composition: &Path) -> StateDir {
-        let absolute = std::path::absolute(composition).unwrap_or_else(|_| composition.into());
-        let hash = fnv1a(absolute.as_os_str().as_encoded_bytes());
         StateDir {
-            path: root().join(format!("{name}-{:08x}", hash as u32)),
+            path: root().join(cluster_key(name, composition)),
         }
     }
 
@@ -290,6 +298,7 @@ mod tests {
             name.starts_with("slurm-") && name.len() == "slurm-".len() + 8,
             "{name}"
         );
+        assert_eq!(name, cluster_key("slurm", Path::new("/a/testbed.toml")));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub use testbed_api::state::{
-    read_pid, root, write_atomic, NodeDir, StateDir, StateError, MAX_SOCKET_PATH,
+    cluster_key, read_pid, root, write_atomic, NodeDir, StateDir, StateError, MAX_SOCKET_PATH,
 };
 
 /// Whether process `pid` is alive and its command line mentions `marker`
