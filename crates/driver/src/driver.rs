@@ -14,6 +14,7 @@ use crate::event::EventSink;
 use crate::report::{ScriptError, TestCase, TestReport};
 use crate::script::{self, lock, Limit, Recorder, Runtime};
 use crate::timeouts::{timeout_factor, Timeouts, FACTOR_ENV};
+use crate::vocabulary::{self, ValueKind, Vocabulary};
 
 /// How a [`Driver`] runs scripts.
 #[derive(Debug, Clone)]
@@ -52,6 +53,8 @@ pub struct Driver {
     functions: AST,
     accel: String,
     time_limit: Option<Duration>,
+    /// What the engine registered, for completion at the prompt.
+    api: Vocabulary,
 }
 
 impl fmt::Debug for Driver {
@@ -132,9 +135,11 @@ impl Driver {
             recorder: Mutex::new(Recorder::default()),
         });
         let engine = script::engine(&rt);
+        let api = vocabulary::api(&engine);
         let mut driver = Driver {
             rt,
             engine,
+            api,
             scope: Scope::new(),
             functions: AST::empty(),
             accel: status.accel,
@@ -243,6 +248,21 @@ impl Driver {
             Ok(_) => false,
             Err(e) => script::is_incomplete(&e, code),
         }
+    }
+
+    /// The names a prompt completes, as of now: the API's functions and
+    /// methods (read from the engine), the variables in scope (the nodes,
+    /// then what earlier [`Driver::eval`] calls defined with `let`) and the
+    /// functions they defined with `fn`.
+    pub fn vocabulary(&self) -> Vocabulary {
+        let mut v = self.api.clone();
+        for (name, _, value) in self.scope.iter() {
+            v.set_variable(name, ValueKind::of_value(&value));
+        }
+        for f in self.functions.iter_functions() {
+            v.add_function(f.name, ValueKind::Other);
+        }
+        v
     }
 
     /// Evaluates a piece of script in the persistent scope (no time limit);

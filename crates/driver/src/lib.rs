@@ -16,6 +16,8 @@
 //!   a factor (1 with KVM, 5 under TCG, or `$TESTBED_TIMEOUT_FACTOR`).
 //! - [`artifacts::collect`] keeps the console logs, journals and fault
 //!   history of a failed run.
+//! - [`Vocabulary`] ([`Driver::vocabulary`]): the names an interactive
+//!   prompt completes, read from the engine and the scope.
 //!
 //! The driver never prints: progress is reported as [`Event`]s to a
 //! callback, and the caller decides how to show them.
@@ -29,6 +31,7 @@ pub mod report;
 mod script;
 pub mod timeouts;
 pub mod units;
+pub mod vocabulary;
 
 pub use cluster::{ApiCluster, Cluster, ClusterError, CommandOutput};
 pub use driver::{check_script, is_identifier, Driver, DriverOptions};
@@ -37,3 +40,4 @@ pub use event::{ignore_events, Event, EventSink};
 pub use report::{Captured, Location, ScriptError, TestCase, TestReport};
 pub use script::{Link, Node};
 pub use timeouts::{timeout_factor, Timeouts, FACTOR_ENV};
+pub use vocabulary::{Member, Name, ValueKind, Vocabulary};

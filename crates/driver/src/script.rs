@@ -1076,7 +1076,15 @@ fn sleep(rt: &Runtime, d: Duration) -> RResult<()> {
     Ok(())
 }
 
-/// Builds the engine with the whole script API bound to `rt`.
+/// The script's name of the [`Node`] type (`type_of(ctl)`); the prompt's
+/// completion tells node methods by it.
+pub(crate) const NODE_TYPE: &str = "Node";
+/// The script's name of the [`Link`] type.
+pub(crate) const LINK_TYPE: &str = "Link";
+
+/// Builds the engine with the whole script API bound to `rt`. What it
+/// registers is also what the prompt completes: see
+/// [`crate::vocabulary`].
 pub(crate) fn engine(rt: &Arc<Runtime>) -> Engine {
     let mut engine = Engine::new();
     engine.set_strict_variables(true);
@@ -1105,7 +1113,7 @@ pub(crate) fn engine(rt: &Arc<Runtime>) -> Engine {
 
 fn register_node(engine: &mut Engine) {
     engine
-        .register_type_with_name::<Node>("Node")
+        .register_type_with_name::<Node>(NODE_TYPE)
         .register_get("name", |n: &mut Node| n.name.clone())
         .register_get("role", |n: &mut Node| n.role())
         .register_fn("to_string", |n: &mut Node| n.name.clone())
@@ -1204,7 +1212,7 @@ fn register_node(engine: &mut Engine) {
 
 fn register_link(engine: &mut Engine) {
     engine
-        .register_type_with_name::<Link>("Link")
+        .register_type_with_name::<Link>(LINK_TYPE)
         .register_fn("to_string", |l: &mut Link| format!("link {}-{}", l.a, l.b))
         .register_fn("to_debug", |l: &mut Link| format!("link {}-{}", l.a, l.b))
         .register_fn("delay", |l: Link, d: Dynamic| l.delay(&d, None))

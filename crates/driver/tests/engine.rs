@@ -574,3 +574,93 @@ fn the_repl_keeps_its_scope_and_knows_unfinished_input() {
     assert!(!d.is_incomplete("x +* 2"));
     assert!(!d.is_incomplete("log(x)"));
 }
+
+#[test]
+fn the_prompt_vocabulary_comes_from_the_engine_and_the_scope() {
+    use testbed_driver::{ValueKind, Vocabulary};
+
+    fn names(v: &Vocabulary, of: ValueKind, property: bool) -> Vec<&str> {
+        v.members_of(of)
+            .filter(|m| m.property == property)
+            .map(|m| m.name.as_str())
+            .collect()
+    }
+    let c = cluster("kvm");
+    let (mut d, _) = driver(Arc::clone(&c), "<repl>".into());
+    let v = d.vocabulary();
+    // Nodes whose names are identifiers are variables; `edge-1` is not.
+    let variables: Vec<(&str, ValueKind)> = v
+        .variables
+        .iter()
+        .map(|n| (n.name.as_str(), n.kind))
+        .collect();
+    assert_eq!(
+        variables,
+        [
+            ("ctl", ValueKind::Node),
+            ("compute1", ValueKind::Node),
+            ("compute2", ValueKind::Node)
+        ]
+    );
+    let functions: Vec<&str> = v.functions.iter().map(|f| f.name.as_str()).collect();
+    for f in [
+        "start_all",
+        "partition",
+        "heal",
+        "link",
+        "fault_history",
+        "snapshot",
+        "restore",
+        "subtest",
+        "node",
+        "nodes",
+        "role",
+        "log",
+        "sleep",
+    ] {
+        assert!(functions.contains(&f), "{f} missing from {functions:?}");
+    }
+    for not_global in ["succeed", "delay", "to_string", "==", "get$name"] {
+        assert!(!functions.contains(&not_global), "{not_global}");
+    }
+    let kind = |name: &str| v.functions.iter().find(|f| f.name == name).map(|f| f.kind);
+    assert_eq!(kind("node"), Some(ValueKind::Node));
+    assert_eq!(kind("link"), Some(ValueKind::Link));
+    assert_eq!(kind("nodes"), Some(ValueKind::Other));
+    let methods = names(&v, ValueKind::Node, false);
+    for m in [
+        "succeed",
+        "fail",
+        "execute",
+        "wait_until_succeeds",
+        "wait_for_unit",
+        "wait_for_open_port",
+        "copy_to",
+        "crash",
+        "reboot",
+        "block",
+    ] {
+        assert!(methods.contains(&m), "{m} missing from {methods:?}");
+    }
+    assert!(!methods.contains(&"to_string"), "{methods:?}");
+    assert_eq!(names(&v, ValueKind::Node, true), ["name", "role"]);
+    let link = names(&v, ValueKind::Link, false);
+    for m in ["delay", "loss", "rate", "down", "up", "clear"] {
+        assert!(link.contains(&m), "{m} missing from {link:?}");
+    }
+    assert!(!link.contains(&"succeed"), "{link:?}");
+    // Link methods give the link, for chains.
+    let delay = v.members_of(ValueKind::Link).find(|m| m.name == "delay");
+    assert_eq!(delay.map(|m| m.returns), Some(ValueKind::Link));
+
+    // What the session defines joins in, with what it holds.
+    d.eval("let l = link(ctl, compute1); let x = 1; fn twice(v) { v * 2 }")
+        .unwrap();
+    d.eval("let c = node(\"edge-1\");").unwrap();
+    let v = d.vocabulary();
+    let kind = |name: &str| v.variables.iter().find(|n| n.name == name).map(|n| n.kind);
+    assert_eq!(kind("l"), Some(ValueKind::Link));
+    assert_eq!(kind("x"), Some(ValueKind::Other));
+    assert_eq!(kind("c"), Some(ValueKind::Node));
+    assert!(v.functions.iter().any(|f| f.name == "twice"));
+}
