@@ -10,6 +10,7 @@
 mod print;
 mod cmd;
 mod output;
+mod prompt;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,7 +4,7 @@
 //! unless it was already running or `--keep` is given. `--interactive`
 //! swaps the script for a prompt with the same API.
 
-use std::io::{self, BufRead, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,10 +16,11 @@ use testbed_driver::{
 };
 use testbed_model::{Scale, ScaleArg};
 use testbed_runtime::spec::ClusterSpec;
-use testbed_runtime::state::StateDir;
+use testbed_runtime::state::{cluster_key, StateDir};
 
 use super::cluster::{self, parse_duration, BackendArgs};
 use crate::output::{Failure, Outcome};
+use crate::prompt::{self, Session};
 
 /// The limit of a whole test when the composition has no `[test]`.
 const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -255,7 +256,14 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], args: &TestArgs) -> Outcome 
         );
     }
     let teardown = !args.keep && !was_running;
-    let result = drive(args, dir, script_name, source, time_limit, &comp_dir, start);
+    let input = match (script_name, source) {
+        (Some(name), Some(source)) if !args.interactive => Input::Script(name, source),
+        _ => Input::Prompt(prompt::history_file(&cluster_key(
+            &plan.cluster,
+            &comp.source.path,
+        ))),
+    };
+    let result = drive(args, dir, input, time_limit, &comp_dir, start);
     if teardown {
         errln!(
             "{} {}",
@@ -291,12 +299,19 @@ fn api_cluster(dir: &StateDir) -> ApiCluster {
         )
 }
 
+/// What the driver runs.
+enum Input {
+    /// A script: its path (as shown) and its text.
+    Script(PathBuf, String),
+    /// The prompt, with its history file.
+    Prompt(Option<PathBuf>),
+}
+
 /// Runs the script (or the prompt) on the running cluster.
 fn drive(
     args: &TestArgs,
     dir: &StateDir,
-    script: Option<PathBuf>,
-    source: Option<String>,
+    input: Input,
     time_limit: Duration,
     comp_dir: &Path,
     start: Instant,
@@ -304,21 +319,22 @@ fn drive(
     let api = Arc::new(api_cluster(dir));
     // At the prompt, errors point into what was typed, and relative host
     // paths start from the current folder.
-    let script_path = match &script {
-        Some(s) if !args.interactive => s.clone(),
-        _ => PathBuf::from("<stdin>"),
+    let script_path = match &input {
+        Input::Script(path, _) => path.clone(),
+        Input::Prompt(_) => PathBuf::from("<stdin>"),
     };
     let mut options = DriverOptions::new(script_path);
     options.time_limit = Some(time_limit);
     let mut driver = Driver::new(api.clone(), options, printer(start))
         .context("cannot start the test driver")?;
-    let (Some(source), false) = (source, args.interactive) else {
-        return repl(&mut driver);
+    let (script, source) = match input {
+        Input::Script(script, source) => (script, source),
+        Input::Prompt(history) => return repl(&mut driver, history),
     };
     errln!(
         "{} running {} (time limit {}, timeout factor {})",
         elapsed(start),
-        script.as_deref().unwrap_or(Path::new("")).display(),
+        script.display(),
         testbed_driver::units::format_duration(time_limit),
         driver.timeout_factor()
     );
@@ -415,48 +431,32 @@ fn print_summary(report: &TestReport) {
     );
 }
 
-/// A prompt on stdin: each complete piece of input is evaluated in a
-/// scope that persists; input that is cut short (an open block or string)
-/// waits for more lines, and an empty line forces evaluation.
-fn repl(driver: &mut Driver) -> Outcome {
-    let stdin = io::stdin();
-    let tty = stdin.is_terminal();
+/// The prompt on the driver (see [`prompt`]): each complete piece of
+/// input is evaluated in a scope that persists.
+fn repl(driver: &mut Driver, history: Option<PathBuf>) -> Outcome {
     errln!(
         "test driver prompt; nodes: {}; `.exit` or Ctrl-D leaves",
         driver.nodes().join(", ")
     );
-    let mut pending = String::new();
-    let mut input = stdin.lock();
-    loop {
-        if tty {
-            err!("{}", if pending.is_empty() { "> " } else { ". " });
-            let _ = io::stderr().flush();
-        }
-        let mut line = String::new();
-        match input.read_line(&mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => return Err(Failure::Runtime(anyhow!("cannot read standard input: {e}"))),
-        }
-        if pending.is_empty() && line.trim() == ".exit" {
-            return Ok(());
-        }
-        let blank = line.trim().is_empty();
-        pending.push_str(&line);
-        if pending.trim().is_empty() {
-            pending.clear();
-            continue;
-        }
-        if !blank && driver.is_incomplete(&pending) {
-            continue;
-        }
-        evaluate(driver, &pending);
-        pending.clear();
+    prompt::run(&mut DriverSession(driver), history)
+        .map_err(|e| Failure::Runtime(anyhow!("cannot read standard input: {e}")))
+}
+
+/// The driver as the prompt sees it.
+struct DriverSession<'a>(&'a mut Driver);
+
+impl Session for DriverSession<'_> {
+    fn is_incomplete(&self, code: &str) -> bool {
+        self.0.is_incomplete(code)
     }
-    if !pending.trim().is_empty() {
-        evaluate(driver, &pending);
+
+    fn evaluate(&mut self, code: &str) {
+        evaluate(self.0, code);
     }
-    Ok(())
+
+    fn vocabulary(&self) -> testbed_driver::Vocabulary {
+        self.0.vocabulary()
+    }
 }
 
 fn evaluate(driver: &mut Driver, code: &str) {
