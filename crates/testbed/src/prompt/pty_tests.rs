@@ -1,7 +1,8 @@
 //! The prompt in a real (pseudo-)terminal: keystrokes in, what the session
 //! evaluated out. The editor reads the process's own terminal, so the
 //! prompt runs in a child process: this test binary again, running only
-//! [`prompt_in_a_terminal`] with the pty as its terminal.
+//! this same test with the pty as its terminal and [`CHILD`] set, which
+//! makes it the child's side ([`prompt_in_a_terminal`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -30,19 +31,14 @@ const CTRL_D: &str = "\x04";
 /// The child's side: the prompt on the fake session, in a session of its
 /// own whose controlling terminal is the pty, as from a shell (the editor
 /// opens `/dev/tty`).
-#[test]
-#[ignore = "the other side of `editing_history_and_completion_in_a_terminal`"]
-fn prompt_in_a_terminal() {
-    let Ok(key) = std::env::var(CHILD) else {
-        return;
-    };
+fn prompt_in_a_terminal(key: &str) {
     rustix::process::setsid().expect("setsid");
     rustix::process::ioctl_tiocsctty(std::io::stdin()).expect("TIOCSCTTY");
     let mut fake = Fake {
         print: true,
         ..Fake::default()
     };
-    super::run(&mut fake, super::history_file(&key)).expect("prompt");
+    super::run(&mut fake, super::history_file(key)).expect("prompt");
 }
 
 /// The parent's side: a child on a new pty, and what it wrote so far.
@@ -80,9 +76,8 @@ impl Terminal {
             .expect("open the pty");
         let child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
-                "prompt::pty_tests::prompt_in_a_terminal",
+                "prompt::pty_tests::editing_history_and_completion_in_a_terminal",
                 "--exact",
-                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
                 "--quiet",
@@ -180,6 +175,9 @@ fn history_path(state_home: &Path) -> PathBuf {
 
 #[test]
 fn editing_history_and_completion_in_a_terminal() {
+    if let Ok(key) = std::env::var(CHILD) {
+        return prompt_in_a_terminal(&key);
+    }
     let tmp = tempfile::tempdir().unwrap();
     let state_home = tmp.path().join("state");
 
