@@ -35,7 +35,7 @@ impl Accel {
     pub fn qemu_args(self) -> &'static [&'static str] {
         match self {
             Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
-            Accel::Tcg => &["-accel", "tcg,thread=multi,tb-size=64"],
+            Accel::Tcg => &["-accel", "tcg,thread=multi,tb-size=32"],
         }
     }
 }
@@ -214,7 +214,7 @@ mod tests {
     fn qemu_arguments() {
         assert_eq!(
             Accel::Tcg.qemu_args(),
-            ["-accel", "tcg,thread=multi,tb-size=64"]
+            ["-accel", "tcg,thread=multi,tb-size=32"]
         );
         assert_eq!(Accel::Kvm.qemu_args(), ["-accel", "kvm", "-cpu", "host"]);
     }

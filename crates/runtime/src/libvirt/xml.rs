@@ -307,7 +307,7 @@ pub fn domain_xml(config: &DomainConfig) -> String {
     if config.accel == Accel::Tcg {
         // QEMU 7.2 defaults to a 1 GiB translation cache; 64 MiB as in
         // the QEMU backend (accel::Accel::qemu_args).
-        x.push_str("    <tcg>\n      <tb-cache unit='MiB'>64</tb-cache>\n    </tcg>\n");
+        x.push_str("    <tcg>\n      <tb-cache unit='MiB'>32</tb-cache>\n    </tcg>\n");
     }
     x.push_str("  </features>\n");
     if config.accel == Accel::Kvm {
