@@ -75,6 +75,8 @@ struct FakeState {
     refuse_faults: bool,
     /// Whether it can save and resume machines (cluster snapshots).
     saves: bool,
+    /// Its save fails before it ends any agent session.
+    save_fails_early: bool,
 }
 
 struct Fake {
@@ -276,6 +278,9 @@ impl Backend for Fake {
             return Err(self.unsupported("save a cluster snapshot"));
         }
         self.record(format!("save {}", nodes.join(",")));
+        if lock(&self.state.0).save_fails_early {
+            return Err(BackendError::Failed("cannot reach a node's QMP".to_owned()));
+        }
         quiesce();
         for node in nodes {
             let (session, generation) = {
@@ -965,6 +970,20 @@ fn what_cannot_be_saved_or_restored_is_refused_with_the_reason() {
     assert!(!c._tmp.path().join("saved/s1").exists());
 
     c.fake.allow_saves();
+    // A save that fails before touching the agents leaves them connected.
+    lock(&c.fake.state.0).save_fails_early = true;
+    let e = c.sup.save("s0").unwrap_err();
+    assert!(e.message.contains("cannot reach a node's QMP"), "{e}");
+    assert_eq!(c.sup.node("a").unwrap().state, NodeState::Ready);
+    assert!(c.sup.client("a").is_ok(), "a's session was not ended");
+    c.run("a", &["true"]);
+    let tmp = c._tmp.path().join("saved/.tmp");
+    assert_eq!(std::fs::read_dir(&tmp).map(Iterator::count).unwrap_or(0), 0);
+    assert!(
+        !c._tmp.path().join("saved/s0").exists(),
+        "nothing half-written"
+    );
+    lock(&c.fake.state.0).save_fails_early = false;
     let e = c.sup.save("../x").unwrap_err();
     assert!(e.message.contains("is not a snapshot name"), "{e}");
     let e = c.sup.restore("never").unwrap_err();

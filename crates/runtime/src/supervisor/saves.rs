@@ -138,7 +138,9 @@ pub(super) fn save(shared: &Arc<Shared>, name: &str) -> Result<SnapshotInfo, Ref
         "saving snapshot {name} of {} running nodes",
         names.len()
     ));
+    let quiesced = std::sync::atomic::AtomicBool::new(false);
     let quiesce = || {
+        quiesced.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut closers = Vec::new();
         {
             let mut nodes = lock(&shared.nodes);
@@ -155,13 +157,13 @@ pub(super) fn save(shared: &Arc<Shared>, name: &str) -> Result<SnapshotInfo, Ref
         }
     };
     let result = shared.backend.save(&names, &writing.machines(), &quiesce);
-    let unsupported = matches!(result, Err(BackendError::Unsupported { .. }));
-    // Whatever happened, every node gets its agent back (unless the backend
-    // never started: then nothing was closed).
-    let reconnected = if unsupported {
-        Ok(())
-    } else {
+    // Whatever happened, every node whose session was ended gets its agent
+    // back (a backend that failed or could not before `quiesce` closed
+    // nothing: a second host would wait behind the first).
+    let reconnected = if quiesced.load(std::sync::atomic::Ordering::SeqCst) {
         reconnect_all(shared, &running)
+    } else {
+        Ok(())
     };
     result.map_err(refuse_backend)?;
     reconnected?;
@@ -234,7 +236,16 @@ fn reconnect(shared: &Arc<Shared>, name: &str, generation: u64) -> Result<(), St
         return Err("not in the cluster".to_owned());
     };
     let deadline = Instant::now() + Duration::from_secs(60);
+    let current = || {
+        lock(&shared.nodes)
+            .get(name)
+            .is_some_and(|n| n.generation == generation && n.state == NodeState::Ready)
+    };
     let channel: Channel = loop {
+        // Crashed or stopped meanwhile: nothing to reconnect.
+        if !current() {
+            return Ok(());
+        }
         match shared.backend.agent(spec) {
             Ok(channel) => break channel,
             Err(BackendError::NotYet(_)) if Instant::now() < deadline => {
