@@ -163,6 +163,19 @@ impl StateDir {
         self.path.is_dir()
     }
 
+    /// Refuses this directory, or the folder it is in, if someone else
+    /// could control it (see `create`); a directory that does not exist
+    /// yet passes. Every verb checks before it uses what is inside (the
+    /// API socket it would send commands and files to, the SSH config it
+    /// would run, the spec it would read).
+    pub fn check(&self) -> Result<(), StateError> {
+        let root = self.path.parent().filter(|p| !p.as_os_str().is_empty());
+        for dir in root.into_iter().chain([self.path.as_path()]) {
+            check_private(dir)?;
+        }
+        Ok(())
+    }
+
     /// Creates the directory (mode 0700, parents included) and its `nodes`
     /// and `net` folders.
     pub fn create(&self) -> Result<(), StateError> {
@@ -177,10 +190,8 @@ impl StateDir {
         // directory itself are used only if they are the user's own:
         // checked before and after creating, so a folder or a symbolic link
         // someone else put there first is refused, never reused.
+        self.check()?;
         let root = self.path.parent().filter(|p| !p.as_os_str().is_empty());
-        for dir in root.into_iter().chain([self.path.as_path()]) {
-            check_private(dir)?;
-        }
         let mut builder = fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
         builder

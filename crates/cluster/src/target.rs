@@ -24,6 +24,7 @@ impl Target {
         let path = testbed_model::resolve_path(path);
         let (comp, plan) = testbed_model::check(&path, scale)?;
         let dir = StateDir::for_cluster(&plan.cluster, &comp.source.path);
+        dir.check()?;
         Ok(Target { comp, plan, dir })
     }
 
@@ -42,11 +43,14 @@ pub struct Located {
     pub dir: StateDir,
 }
 
-/// The cluster of the composition at `path` (see [`Target::load`]).
+/// The cluster of the composition at `path` (see [`Target::load`]). Both
+/// refuse a state directory someone else could control
+/// ([`StateDir::check`]).
 pub fn locate(path: Option<&Path>) -> Result<Located, Error> {
     let path = testbed_model::resolve_path(path);
     let comp = testbed_model::load(&path)?;
     let dir = StateDir::for_cluster(&comp.cluster.name, &comp.source.path);
+    dir.check()?;
     Ok(Located {
         cluster: comp.cluster.name,
         dir,

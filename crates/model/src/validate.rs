@@ -210,6 +210,12 @@ fn hosts(cx: &mut Ctx<'_>, raw: Option<&Spanned<Vec<RawHost>>>) -> Vec<Host> {
                 format!("bad libvirt URI \"{uri}\" of host \"{name}\""),
                 Some("a libvirt URI starts with a scheme, e.g. \"qemu:///system\" or \"qemu+ssh://root@node7/system\"".to_string()),
             );
+        } else if let Some(why) = unsafe_uri(uri) {
+            cx.err(
+                h.uri.span(),
+                format!("libvirt URI \"{uri}\" of host \"{name}\" {why}"),
+                Some("a composition may not choose what runs on your machine or how a connection is verified (it may come from someone else's repository): give such a URI yourself with --host or --connect".to_string()),
+            );
         }
         out.push(Host {
             name,
@@ -217,6 +223,38 @@ fn hosts(cx: &mut Ctx<'_>, raw: Option<&Spanned<Vec<RawHost>>>) -> Vec<Host> {
         });
     }
     out
+}
+
+/// Why a libvirt URI given in a composition is refused, if it is: the `ext`
+/// transport and the `command` and `netcat` parameters run programs;
+/// `socket` points the connection anywhere; the key, certificate and
+/// verification parameters change whom it trusts.
+fn unsafe_uri(uri: &str) -> Option<String> {
+    let scheme = uri.split_once(':').map_or(uri, |(s, _)| s);
+    if scheme
+        .split_once('+')
+        .is_some_and(|(_, transport)| transport.eq_ignore_ascii_case("ext"))
+    {
+        return Some("uses the ext transport, which runs a program of its choosing".to_owned());
+    }
+    let query = uri.split_once('?').map_or("", |(_, q)| q);
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let key = param.split_once('=').map_or(param, |(k, _)| k);
+        const REFUSED: [&str; 8] = [
+            "command",
+            "netcat",
+            "socket",
+            "keyfile",
+            "known_hosts",
+            "known_hosts_verify",
+            "no_verify",
+            "pkipath",
+        ];
+        if REFUSED.iter().any(|r| key.eq_ignore_ascii_case(r)) {
+            return Some(format!("sets \"{key}\", which a composition may not"));
+        }
+    }
+    None
 }
 
 /// Checks that a role's (or `[defaults]`'s) `host` names a `[[hosts]]` entry.

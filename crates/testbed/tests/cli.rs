@@ -323,3 +323,35 @@ fn a_closed_stdout_ends_every_verb_quietly_with_the_sigpipe_status() {
         assert!(said.is_empty(), "testbed {args:?} said: {said}");
     }
 }
+
+#[test]
+fn a_state_directory_someone_else_could_control_is_refused_by_every_verb() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    // A root others may write in: whoever planted a cluster folder there
+    // (an API socket, an SSH config) must not get the verbs' commands.
+    let root = tmp.path().join("planted");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let example = repo_root().join("examples/slurm");
+    for args in [
+        vec!["status"],
+        vec!["down"],
+        vec!["exec", "ctl", "--", "true"],
+        vec!["ssh-config"],
+        vec!["logs", "ctl"],
+        vec!["snapshot", "ls"],
+        vec!["up"],
+    ] {
+        let out = testbed_command(&args, &example)
+            .env("TESTBED_STATE_DIR", &root)
+            .output()
+            .expect("run testbed");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("refusing the state directory") && err.contains("others may write in it"),
+            "{args:?}: {err}"
+        );
+    }
+}
