@@ -21,6 +21,10 @@ echo "== benchmarks in their smoke mode (every step once: a broken benchmark fai
 # their images and snapshots (CI's disk had 1.8 GiB left after them).
 SMOKE=1 bench/image-build.sh
 echo "== cargo test"
+# Tests append their robustness figures (the secrets scan, ...) here;
+# printed at the end.
+robustness="$target/tmp/robustness.txt"
+rm -f "$robustness"
 cargo test --locked --workspace --no-fail-fast
 echo "== the cluster benchmarks in their smoke mode"
 # The store the tests filled, so that images (and snapshots) they share
@@ -44,3 +48,10 @@ grep -q "built without libvirt" "$target/without-libvirt/up.err" || {
     exit 1
 }
 echo "ok: $(cat "$target/without-libvirt/up.err")"
+echo "== robustness (figures the tests recorded)"
+if [[ -s $robustness ]]; then
+    sed 's/^/robustness: /' "$robustness"
+else
+    echo "robustness: no figures recorded" >&2
+    exit 1
+fi

@@ -8,7 +8,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use support::{attr, start_tag, Env};
+use support::{attr, secrets, start_tag, Env};
 use testbed_test_support::text;
 
 #[test]
@@ -93,9 +93,61 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
     assert_eq!(report["passed"], true, "{report}");
 
+    secrets_stay_secret(env);
+
     let out = env.testbed(&["down"]);
     assert!(out.status.success(), "down: {}", text(&out.stderr));
     assert!(!env.running());
+}
+
+/// The secrets scan (`docs/security.md`), on the cluster that just ran a
+/// failing and a passing test: its munge key and SSH private keys are in
+/// none of the store's files (images, role snapshots), the artifacts, the
+/// reports or anything the CLI printed; in the state folder, only in
+/// private files; and the node that needs the key has it, private.
+fn secrets_stay_secret(env: &Env) {
+    let state = std::fs::read_dir(&env.state)
+        .expect("state root")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("spec.json").is_file())
+        .expect("the cluster's state folder");
+    let needles = secrets::Needles::of_cluster(&state);
+    // The control: the spec holds every secret (base64) and key, so the
+    // scan finds them where they are.
+    let in_spec = needles.found_in(&std::fs::read(state.join("spec.json")).unwrap());
+    assert_eq!(in_spec.len(), needles.len() - needles.raw(), "{in_spec:?}");
+    let store = support::store();
+    // Cluster snapshots hold secrets by design, in a private folder.
+    let mut scan = needles.scan(&store, &[&store.join(".clusters")]);
+    // The composition's folder: its artifacts and both reports.
+    scan.add(needles.scan(&env.comp, &[]));
+    let printed = env.printed.lock().expect("printed").clone();
+    let in_output = needles.found_in(&printed);
+    let exposed = secrets::readable_by_others(&needles, &state);
+    let findings = scan.findings.len() + in_output.len() + exposed.len();
+    secrets::record(&format!(
+        "secrets scan: {} needles in {} files ({} MiB: store, artifacts, reports) and {} KiB of CLI output: {findings} findings",
+        needles.len(),
+        scan.files,
+        scan.bytes >> 20,
+        printed.len() >> 10
+    ));
+    assert!(scan.files > 10 && scan.bytes > 100 << 20, "{scan:?}");
+    assert!(scan.findings.is_empty(), "{:#?}", scan.findings);
+    assert!(in_output.is_empty(), "the CLI printed {in_output:?}");
+    assert!(exposed.is_empty(), "readable by others: {exposed:#?}");
+    // Where it belongs: on the node, readable by munge only.
+    let out = env.testbed(&[
+        "exec",
+        "ctl",
+        "--",
+        "stat",
+        "-c",
+        "%a %U",
+        "/etc/munge/munge.key",
+    ]);
+    assert_eq!(text(&out.stdout), "400 munge\n", "{}", text(&out.stderr));
 }
 
 /// Checks that every element is closed in order, attributes are quoted and

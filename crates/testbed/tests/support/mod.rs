@@ -20,6 +20,8 @@
 // needs.
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod secrets;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -64,6 +66,9 @@ pub struct Env {
     pub state: PathBuf,
     /// The names of the files copied from the example.
     pub copied: Vec<String>,
+    /// Everything every command printed (stdout, then stderr), for the
+    /// secrets scan.
+    pub printed: std::sync::Mutex<Vec<u8>>,
 }
 
 impl Env {
@@ -85,6 +90,7 @@ impl Env {
             comp,
             state,
             copied,
+            printed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -97,6 +103,7 @@ impl Env {
             comp,
             state,
             copied: Vec::new(),
+            printed: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -117,6 +124,10 @@ impl Env {
             limit(args),
         );
         let (Ok(out) | Err(out)) = &result;
+        if let Ok(mut printed) = self.printed.lock() {
+            printed.extend_from_slice(&out.stdout);
+            printed.extend_from_slice(&out.stderr);
+        }
         eprintln!(
             "$ testbed {}\n-> {:?}\n{}{}",
             args.join(" "),
