@@ -152,6 +152,27 @@ def test_function_scope_from_the_ini_file_and_a_composition_relative_to_it(
     assert fake_cli.calls() == [up, ["down", file], up, ["down", file]]
 
 
+def test_module_scope_brings_the_cluster_up_for_each_module(
+    pytester: pytest.Pytester, fake_cli: FakeCli, composition: Path
+) -> None:
+    body = """
+        import pytest
+
+        pytestmark = pytest.mark.testbed(path={path!r}, scope="module")
+
+        def test_one(testbed_cluster):
+            testbed_cluster["ctl"].succeed("true")
+
+        def test_two(testbed_cluster):
+            testbed_cluster["compute2"].succeed("true")
+        """.format(path=str(composition))
+    pytester.makepyfile(test_m1=body, test_m2=body)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=4)
+    file = str(composition)
+    assert fake_cli.calls() == [["up", file], ["down", file], ["up", file], ["down", file]]
+
+
 def test_other_settings_in_another_module_mean_another_up(
     pytester: pytest.Pytester, fake_cli: FakeCli, composition: Path
 ) -> None:
@@ -171,7 +192,7 @@ def test_other_settings_in_another_module_mean_another_up(
             assert len(testbed_cluster.nodes) == 5
         """.format(path=str(composition)),
     )
-    result = pytester.runpytest("-p", "no:randomly")
+    result = pytester.runpytest()
     result.assert_outcomes(passed=2)
     file = str(composition)
     assert fake_cli.calls() == [

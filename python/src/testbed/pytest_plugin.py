@@ -460,8 +460,9 @@ def cluster_for(request: pytest.FixtureRequest) -> Cluster:
     ``testbed`` marker closest to ``request.node`` (the test, the module or
     the session, as the fixture's scope says), else the options. It is
     released (taken down if the plugin brought it up and nothing says to
-    keep it) at the end of the settings' ``scope``, or of the requesting
-    fixture's scope if that is shorter."""
+    keep it) at the end of the settings' ``scope``; a fixture of a wider
+    scope keeps it for its own scope (a module fixture: to the end of the
+    module, even with ``scope="function"``)."""
     manager = _manager(request.config)
     settings = manager.settings(request.node)
     cluster = manager.acquire(settings)
