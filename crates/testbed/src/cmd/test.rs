@@ -191,7 +191,7 @@ fn script_given_as_path(
             Ok((Some(folder.to_path_buf()), Some(path.to_path_buf())))
         }
         Some("py") => Err(Failure::Usage(format!(
-            "{} is a Python file; `testbed test` runs Rhai scripts (`testbed test DIR/SCRIPT.rhai`, or `--script FILE.rhai` with the composition as PATH)",
+            "{} is a Python file; `testbed test` runs Rhai scripts (`testbed test DIR/SCRIPT.rhai`, or `--script FILE.rhai` with the composition as PATH); Python tests run with pytest and the testbed Python package (docs/python.md)",
             path.display()
         ))),
         _ => Ok((Some(path.to_path_buf()), script.map(Path::to_path_buf))),
