@@ -113,10 +113,16 @@ fn secrets_stay_secret(env: &Env) {
         .find(|p| p.join("spec.json").is_file())
         .expect("the cluster's state folder");
     let needles = secrets::Needles::of_cluster(&state);
-    // The control: the spec holds every secret (base64) and key, so the
-    // scan finds them where they are.
-    let in_spec = needles.found_in(&std::fs::read(state.join("spec.json")).unwrap());
-    assert_eq!(in_spec.len(), needles.len() - needles.raw(), "{in_spec:?}");
+    // The control: the spec holds every secret (base64) and host key, the
+    // ssh folder the client key, so the scan finds them where they are.
+    let mut kept = std::fs::read(state.join("spec.json")).unwrap();
+    kept.extend(std::fs::read(state.join("ssh/id_ed25519")).unwrap());
+    let in_state = needles.found_in(&kept);
+    assert_eq!(
+        in_state.len(),
+        needles.len() - needles.raw(),
+        "{in_state:?}"
+    );
     let store = support::store();
     // Cluster snapshots hold secrets by design, in a private folder.
     let mut scan = needles.scan(&store, &[&store.join(".clusters")]);

@@ -91,6 +91,9 @@ impl Needles {
                 .expect("a key body of several lines");
             needles.push((what, line.as_bytes().to_vec()));
         }
+        // One needle per distinct secret (a shared one is in every node).
+        let mut seen = std::collections::BTreeSet::new();
+        needles.retain(|(_, bytes)| seen.insert(bytes.clone()));
         Needles(needles)
     }
 
