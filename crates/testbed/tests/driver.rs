@@ -7,8 +7,9 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use support::{attr, secrets, start_tag, Env};
+use support::{attr, python, secrets, start_tag, Env};
 use testbed_test_support::text;
 
 #[test]
@@ -93,6 +94,8 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
     assert_eq!(report["passed"], true, "{report}");
 
+    python_on_the_running_cluster(env);
+    assert!(env.running(), "a cluster that was up before stays up");
     secrets_stay_secret(env);
 
     let out = env.testbed(&["down"]);
@@ -223,4 +226,100 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
+}
+
+/// The Python package on the running cluster (docs/python.md): the
+/// example's testinfra check (`test_services.py`) on every node, then a
+/// pytest test that fails on purpose: its report names the node, the
+/// command and its output, and the artifacts folder holds every node's
+/// console log and journal. The plugin leaves the cluster running (it was
+/// up before).
+fn python_on_the_running_cluster(env: &Env) {
+    let venv = python::Venv::new();
+
+    // The testinfra check, on the nodes given as pytest-testinfra's hosts.
+    let composition = format!("--testbed-composition={}", env.comp.display());
+    let out = venv.pytest(
+        env,
+        &env.comp,
+        &[
+            "test_services.py",
+            "--hosts=testbed://ctl,testbed://nfs,testbed://compute1,testbed://compute2",
+            &composition,
+            "-v",
+            "--junitxml=services.xml",
+        ],
+        Duration::from_secs(15 * 60),
+    );
+    assert_eq!(out.status.code(), Some(0), "the testinfra check failed");
+    let (names, counts) = python::junit(&env.comp.join("services.xml"));
+    assert_eq!(counts, ["16", "0", "0", "0"].map(String::from), "{names:?}");
+    for host in ["ctl", "nfs", "compute1", "compute2"] {
+        let case = format!("test_the_roles_services_run[testbed://{host}]");
+        assert!(names.contains(&case), "{case} in {names:?}");
+    }
+
+    // A failing test on the same running cluster (which the plugin then
+    // leaves running: it was up before).
+    std::fs::write(
+        env.comp.join("test_broken.py"),
+        "import pytest\n\
+         \n\
+         pytestmark = pytest.mark.testbed(path=\".\")\n\
+         \n\
+         def test_fine(testbed_cluster):\n\
+         \x20   assert testbed_cluster[\"ctl\"].succeed(\"hostname\").strip() == \"ctl\"\n\
+         \n\
+         def test_broken(testbed_cluster):\n\
+         \x20   testbed_cluster[\"compute1\"].succeed(\"echo out-text; echo err-text >&2; exit 3\")\n",
+    )
+    .unwrap();
+    let out = venv.pytest(
+        env,
+        &env.comp,
+        &["test_broken.py", "--junitxml=broken.xml"],
+        Duration::from_secs(10 * 60),
+    );
+    assert_eq!(out.status.code(), Some(1), "one test fails");
+    let report = text(&out.stdout);
+    for expected in [
+        "command `echo out-text; echo err-text >&2; exit 3` on node compute1 failed: exit status 3",
+        "E       out-text",
+        "E       err-text",
+        "test_broken.py:9: CommandFailed",
+        "testbed compute1 console log (last lines)",
+        "testbed compute1 journal (last lines)",
+        "1 failed, 1 passed",
+    ] {
+        assert!(report.contains(expected), "{expected:?} in the report");
+    }
+    let artifacts = env
+        .comp
+        .join("testbed-artifacts/test_broken.py_test_broken");
+    for node in ["ctl", "nfs", "compute1", "compute2"] {
+        let dir = artifacts.join(node);
+        let console = std::fs::read(dir.join("console.log")).expect("console log kept");
+        assert!(!console.is_empty(), "{node}: empty console log");
+        let journal = text(&std::fs::read(dir.join("journal.txt")).expect("journal kept"));
+        assert!(
+            journal.contains("systemd"),
+            "{node}: a boot journal: {journal}"
+        );
+        let state = std::fs::read_to_string(dir.join("state.txt")).expect("state");
+        assert_eq!(state, "ready\n");
+    }
+    let compute = text(&std::fs::read(artifacts.join("compute1/journal.txt")).unwrap());
+    assert!(compute.contains("slurmd"), "compute's journal shows slurmd");
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("problems.txt")).unwrap(),
+        "everything was collected\n"
+    );
+    let junit_xml = std::fs::read_to_string(env.comp.join("broken.xml")).unwrap();
+    assert!(
+        junit_xml.contains(&format!(
+            "<property name=\"testbed_artifacts\" value=\"{}\" />",
+            artifacts.display()
+        )),
+        "{junit_xml}"
+    );
 }

@@ -20,6 +20,7 @@
 // needs.
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod python;
 pub mod secrets;
 
 use std::path::{Path, PathBuf};
