@@ -35,6 +35,20 @@ pub fn fuzz_cases(default: u32) -> u32 {
         .unwrap_or(default)
 }
 
+/// `valid` with some bytes changed, to fuzz a parser with files that are
+/// nearly right: each `(position, mask)` XORs the byte at `position`
+/// (modulo the length) with `mask`.
+pub fn flip_bytes(valid: &[u8], flips: &[(usize, u8)]) -> Vec<u8> {
+    let mut bytes = valid.to_vec();
+    if !bytes.is_empty() {
+        for &(position, mask) in flips {
+            let len = bytes.len();
+            bytes[position % len] ^= mask;
+        }
+    }
+    bytes
+}
+
 /// One fuzz target's run: counts the cases its property body ran and, when
 /// dropped, records `fuzz TARGET: N cases, C crashes`, where a crash is the
 /// property failing (the test thread is unwinding then).

@@ -443,6 +443,33 @@ fn node(name: &str, ip: &str) -> NodeSpec {
     }
 }
 
+/// The spec of the fake's cluster: nodes `a`, `b` and `c` on one network,
+/// its composition and saved snapshots under `dir`, a boot timeout of
+/// `boot`.
+pub fn spec(dir: &Path, boot: Duration) -> ClusterSpec {
+    ClusterSpec {
+        cluster: "fake".to_owned(),
+        composition: dir.join("testbed.toml"),
+        backend: BackendSpec::Qemu,
+        accel: Accel::Tcg,
+        boot_timeout_ms: boot.as_millis() as u64,
+        activation_timeout_ms: 5000,
+        seed: 1,
+        snapshots: None,
+        saved: Some(dir.join("saved")),
+        resume: None,
+        networks: vec![NetworkSpec {
+            name: "lan".to_owned(),
+            subnet: "10.9.0.0/24".to_owned(),
+        }],
+        nodes: vec![
+            node("a", "10.9.0.1"),
+            node("b", "10.9.0.2"),
+            node("c", "10.9.0.3"),
+        ],
+    }
+}
+
 /// A running test cluster: its supervisor, its fake, its folder.
 pub struct Cluster {
     pub sup: Supervisor,
@@ -461,27 +488,7 @@ impl Cluster {
         dir.create().unwrap();
         std::fs::create_dir_all(dir.ssh_dir()).unwrap();
         std::fs::write(dir.ssh_dir().join("id_ed25519"), "the cluster's key").unwrap();
-        let spec = ClusterSpec {
-            cluster: "fake".to_owned(),
-            composition: tmp.path().join("testbed.toml"),
-            backend: BackendSpec::Qemu,
-            accel: Accel::Tcg,
-            boot_timeout_ms: boot.as_millis() as u64,
-            activation_timeout_ms: 5000,
-            seed: 1,
-            snapshots: None,
-            saved: Some(tmp.path().join("saved")),
-            resume: None,
-            networks: vec![NetworkSpec {
-                name: "lan".to_owned(),
-                subnet: "10.9.0.0/24".to_owned(),
-            }],
-            nodes: vec![
-                node("a", "10.9.0.1"),
-                node("b", "10.9.0.2"),
-                node("c", "10.9.0.3"),
-            ],
-        };
+        let spec = spec(tmp.path(), boot);
         let state = Arc::new((Mutex::new(FakeState::default()), Condvar::new()));
         for (n, q) in quirks {
             lock(&state.0).quirks.insert((*n).to_owned(), *q);
