@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use testbed_image::lock::{LockedPackage, RoleLock, LOCK_VERSION};
 use testbed_image::manifest::{FileInput, KeyInputs, OutputInfo, BUILDER, MANIFEST};
 use testbed_image::{ImageError, Lockfile, Manifest, Store};
-use testbed_test_support::{flip_bytes, Fuzz};
+use testbed_test_support::{flip_bytes, replace_file, Fuzz};
 
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
@@ -73,7 +73,7 @@ fn valid_lock() -> Lockfile {
 /// Reads `bytes` as the lock file `path`: an error names the file; a lock
 /// that reads is written back to the same lock.
 fn read_lock(path: &Path, bytes: &[u8]) -> Result<Option<Lockfile>, String> {
-    std::fs::write(path, bytes).unwrap();
+    replace_file(path, bytes).unwrap();
     match Lockfile::read(path) {
         Ok(lock) => {
             let again = Lockfile::parse(&lock.to_toml(), path)
@@ -127,7 +127,7 @@ fn a_damaged_lock_file_is_a_clear_error() {
     )
     .prop_map(|lines| lines.join("\n").into_bytes());
     proptest!(
-        ProptestConfig::with_cases(fuzz.cases(256)),
+        ProptestConfig::with_cases(fuzz.cases(1024)),
         |(bytes in prop_oneof![damage(valid.clone()), shuffled])| {
             fuzz.case();
             let result = read_lock(&path, &bytes);
@@ -175,7 +175,7 @@ fn valid_manifest() -> Manifest {
 /// store's listing goes on.
 fn lookup(store: &Store, key: &str, bytes: &[u8]) -> Result<(), String> {
     let file = store.entry_dir(key).join(MANIFEST);
-    std::fs::write(&file, bytes).unwrap();
+    replace_file(&file, bytes).unwrap();
     let read = Manifest::read(&file);
     match (&read, store.lookup(key)) {
         (Ok(m), Some(found)) if m.key == key && *m == found => {}
@@ -210,7 +210,7 @@ fn a_damaged_manifest_is_not_found_and_a_clear_error() {
         lookup(&store, &key, &valid[..len]).unwrap_or_else(|e| panic!("cut at {len}: {e}"));
     }
     proptest!(
-        ProptestConfig::with_cases(fuzz.cases(256)),
+        ProptestConfig::with_cases(fuzz.cases(1024)),
         |(bytes in damage(valid.clone()))| {
             fuzz.case();
             let result = lookup(&store, &key, &bytes);
@@ -241,10 +241,10 @@ fn a_damaged_record_of_a_lock_file_is_left_out() {
         .path();
     let valid = std::fs::read(&record).unwrap();
     proptest!(
-        ProptestConfig::with_cases(fuzz.cases(128)),
+        ProptestConfig::with_cases(fuzz.cases(512)),
         |(bytes in damage(valid.clone()))| {
             fuzz.case();
-            std::fs::write(&record, &bytes).unwrap();
+            replace_file(&record, &bytes).unwrap();
             prop_assert!(store.list().is_ok());
             // A new record for the same lock file replaces a damaged one.
             store
