@@ -19,8 +19,10 @@
 //! user's script can do with `socat` and JSON.
 //!
 //! Invariants:
-//! - Every message is exactly one line; a malformed line is
-//!   [`ApiError::Protocol`], never a panic.
+//! - Every message is exactly one line of at most [`MAX_LINE`] bytes; a
+//!   malformed line is [`ApiError::Protocol`] and a longer one
+//!   [`ApiError::LineTooLong`] (read no further than the limit), never a
+//!   panic.
 //! - No dependency on `testbed-runtime` or on a backend's libraries: the
 //!   runtime re-exports this crate (`testbed_runtime::api`, and the moved
 //!   items in its `switch` and `state`), not the other way round.
@@ -49,7 +51,22 @@ pub enum ApiError {
     Protocol(String),
     #[error("the supervisor closed the connection")]
     Closed,
+    #[error("a message line is longer than the API's limit of {} MiB", .limit >> 20)]
+    LineTooLong { limit: usize },
 }
+
+/// The longest message line, its newline included. `put` and `get` carry a
+/// whole file base64-encoded in one line, so this bounds the files they
+/// copy to [`MAX_FILE`]; the limit is what a reader of untrusted lines (the
+/// supervisor) may buffer per connection.
+pub const MAX_LINE: usize = 64 << 20;
+
+/// The largest file `put` and `get` carry: its base64 text (4 bytes per 3)
+/// and the rest of the message fit in [`MAX_LINE`].
+pub const MAX_FILE: usize = 47 << 20;
+
+// A file of MAX_FILE bytes in base64 leaves a MiB for the rest of its line.
+const _: () = assert!(MAX_FILE.div_ceil(3) * 4 + (1 << 20) <= MAX_LINE);
 
 /// What a node can be asked to do with its power.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -346,25 +363,62 @@ pub enum Reply {
     },
 }
 
-/// Writes one JSON line.
+/// Writes one JSON line; a message longer than [`MAX_LINE`] is refused
+/// before anything is written (the reader would refuse it).
 pub fn write_line<W: Write, T: Serialize>(w: &mut W, message: &T) -> io::Result<()> {
-    let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
-    line.push(b'\n');
-    w.write_all(&line)?;
+    w.write_all(&encode(message, MAX_LINE)?)?;
     w.flush()
 }
 
-/// Reads one JSON line; `None` at end of stream.
+/// `message` as a line of at most `limit` bytes.
+fn encode<T: Serialize>(message: &T, limit: usize) -> io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
+    line.push(b'\n');
+    if line.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a message of {} MiB is more than the API's limit of {} MiB (files over {} MiB go through `exec -i`)",
+                line.len().div_ceil(1 << 20),
+                limit >> 20,
+                MAX_FILE >> 20
+            ),
+        ));
+    }
+    Ok(line)
+}
+
+/// Reads one JSON line; `None` at end of stream. A line (or the text
+/// before the end of the stream) of more than [`MAX_LINE`] bytes is
+/// [`ApiError::LineTooLong`], and no more than that is read of it.
 pub fn read_line<R: BufRead, T: for<'de> Deserialize<'de>>(
     r: &mut R,
 ) -> Result<Option<T>, ApiError> {
-    let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
+    let mut line = Vec::new();
+    // One byte over the limit tells a line of exactly the limit from a
+    // longer one.
+    if io::Read::take(&mut *r, MAX_LINE as u64 + 1).read_until(b'\n', &mut line)? == 0 {
         return Ok(None);
     }
-    serde_json::from_str(&line)
+    if line.len() > MAX_LINE {
+        return Err(ApiError::LineTooLong { limit: MAX_LINE });
+    }
+    serde_json::from_slice(&line)
         .map(Some)
-        .map_err(|e| ApiError::Protocol(format!("{e} in {:?}", line.trim_end())))
+        .map_err(|e| ApiError::Protocol(format!("{e} in {}", preview(&line))))
+}
+
+/// A malformed line as an error message shows it: its start, quoted, so
+/// that a huge line does not become a huge message.
+fn preview(line: &[u8]) -> String {
+    const SHOWN: usize = 200;
+    let text = String::from_utf8_lossy(&line[..line.len().min(SHOWN)]);
+    let text = text.trim_end();
+    if line.len() > SHOWN {
+        format!("{text:?}… ({} bytes)", line.len())
+    } else {
+        format!("{text:?}")
+    }
 }
 
 /// A connection to a supervisor.
@@ -496,6 +550,52 @@ mod tests {
         let err = read_line::<_, Request>(&mut &b"{\"op\":\"fly\"}\n"[..]).unwrap_err();
         assert!(matches!(err, ApiError::Protocol(_)), "{err}");
         assert!(read_line::<_, Request>(&mut &b""[..]).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_refused_without_reading_the_rest() {
+        // An endless line: the reader stops one byte past the limit.
+        let mut endless = BufReader::new(io::repeat(b'x'));
+        let err = read_line::<_, Request>(&mut endless).unwrap_err();
+        assert!(
+            matches!(err, ApiError::LineTooLong { limit: MAX_LINE }),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "a message line is longer than the API's limit of 64 MiB"
+        );
+        // A line of exactly the limit is read (and here, is no JSON).
+        let mut exact = vec![b' '; MAX_LINE - 1];
+        exact.push(b'\n');
+        let err = read_line::<_, Request>(&mut &exact[..]).unwrap_err();
+        assert!(matches!(err, ApiError::Protocol(_)), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_line_is_quoted_short_and_may_be_any_bytes() {
+        let mut long = b"{\"op\":".to_vec();
+        long.extend(vec![b'9'; 10_000]);
+        let err = read_line::<_, Request>(&mut &long[..]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.len() < 500, "{message}");
+        assert!(message.ends_with("… (10006 bytes)"), "{message}");
+        let err = read_line::<_, Request>(&mut &b"\xff\xfe{\n"[..]).unwrap_err();
+        assert!(matches!(err, ApiError::Protocol(_)), "{err}");
+    }
+
+    #[test]
+    fn a_message_over_the_limit_is_not_sent() {
+        // Quotes and a newline make it one byte too long. (A smaller limit
+        // than the real one: serializing 64 MiB takes seconds unoptimized.)
+        let limit = 2 << 20;
+        let text = "x".repeat(limit - 2);
+        let err = encode(&text, limit).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "a message of 3 MiB is more than the API's limit of 2 MiB (files over 47 MiB go through `exec -i`)"
+        );
+        assert_eq!(encode(&&text[1..], limit).unwrap().len(), limit);
     }
 
     #[test]

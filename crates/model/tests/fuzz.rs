@@ -1,11 +1,15 @@
 //! No input makes the parser, the validator or the planner panic: arbitrary
 //! bytes, and arbitrary TOML built from the format's own keys (so that deep
 //! paths of the validator are reached, not just the TOML syntax check).
+//!
+//! Each target records its number of cases in `target/tmp/robustness.txt`;
+//! `TESTBED_FUZZ_CASES` runs more (`docs/testing.md`, "Fuzzing").
 
 use std::path::Path;
 
 use proptest::prelude::*;
 use testbed_model::{plan, template, validate, Scale, SourceFile};
+use testbed_test_support::Fuzz;
 
 fn parse_all(text: String, dir: &Path) {
     let src = SourceFile::new(dir.join("testbed.toml"), text);
@@ -117,26 +121,42 @@ fn document() -> impl Strategy<Value = toml::Table> {
     .prop_map(|m| m.into_iter().collect())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
-    #[test]
-    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+#[test]
+fn arbitrary_bytes_never_panic() {
+    let fuzz = Fuzz::new(TMP, "composition (arbitrary bytes)");
+    proptest!(ProptestConfig::with_cases(fuzz.cases(512)), |(
+        bytes in prop::collection::vec(any::<u8>(), 0..512),
+    )| {
+        fuzz.case();
         let dir = tempfile::tempdir().expect("tmp");
         parse_all(String::from_utf8_lossy(&bytes).into_owned(), dir.path());
-    }
+    });
+}
 
-    #[test]
-    fn arbitrary_toml_never_panics(doc in document()) {
+#[test]
+fn arbitrary_toml_never_panics() {
+    let fuzz = Fuzz::new(TMP, "composition (arbitrary TOML of its keys)");
+    proptest!(ProptestConfig::with_cases(fuzz.cases(512)), |(doc in document())| {
+        fuzz.case();
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::write(dir.path().join("x.j2"), "{{ node.name }} {{ nodes | length }}").expect("write");
         if let Ok(text) = toml::to_string(&doc) {
             parse_all(text, dir.path());
         }
-    }
+    });
+}
 
-    #[test]
-    fn valid_compositions_always_plan(count_a in 1u32..40, count_b in 1u32..40, nets in 1usize..4) {
+#[test]
+fn valid_compositions_always_plan() {
+    let fuzz = Fuzz::new(TMP, "composition (valid ones plan)");
+    proptest!(ProptestConfig::with_cases(fuzz.cases(512)), |(
+        count_a in 1u32..40,
+        count_b in 1u32..40,
+        nets in 1usize..4,
+    )| {
+        fuzz.case();
         let dir = tempfile::tempdir().expect("tmp");
         let mut text = format!("[roles.a]\ncount = {count_a}\n[roles.b]\ncount = {count_b}\n");
         for i in 0..nets {
@@ -147,7 +167,7 @@ proptest! {
         let p = plan(&comp, &Scale::default()).expect("plans");
         prop_assert_eq!(p.nodes.len() as u32, count_a + count_b);
         prop_assert!(p.nodes.iter().all(|n| n.nics.len() == nets));
-    }
+    });
 }
 
 #[test]

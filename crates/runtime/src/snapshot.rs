@@ -137,8 +137,10 @@ impl RoleSnapshot {
         let dir = root.join(key);
         let meta: Meta = serde_json::from_slice(&fs::read(dir.join(META_FILE)).ok()?).ok()?;
         let ram = fs::metadata(dir.join(RAM_FILE)).ok()?;
+        // The description is read back from disk: a size that overflows
+        // is a damaged entry, not a panic.
         let complete = meta.key == key
-            && ram.len() == meta.memory_mib * 1024 * 1024
+            && meta.memory_mib.checked_mul(1024 * 1024) == Some(ram.len())
             && dir.join(STATE_FILE).is_file();
         complete.then_some(RoleSnapshot { dir, meta })
     }

@@ -15,12 +15,17 @@
 //! - the workspace's binaries in the test's own target directory
 //!   ([`workspace_bins`]): [`build_workspace_bins`], [`agent_binary`];
 //! - the repository's examples ([`examples`]): [`repo_root`],
-//!   [`copy_example`].
+//!   [`copy_example`];
+//! - the suite's robustness figures ([`robustness`]): [`Fuzz`] (a fuzz
+//!   target's case count), [`record_robustness`], [`fuzz_cases`],
+//!   [`flip_bytes`] to damage a valid file and [`replace_file`] to write
+//!   each case's.
 
 pub mod examples;
 pub mod net;
 pub mod poll;
 pub mod process;
+pub mod robustness;
 pub mod snapshot;
 pub mod sshd;
 pub mod workspace_bins;
@@ -29,5 +34,8 @@ pub use examples::{copy_example, repo_root};
 pub use net::free_tcp_port;
 pub use poll::{eventually, wait_until};
 pub use process::{is_alive, output_within, run_ok, text};
+pub use robustness::{
+    flip_bytes, fuzz_cases, record_robustness, replace_file, Fuzz, FUZZ_CASES_VAR,
+};
 pub use sshd::Sshd;
 pub use workspace_bins::{agent_binary, build_workspace_bins};

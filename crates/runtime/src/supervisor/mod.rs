@@ -392,12 +392,22 @@ impl Supervisor {
             .map_err(|e| Refusal::new(e.to_string(), Some(node)))
     }
 
-    /// A file's mode and contents.
+    /// A file's mode and contents; at most [`api::MAX_FILE`] bytes, what
+    /// one reply line carries (the download stops there).
     pub fn get(&self, node: &str, path: &str) -> Result<(u32, Vec<u8>), Refusal> {
-        self.client(node)?
-            .get(path, REQUEST_TIMEOUT)
-            .map(|(info, data)| (info.mode, data))
-            .map_err(|e| Refusal::new(e.to_string(), Some(node)))
+        let client = self.client(node)?;
+        let mut data = Capped::default();
+        match client.get_to(path, &mut data, REQUEST_TIMEOUT) {
+            Ok(info) => Ok((info.mode, data.bytes)),
+            Err(_) if data.over => Err(Refusal::new(
+                format!(
+                    "{node}:{path} is larger than {} MiB, the most the API carries in one message (copy it with `exec` and `cat` or `tar`)",
+                    api::MAX_FILE >> 20
+                ),
+                Some(node),
+            )),
+            Err(e) => Err(Refusal::new(e.to_string(), Some(node))),
+        }
     }
 
     /// Waits for a unit, port or file inside `node` through its agent.
@@ -938,6 +948,29 @@ enum Served {
     Down,
 }
 
+/// A download's buffer that takes at most [`api::MAX_FILE`] bytes and
+/// then refuses, which ends the download.
+#[derive(Default)]
+struct Capped {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bytes.len() + buf.len() > api::MAX_FILE {
+            self.over = true;
+            return Err(io::Error::other("the file is too large"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn send(conn: &mut UnixStream, reply: &Reply) -> bool {
     api::write_line(conn, reply).is_ok()
 }
@@ -958,7 +991,13 @@ fn serve(sup: &Supervisor, conn: UnixStream) -> Served {
             Ok(Some(r)) => r,
             Ok(None) => return Served::Closed,
             Err(e) => {
-                send(&mut conn, &Refusal::new(e.to_string(), None).reply());
+                // What the client sent is at fault, not a reply (the
+                // error's own words are a client's).
+                let message = match e {
+                    api::ApiError::Protocol(detail) => format!("invalid request: {detail}"),
+                    other => other.to_string(),
+                };
+                send(&mut conn, &Refusal::new(message, None).reply());
                 return Served::Closed;
             }
         };

@@ -176,10 +176,5 @@ pub fn readable_by_others(needles: &Needles, state: &Path) -> Vec<Finding> {
 /// (`target/tmp/robustness.txt`), which `scripts/test.sh` prints at the
 /// end.
 pub fn record(line: &str) {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("robustness.txt");
-    let _ = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    testbed_test_support::record_robustness(env!("CARGO_TARGET_TMPDIR"), line);
 }
