@@ -59,11 +59,11 @@ pub enum ApiError {
 /// whole file base64-encoded in one line, so this bounds the files they
 /// copy to [`MAX_FILE`]; the limit is what a reader of untrusted lines (the
 /// supervisor) may buffer per connection.
-pub const MAX_LINE: usize = 64 << 20;
+pub const MAX_LINE: usize = 256 << 20;
 
 /// The largest file `put` and `get` carry: its base64 text (4 bytes per 3)
 /// and the rest of the message fit in [`MAX_LINE`].
-pub const MAX_FILE: usize = 47 << 20;
+pub const MAX_FILE: usize = 191 << 20;
 
 // A file of MAX_FILE bytes in base64 leaves a MiB for the rest of its line.
 const _: () = assert!(MAX_FILE.div_ceil(3) * 4 + (1 << 20) <= MAX_LINE);
@@ -563,7 +563,7 @@ mod tests {
         );
         assert_eq!(
             err.to_string(),
-            "a message line is longer than the API's limit of 64 MiB"
+            "a message line is longer than the API's limit of 256 MiB"
         );
         // A line of exactly the limit is read (and here, is no JSON).
         let mut exact = vec![b' '; MAX_LINE - 1];
@@ -587,13 +587,13 @@ mod tests {
     #[test]
     fn a_message_over_the_limit_is_not_sent() {
         // Quotes and a newline make it one byte too long. (A smaller limit
-        // than the real one: serializing 64 MiB takes seconds unoptimized.)
+        // than the real one: serializing 256 MiB takes seconds unoptimized.)
         let limit = 2 << 20;
         let text = "x".repeat(limit - 2);
         let err = encode(&text, limit).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "a message of 3 MiB is more than the API's limit of 2 MiB (files over 47 MiB go through `exec -i`)"
+            "a message of 3 MiB is more than the API's limit of 2 MiB (files over 191 MiB go through `exec -i`)"
         );
         assert_eq!(encode(&&text[1..], limit).unwrap().len(), limit);
     }

@@ -406,7 +406,7 @@ fn a_line_over_the_limit_is_refused_after_reading_no_more_than_the_limit() {
     match reader.join().unwrap() {
         Ok(Some(Reply::Error { message, .. })) => assert_eq!(
             message,
-            "a message line is longer than the API's limit of 64 MiB"
+            "a message line is longer than the API's limit of 256 MiB"
         ),
         other => panic!("{other:?}"),
     }
@@ -428,7 +428,7 @@ fn a_line_over_the_limit_is_refused_after_reading_no_more_than_the_limit() {
         .unwrap();
     match reply {
         Reply::Error { message, .. } => {
-            assert!(message.contains("is larger than 47 MiB"), "{message}")
+            assert!(message.contains("is larger than 191 MiB"), "{message}")
         }
         other => panic!("{other:?}"),
     }

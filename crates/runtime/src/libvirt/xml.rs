@@ -305,7 +305,7 @@ pub fn domain_xml(config: &DomainConfig) -> String {
     x.push_str("  </os>\n");
     x.push_str("  <features>\n    <acpi/>\n");
     if config.accel == Accel::Tcg {
-        // QEMU 7.2 defaults to a 1 GiB translation cache; 64 MiB as in
+        // QEMU 7.2 defaults to a 1 GiB translation cache; 32 MiB as in
         // the QEMU backend (accel::Accel::qemu_args).
         x.push_str("    <tcg>\n      <tb-cache unit='MiB'>32</tb-cache>\n    </tcg>\n");
     }
