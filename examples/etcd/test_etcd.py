@@ -15,6 +15,7 @@ tests can run alone: ``pytest examples/etcd/test_etcd.py -k partition``.
 
 import json
 import logging
+import uuid
 
 import pytest
 
@@ -28,6 +29,12 @@ pytestmark = pytest.mark.testbed(path=".")
 # so that a call that cannot succeed (no quorum) fails with etcd's message
 # instead of hanging.
 ETCDCTL = "etcdctl --dial-timeout=5s --command-timeout=20s"
+
+# Every key of a run under a prefix of its own: a cluster that was up
+# before (test.rhai ran on it, or an earlier pytest session) holds keys of
+# the same names, and "the minority does not have the majority's write"
+# must not see an older run's write.
+RUN = "py-{}".format(uuid.uuid4().hex[:8])
 
 
 def url(member):
@@ -106,14 +113,14 @@ def test_all_members_are_healthy_and_agree_on_one_leader(members):
 def test_a_write_on_one_member_is_readable_on_every_member(members):
     writer = members[0]
     value = "hello from {}".format(writer.name)
-    writer.succeed("{} put greeting '{}'".format(ETCDCTL, value))
+    writer.succeed("{} put {}/greeting '{}'".format(ETCDCTL, RUN, value))
     for m in members:
-        has_locally(m, "greeting", value)
-        assert read(m, "greeting") == value, "{} reads another greeting".format(m.name)
+        has_locally(m, RUN + "/greeting", value)
+        assert read(m, RUN + "/greeting") == value, "{} reads another greeting".format(m.name)
 
 
 def test_writes_survive_the_loss_of_a_member_which_catches_up_when_back(members):
-    members[0].succeed("{} put before-crash kept".format(ETCDCTL))
+    members[0].succeed("{} put {}/before-crash kept".format(ETCDCTL, RUN))
     # Crash the leader: the survivors must elect a new one before they can
     # take writes.
     victim = agreed_leader(members[0], members)
@@ -121,21 +128,21 @@ def test_writes_survive_the_loss_of_a_member_which_catches_up_when_back(members)
     victim.crash()
 
     for m in rest:
-        m.wait_until_succeeds("{} put while-down/{} written-by-{}".format(ETCDCTL, m.name, m.name), 120)
+        m.wait_until_succeeds("{} put {}/while-down/{} written-by-{}".format(ETCDCTL, RUN, m.name, m.name), 120)
     new_leader = agreed_leader(rest[0], rest)
     log.info("%s crashed; the survivors elected %s", victim.name, new_leader.name)
     assert new_leader != victim
     for m in rest:
         for w in rest:
-            assert read(m, "while-down/{}".format(w.name)) == "written-by-{}".format(w.name)
+            assert read(m, "{}/while-down/{}".format(RUN, w.name)) == "written-by-{}".format(w.name)
 
     # The node boots with an empty disk; etcd-bootstrap-state replaces the
     # member and the leader sends it the data.
     victim.start()
     victim.wait_for_unit("etcd")
     for w in rest:
-        has_locally(victim, "while-down/{}".format(w.name), "written-by-{}".format(w.name))
-    has_locally(victim, "before-crash", "kept")
+        has_locally(victim, "{}/while-down/{}".format(RUN, w.name), "written-by-{}".format(w.name))
+    has_locally(victim, RUN + "/before-crash", "kept")
     members[0].wait_until_succeeds("{} endpoint health --cluster".format(ETCDCTL), 120)
     assert_all_started(members)
     agreed_leader(members[0], members)
@@ -150,23 +157,25 @@ def test_a_partitioned_minority_cannot_write_the_majority_can(testbed_cluster, m
     with testbed_cluster.partition(majority, [cut]):
         for m in majority:
             m.wait_until_succeeds(
-                "{} --endpoints={} put partition/majority written-by-{}".format(ETCDCTL, urls(majority), m.name),
+                "{} --endpoints={} put {}/partition/majority written-by-{}".format(ETCDCTL, urls(majority), RUN, m.name),
                 120,
             )
         log.info("the majority elected %s", agreed_leader(majority[0], majority).name)
 
         # On the minority side a write cannot reach a quorum: etcdctl gives
         # up after its command timeout and exits non-zero.
-        refused = cut.run("etcdctl --command-timeout=15s put partition/minority written-by-the-minority")
+        refused = cut.run("etcdctl --command-timeout=15s put {}/partition/minority written-by-the-minority".format(RUN))
         assert not refused.succeeded, "a write on {} succeeded in the minority: {}".format(cut.name, refused.stdout)
         log.info("%s refused the write: %s", cut.name, refused.stderr.strip().splitlines()[-1:])
         # Nor can it serve a linearizable read, which needs the quorum too.
-        cut.fail("etcdctl --command-timeout=15s get partition/majority")
+        cut.fail("etcdctl --command-timeout=15s get {}/partition/majority".format(RUN))
         # Its local copy is stale: the majority's write never reached it.
-        stale = cut.succeed("etcdctl --command-timeout=15s get partition/majority --print-value-only --consistency=s")
+        stale = cut.succeed(
+            "etcdctl --command-timeout=15s get {}/partition/majority --print-value-only --consistency=s".format(RUN)
+        )
         assert stale.strip() == "", "{} has the majority's write while cut off: {}".format(cut.name, stale)
     # Leaving the block removed the partition: the member writes again.
-    cut.wait_until_succeeds("{} put after-partition/{} ok".format(ETCDCTL, cut.name), 120)
+    cut.wait_until_succeeds("{} put {}/after-partition/{} ok".format(ETCDCTL, RUN, cut.name), 120)
 
 
 def test_healing_the_partition_brings_the_minority_up_to_date(testbed_cluster, members):
@@ -175,21 +184,21 @@ def test_healing_the_partition_brings_the_minority_up_to_date(testbed_cluster, m
     testbed_cluster.partition(majority, [cut])
     last = majority[-1]
     majority[0].wait_until_succeeds(
-        "{} --endpoints={} put heal/majority written-by-{}".format(ETCDCTL, urls(majority), last.name), 120
+        "{} --endpoints={} put {}/heal/majority written-by-{}".format(ETCDCTL, urls(majority), RUN, last.name), 120
     )
-    cut.fail("etcdctl --command-timeout=15s put heal/minority written-by-the-minority")
+    cut.fail("etcdctl --command-timeout=15s put {}/heal/minority written-by-the-minority".format(RUN))
 
     testbed_cluster.heal()
     assert [str(e) for e in testbed_cluster.fault_history()][-2:] == [
         "partition [{}] [{}]".format(",".join(m.name for m in majority), cut.name),
         "heal",
     ]
-    has_locally(cut, "heal/majority", "written-by-{}".format(last.name))
-    cut.wait_until_succeeds("{} put after-heal/{} ok".format(ETCDCTL, cut.name), 120)
+    has_locally(cut, RUN + "/heal/majority", "written-by-{}".format(last.name))
+    cut.wait_until_succeeds("{} put {}/after-heal/{} ok".format(ETCDCTL, RUN, cut.name), 120)
     members[0].wait_until_succeeds("{} endpoint health --cluster".format(ETCDCTL), 120)
     log.info("leader: %s", agreed_leader(members[0], members).name)
     # The write the minority refused was never committed, so it appears
     # nowhere.
     for m in members:
-        has_locally(m, "after-heal/{}".format(cut.name), "ok")
-        assert read(m, "heal/minority") == "", "{} has the minority's refused write".format(m.name)
+        has_locally(m, "{}/after-heal/{}".format(RUN, cut.name), "ok")
+        assert read(m, RUN + "/heal/minority") == "", "{} has the minority's refused write".format(m.name)
