@@ -193,3 +193,30 @@ def test_tails_say_what_was_cut() -> None:
     text = "\n".join(str(i) for i in range(1, 46))
     assert tail(text) == "[... 5 lines cut]\n" + "\n".join(str(i) for i in range(6, 46))
     assert tail("a\nb") == "a\nb"
+
+
+def test_a_state_directory_someone_else_could_control_is_refused(tmp_path: Path) -> None:
+    from testbed import Cluster, UnsafeStateDir
+
+    comp = tmp_path / "comp"
+    comp.mkdir()
+    (comp / "testbed.toml").write_text('[cluster]\nname = "c"\n')
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    os.chmod(planted, 0o777)
+    state = StateDir(planted / "c-00000000")
+    with pytest.raises(UnsafeStateDir, match="others may write in it"):
+        state.check()
+    # A client never connects to a socket in such a folder.
+    with pytest.raises(UnsafeStateDir, match="refusing the state directory"):
+        Cluster(comp, state_dir=state)
+    # A symbolic link where the cluster's folder would be.
+    own = tmp_path / "own"
+    own.mkdir(mode=0o700)
+    (own / "c-11111111").symlink_to(planted)
+    with pytest.raises(UnsafeStateDir, match="symbolic link"):
+        StateDir(own / "c-11111111").check()
+    # One's own private folder passes, existing or not.
+    StateDir(own / "c-22222222").check()
+    (own / "c-22222222").mkdir(mode=0o700)
+    StateDir(own / "c-22222222").check()

@@ -734,6 +734,7 @@ class Cluster:
         self.state_dir = state_dir or StateDir.for_cluster(
             cluster_name(self.composition), self.composition
         )
+        self.state_dir.check()
         self.api = ApiClient(self.state_dir.api_socket)
         self.binary = binary
         base = timeouts or Timeouts()
@@ -799,6 +800,7 @@ class Cluster:
         """Whether the cluster of the composition at ``path`` runs (its
         supervisor answers)."""
         state = StateDir.for_composition(path)
+        state.check()
         try:
             ApiClient(state.api_socket).status(Timeouts().short_reply)
         except TestbedError:

@@ -38,6 +38,20 @@ class ConfigError(TestbedError, ValueError):
     ``TESTBED_TIMEOUT_FACTOR``, a composition that cannot be found."""
 
 
+class UnsafeStateDir(TestbedError):
+    """A state directory (or its root) someone else could control: refused,
+    as the CLI refuses it."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            "refusing the state directory {}: {}; remove it, or set TESTBED_STATE_DIR to a folder of your own that only you may write".format(
+                path, reason
+            )
+        )
+
+
 class NotRunning(TestbedError):
     """No supervisor answers at the cluster's API socket."""
 

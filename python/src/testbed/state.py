@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, UnsafeStateDir
 
 #: The file name looked for when a folder is given.
 COMPOSITION_FILE = "testbed.toml"
@@ -202,6 +203,30 @@ class StateDir:
 
     def __hash__(self) -> int:
         return hash(self.path)
+
+    def check(self) -> None:
+        """Refuses this directory, or the folder it is in, if someone else
+        could control it (a symbolic link, not a folder, another user's, or
+        writable by others), as the CLI does (``StateDir::check``): a
+        planted directory's ``api.sock`` would receive the commands and
+        files sent to the cluster. A directory that does not exist passes."""
+        for folder in (self.path.parent, self.path):
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise UnsafeStateDir(folder, "cannot inspect it: {}".format(e.strerror or e)) from None
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafeStateDir(folder, "it is a symbolic link")
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeStateDir(folder, "it is not a directory")
+            if st.st_uid != os.geteuid():
+                raise UnsafeStateDir(
+                    folder, "it belongs to uid {}, not to you (uid {})".format(st.st_uid, os.geteuid())
+                )
+            if st.st_mode & 0o022:
+                raise UnsafeStateDir(folder, "others may write in it (mode {:o})".format(st.st_mode & 0o7777))
 
     @property
     def api_socket(self) -> Path:
