@@ -110,6 +110,18 @@ impl Saved {
         }
         let mut info = stored.info;
         info.path = dir.clone();
+        // Node names become file names under machines/: nothing else.
+        if let Some(bad) = info
+            .nodes
+            .iter()
+            .find(|n| n.name.is_empty() || n.name.starts_with('.') || n.name.contains('/'))
+        {
+            return Err(corrupt(format!(
+                "{}: {:?} is not a node name",
+                meta.display(),
+                bad.name
+            )));
+        }
         let saved = Saved { dir, info };
         for node in saved.info.nodes.iter().filter(|n| n.running) {
             let file = saved.machine(&node.name);
@@ -287,6 +299,22 @@ impl Drop for Writing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_name_that_is_a_path_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s1");
+        std::fs::create_dir_all(dir.join(MACHINES_DIR)).unwrap();
+        let meta = serde_json::json!({
+            "format": FORMAT, "name": "s1", "cluster": "c", "composition": "/x",
+            "backend": "qemu", "created_unix": 0, "took_ms": 0,
+            "nodes": [{"name": "../../etc/passwd", "role": "r", "running": true, "bytes": 1}],
+            "faults": {}
+        });
+        std::fs::write(dir.join(META_FILE), meta.to_string()).unwrap();
+        let e = Saved::open(tmp.path(), "c", "s1").unwrap_err().to_string();
+        assert!(e.contains("is not a node name"), "{e}");
+    }
 
     #[test]
     fn names_are_plain_file_names() {
