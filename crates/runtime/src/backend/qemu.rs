@@ -190,28 +190,11 @@ impl QemuBackend {
         let pid = self
             .spawn(&node.name, generation, config, false)
             .map_err(|e| e.to_string())?;
-        let restored = self
-            .qmp(&node.name)
-            .map_err(|e| e.to_string())
-            .and_then(|mut qmp| snapshot::restore(&mut qmp, snapshot))
-            .and_then(|()| {
-                let (tx, rx) = mpsc::channel();
-                self.send(Cmd::Report {
-                    node: node.name.clone(),
-                    reply: tx,
-                });
-                match rx.recv() {
-                    Ok(true) => Ok(()),
-                    _ => Err("QEMU ended right after the restore".to_owned()),
-                }
-            });
-        if let Err(e) = restored {
-            let _ = self.stop(&node.name, Stop::PowerCut);
-            let e = format!("{e}{}", self.qemu_said(&node.name));
-            // QEMU refused the state: the next `up` makes a new snapshot.
-            snapshot.discard();
-            return Err(e);
-        }
+        self.load(&node.name, |qmp| snapshot::restore(qmp, snapshot))
+            .inspect_err(|_| {
+                // QEMU refused the state: the next `up` makes a new snapshot.
+                snapshot.discard();
+            })?;
         self.events.log(&format!(
             "{}: restored from snapshot {} in {:.2}s",
             node.name,
@@ -282,6 +265,36 @@ impl QemuBackend {
                 Err(warning)
             }
         }
+    }
+
+    /// Loads the state into `node`'s QEMU (spawned waiting for it, its exit
+    /// not reported yet) with `load` over QMP, and reports its exit from
+    /// then on. On failure the QEMU is killed and the error ends with
+    /// QEMU's own reason, if it gave one.
+    fn load(
+        &self,
+        node: &str,
+        load: impl FnOnce(&mut Qmp) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let loaded = self
+            .qmp(node)
+            .map_err(|e| e.to_string())
+            .and_then(|mut qmp| load(&mut qmp))
+            .and_then(|()| {
+                let (tx, rx) = mpsc::channel();
+                self.send(Cmd::Report {
+                    node: node.to_owned(),
+                    reply: tx,
+                });
+                match rx.recv() {
+                    Ok(true) => Ok(()),
+                    _ => Err("QEMU ended right after the restore".to_owned()),
+                }
+            });
+        loaded.map_err(|e| {
+            let _ = self.stop(node, Stop::PowerCut);
+            format!("{e}{}", self.qemu_said(node))
+        })
     }
 
     /// QEMU's own reason, when it ended over the state it was given.
@@ -516,37 +529,15 @@ impl Backend for QemuBackend {
             .open(&log)
             .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
         let started = std::time::Instant::now();
+        let timeout = snapshot::whole_machine_timeout(node.memory_mib);
         let pid = self.spawn(&node.name, generation, config, false)?;
-        let loaded = self
-            .qmp(&node.name)
-            .map_err(|e| e.to_string())
-            .and_then(|mut qmp| {
-                snapshot::load(
-                    &mut qmp,
-                    file,
-                    false,
-                    snapshot::whole_machine_timeout(node.memory_mib),
-                )
-            })
-            .and_then(|()| {
-                let (tx, rx) = mpsc::channel();
-                self.send(Cmd::Report {
-                    node: node.name.clone(),
-                    reply: tx,
-                });
-                match rx.recv() {
-                    Ok(true) => Ok(()),
-                    _ => Err("QEMU ended right after the restore".to_owned()),
-                }
-            });
-        if let Err(e) = loaded {
-            let _ = self.stop(&node.name, Stop::PowerCut);
-            return Err(BackendError::Failed(format!(
-                "its saved machine {} did not load: {e}{}",
-                file.display(),
-                self.qemu_said(&node.name)
-            )));
-        }
+        self.load(&node.name, |qmp| snapshot::load(qmp, file, false, timeout))
+            .map_err(|e| {
+                BackendError::Failed(format!(
+                    "its saved machine {} did not load: {e}",
+                    file.display()
+                ))
+            })?;
         self.events.log(&format!(
             "{}: resumed from {} in {:.2}s",
             node.name,
