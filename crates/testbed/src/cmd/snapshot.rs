@@ -144,24 +144,17 @@ fn mib(bytes: u64) -> String {
     format!("{} MiB", bytes.div_ceil(1 << 20))
 }
 
-/// `YYYY-MM-DD HH:MM` UTC.
+/// `YYYY-MM-DD HH:MM` UTC, from the store's own timestamp format
+/// (`YYYYMMDDTHHMMSSZ`).
 fn when(unix: u64) -> String {
-    let days = unix / 86_400;
-    let secs = unix % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = testbed_image::snapshot::format_timestamp(unix);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
-        secs / 3600,
-        (secs % 3600) / 60
+        "{}-{}-{} {}:{}",
+        &t[..4],
+        &t[4..6],
+        &t[6..8],
+        &t[9..11],
+        &t[11..13]
     )
 }
 
