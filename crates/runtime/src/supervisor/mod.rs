@@ -793,6 +793,29 @@ fn boot(shared: &Arc<Shared>, name: &str, generation: u64, from: Option<&Path>) 
     attach(shared, &spec, generation, started, mode);
 }
 
+/// The node's agent channel, asked for until it opens, `current` turns
+/// false (`None`: the caller has nothing more to do) or `deadline` passes
+/// (then the backend's last `NotYet` says why).
+fn open_channel(
+    shared: &Shared,
+    spec: &NodeSpec,
+    deadline: Instant,
+    current: impl Fn() -> bool,
+) -> Result<Option<Channel>, BackendError> {
+    loop {
+        if !current() {
+            return Ok(None);
+        }
+        match shared.backend.agent(spec) {
+            Ok(channel) => return Ok(Some(channel)),
+            Err(BackendError::NotYet(_)) if Instant::now() < deadline => {
+                std::thread::sleep(shared.backend.caps().agent_poll);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What follows a node's agent hello.
 enum Attach {
     /// A booted node (or one restored from its role's snapshot: with the
@@ -833,18 +856,10 @@ fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Insta
             .get(name)
             .is_some_and(|n| n.generation == generation && n.state == NodeState::Booting)
     };
-    let channel: Channel = loop {
-        if !still_current() {
-            return;
-        }
-        match shared.backend.agent(spec) {
-            Ok(channel) => break channel,
-            // At the deadline the last `NotYet` says why, below.
-            Err(BackendError::NotYet(_)) if Instant::now() < deadline => {
-                std::thread::sleep(shared.backend.caps().agent_poll);
-            }
-            Err(e) => return shared.fail(name, generation, e.to_string()),
-        }
+    let channel: Channel = match open_channel(shared, spec, deadline, still_current) {
+        Ok(Some(channel)) => channel,
+        Ok(None) => return,
+        Err(e) => return shared.fail(name, generation, e.to_string()),
     };
     let close: Arc<dyn Fn() + Send + Sync> = Arc::from(channel.close);
     if !shared.set(name, generation, |n| n.close = Some(Arc::clone(&close))) {

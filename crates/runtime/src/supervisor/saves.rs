@@ -241,18 +241,11 @@ fn reconnect(shared: &Arc<Shared>, name: &str, generation: u64) -> Result<(), St
             .get(name)
             .is_some_and(|n| n.generation == generation && n.state == NodeState::Ready)
     };
-    let channel: Channel = loop {
+    let channel: Channel = match super::open_channel(shared, spec, deadline, current) {
+        Ok(Some(channel)) => channel,
         // Crashed or stopped meanwhile: nothing to reconnect.
-        if !current() {
-            return Ok(());
-        }
-        match shared.backend.agent(spec) {
-            Ok(channel) => break channel,
-            Err(BackendError::NotYet(_)) if Instant::now() < deadline => {
-                std::thread::sleep(shared.backend.caps().agent_poll);
-            }
-            Err(e) => return Err(e.to_string()),
-        }
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
     };
     let close: Arc<dyn Fn() + Send + Sync> = Arc::from(channel.close);
     let options = ClientOptions {
