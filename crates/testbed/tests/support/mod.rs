@@ -118,19 +118,31 @@ impl Env {
     /// minutes and says where it was.
     pub fn testbed(&self, args: &[&str]) -> Output {
         agent_binary();
-        let result = output_within(
-            testbed_command(args, &self.comp)
-                .env("TESTBED_STORE", store())
-                .env("TESTBED_STATE_DIR", &self.state),
-            limit(args),
-        );
+        let mut cmd = testbed_command(args, &self.comp);
+        cmd.env("TESTBED_STORE", store())
+            .env("TESTBED_STATE_DIR", &self.state);
+        self.run_echoed("testbed", args, &mut cmd, limit(args))
+    }
+
+    /// Runs `cmd` (the program `what` with `args`) for at most `limit`,
+    /// keeps its output for the secrets scan and echoes it on stderr; a
+    /// hang fails the test with the end of every log of the environment's
+    /// clusters.
+    pub fn run_echoed(
+        &self,
+        what: &str,
+        args: &[&str],
+        cmd: &mut Command,
+        limit: Duration,
+    ) -> Output {
+        let result = output_within(cmd, limit);
         let (Ok(out) | Err(out)) = &result;
         if let Ok(mut printed) = self.printed.lock() {
             printed.extend_from_slice(&out.stdout);
             printed.extend_from_slice(&out.stderr);
         }
         eprintln!(
-            "$ testbed {}\n-> {:?}\n{}{}",
+            "$ {what} {}\n-> {:?}\n{}{}",
             args.join(" "),
             out.status.code(),
             text(&out.stdout),
@@ -139,9 +151,8 @@ impl Env {
         match result {
             Ok(out) => out,
             Err(_) => panic!(
-                "testbed {} did not end within {:?}; the cluster's logs:\n{}",
+                "{what} {} did not end within {limit:?}; the cluster's logs:\n{}",
                 args.join(" "),
-                limit(args),
                 self.log_tails()
             ),
         }

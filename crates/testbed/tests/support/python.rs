@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use testbed_test_support::{agent_binary, output_within, repo_root, run_ok, text};
+use testbed_test_support::{agent_binary, repo_root, run_ok};
 
 use super::{attr, start_tag, start_tags, Env};
 
@@ -68,23 +68,7 @@ impl Venv {
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("NO_COLOR", "1")
             .env_remove("TESTBED_COMPOSITION");
-        let result = output_within(&mut cmd, limit);
-        let (Ok(out) | Err(out)) = &result;
-        eprintln!(
-            "$ pytest {}\n-> {:?}\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        match result {
-            Ok(out) => out,
-            Err(_) => panic!(
-                "pytest {} did not end within {limit:?}; the cluster's logs:\n{}",
-                args.join(" "),
-                env.log_tails()
-            ),
-        }
+        env.run_echoed("pytest", args, &mut cmd, limit)
     }
 }
 
