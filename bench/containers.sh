@@ -114,9 +114,9 @@ write_comp "$vms" "$VM_NODES"
 
 say "== building the role's image (once)"
 "$tb" build "$comp" >&2
-tar=$("$tb" build "$comp" --json 2>/dev/null | awk -F'"' '/"dir"/ { print $4; exit }')/rootfs.tar
+tar=$("$tb" build "$comp" --json 2>/dev/null | awk -F'"' '/"dir"/ { print $4; exit }')/rootfs.tar.gz
 if [[ ! -f $tar ]]; then
-    say "cannot find the role's rootfs.tar (got: $tar)"
+    say "cannot find the role's rootfs.tar.gz (got: $tar)"
     exit 1
 fi
 

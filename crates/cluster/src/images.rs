@@ -281,7 +281,7 @@ pub fn image_files(built: &[BuiltImage]) -> BTreeMap<String, ImageFiles> {
                     kernel: b.output("kernel"),
                     initramfs: b.output("initramfs"),
                     rootfs: b.output("rootfs.erofs"),
-                    archive: b.output("rootfs.tar"),
+                    archive: b.output(testbed_image::archive::ARCHIVE),
                     cmdline: testbed_image::initramfs::KERNEL_CMDLINE.to_owned(),
                 },
             )

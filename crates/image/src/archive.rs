@@ -1,5 +1,6 @@
-//! The rootfs as a tar archive, for container backends (`podman import`,
-//! `docker import`) and for anyone who wants to look inside an image.
+//! The rootfs as a gzip-compressed tar archive, for container backends
+//! (`podman import`, `docker import`) and for anyone who wants to look
+//! inside an image.
 //!
 //! Reproducible by construction: entries in sorted order (depth first, names
 //! compared as bytes), mtimes clamped to `SOURCE_DATE_EPOCH`, numeric owners
@@ -7,7 +8,13 @@
 //! no access or change times, GNU headers. Hard links are stored once, as a
 //! file at the first path in that order and links at the others; symlinks,
 //! FIFOs and device nodes are kept; sockets are skipped because tar cannot
-//! represent them. Extended attributes are not stored.
+//! represent them. Extended attributes are not stored. The gzip stream is
+//! as reproducible as the tar: a fixed level, no file name, mtime 0, and
+//! the compressor's version is locked with the builder's.
+//!
+//! Compressed because an entry is kept for every image and role snapshot
+//! of a store: a base Debian tree of 481 MiB is a 185 MiB archive (gzip
+//! level 1, a few seconds), and both engines import gzip directly.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -40,7 +47,13 @@ pub struct ArchiveStats {
     pub skipped_sockets: u64,
 }
 
-/// Writes the tar archive of `rootfs` to `dest`.
+/// The archive's file name in a store entry.
+pub const ARCHIVE: &str = "rootfs.tar.gz";
+
+/// The gzip level: the fastest, which already takes the tar to 40 %.
+const GZIP_LEVEL: u32 = 1;
+
+/// Writes the gzip-compressed tar archive of `rootfs` to `dest`.
 pub fn write_rootfs_tar(
     rootfs: &Path,
     dest: &Path,
@@ -51,11 +64,14 @@ pub fn write_rootfs_tar(
         source,
     };
     let file = File::create(dest).map_err(write_err)?;
-    let mut out = BufWriter::new(file);
+    let mut out = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(BufWriter::new(file), flate2::Compression::new(GZIP_LEVEL));
     let stats = write_tar(rootfs, &mut out, epoch).map_err(|e| match e {
         ArchiveError::Write { source, .. } => write_err(source),
         other => other,
     })?;
+    let mut out = out.finish().map_err(write_err)?;
     out.flush().map_err(write_err)?;
     out.into_inner()
         .map_err(|e| write_err(e.into_error()))?
@@ -314,6 +330,26 @@ mod tests {
             archive(&tmp.path().join("two")),
             "trees written in another order differ"
         );
+    }
+
+    #[test]
+    fn the_compressed_archive_is_reproducible_and_holds_exactly_the_tar() {
+        use std::io::Read;
+        let tmp = tempfile::tempdir().unwrap();
+        tree(&tmp.path().join("one"), false);
+        tree(&tmp.path().join("two"), true);
+        let (a, b) = (tmp.path().join("a.tar.gz"), tmp.path().join("b.tar.gz"));
+        write_rootfs_tar(&tmp.path().join("one"), &a, EPOCH).unwrap();
+        write_rootfs_tar(&tmp.path().join("two"), &b, EPOCH).unwrap();
+        let gz = fs::read(&a).unwrap();
+        assert_eq!(gz, fs::read(&b).unwrap(), "the gzip streams differ");
+        // gzip magic, deflate, no flags (no file name), mtime 0.
+        assert_eq!(gz[..8], [0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        assert_eq!(tar, archive(&tmp.path().join("one")));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::build::ArtifactError;
 use crate::{archive, erofs, initramfs};
 
-/// Writes `kernel`, `initramfs`, `rootfs.erofs` and `rootfs.tar` into `out`.
+/// Writes `kernel`, `initramfs`, `rootfs.erofs` and `rootfs.tar.gz` into `out`.
 pub(crate) fn build_all(rootfs: &Path, out: &Path, epoch: u64) -> Result<(), ArtifactError> {
     let fail = |step: &'static str| {
         move |e: &dyn std::fmt::Display| ArtifactError {
@@ -30,7 +30,7 @@ pub(crate) fn build_all(rootfs: &Path, out: &Path, epoch: u64) -> Result<(), Art
     };
     erofs::build_erofs(rootfs, &out.join("rootfs.erofs"), &options)
         .map_err(|e| fail("erofs image")(&e))?;
-    archive::write_rootfs_tar(rootfs, &out.join("rootfs.tar"), epoch)
+    archive::write_rootfs_tar(rootfs, &out.join(archive::ARCHIVE), epoch)
         .map_err(|e| fail("container archive")(&e))?;
     Ok(())
 }

@@ -33,7 +33,7 @@ pub const OUTPUTS: &[&str] = &[
     "kernel",
     "initramfs",
     "rootfs.erofs",
-    "rootfs.tar",
+    crate::archive::ARCHIVE,
     "rootfs.files",
 ];
 
@@ -54,7 +54,7 @@ pub struct ArtifactError {
 /// [`DefaultArtifacts`], uses this crate's initramfs, erofs and archive
 /// modules; tests and other backends may substitute their own.
 pub trait Artifacts: Sync {
-    /// Writes `kernel`, `initramfs`, `rootfs.erofs` and `rootfs.tar` from
+    /// Writes `kernel`, `initramfs`, `rootfs.erofs` and `rootfs.tar.gz` from
     /// the tree at `rootfs` into the directory `out`; every timestamp they
     /// record must be `epoch` or derived from the tree.
     fn build(&self, rootfs: &Path, out: &Path, epoch: u64) -> Result<(), ArtifactError>;

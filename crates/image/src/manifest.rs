@@ -23,7 +23,7 @@ pub const MANIFEST: &str = "manifest.json";
 /// The builder's identity, part of every key. The revision is bumped
 /// whenever what the builder does to a tree changes (normalization, the
 /// stage-1, the image formats), so old entries are not reused.
-pub const BUILDER: &str = concat!("testbed-image/", env!("CARGO_PKG_VERSION"), "+r5");
+pub const BUILDER: &str = concat!("testbed-image/", env!("CARGO_PKG_VERSION"), "+r6");
 
 /// Everything an image is a function of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

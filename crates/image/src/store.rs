@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <key>/            one finished image: kernel, initramfs, rootfs.erofs,
-//!                   rootfs.tar, rootfs.files, manifest.json
+//!                   rootfs.tar.gz, rootfs.files, manifest.json
 //! .tmp/<name>-<pid>/ builds in progress; renamed to <key>/ when complete
 //! .refs/<hash>.json  which lock file used which keys, for `ls` and `gc`
 //! .packages/<sha256>.deb  the package cache: every .deb a build fetched,

@@ -104,7 +104,7 @@ fn build_outputs(rootfs: &Path, out: &Path) {
         },
     )
     .unwrap();
-    write_rootfs_tar(rootfs, &out.join("rootfs.tar"), EPOCH).unwrap();
+    write_rootfs_tar(rootfs, &out.join("rootfs.tar.gz"), EPOCH).unwrap();
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn stage1_boots_the_erofs_root_to_multi_user_under_tcg() {
     build_outputs(&rootfs, &a);
     eprintln!("boot outputs built in {:.1}s", t.elapsed().as_secs_f64());
     build_outputs(&rootfs, &b);
-    for name in ["kernel", "initramfs", "rootfs.erofs", "rootfs.tar"] {
+    for name in ["kernel", "initramfs", "rootfs.erofs", "rootfs.tar.gz"] {
         assert!(
             same_bytes(&a.join(name), &b.join(name)),
             "{name} differs between two builds"

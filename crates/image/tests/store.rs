@@ -221,7 +221,7 @@ fn builds_are_reproducible_cached_shared_and_collected() {
         "kernel",
         "initramfs",
         "rootfs.erofs",
-        "rootfs.tar",
+        "rootfs.tar.gz",
         "manifest.json",
     ] {
         assert!(entry.output(name).is_file(), "{name} missing");

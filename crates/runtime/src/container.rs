@@ -1,6 +1,6 @@
 //! The container backend: each node is a container of a container engine
 //! (podman first, docker otherwise) running systemd as PID 1, made from the
-//! role's `rootfs.tar` (imported once per image key), on internal networks
+//! role's `rootfs.tar.gz` (imported once per image key), on internal networks
 //! with the plan's addresses and MACs (layout in `docs/containers.md`).
 //!
 //! Everything goes through the engine's command-line client, whose argument

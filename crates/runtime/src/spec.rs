@@ -452,7 +452,7 @@ mod tests {
                         kernel: PathBuf::from(format!("/store/{r}/kernel")),
                         initramfs: PathBuf::from(format!("/store/{r}/initramfs")),
                         rootfs: PathBuf::from(format!("/store/{r}/rootfs.erofs")),
-                        archive: PathBuf::from(format!("/store/{r}/rootfs.tar")),
+                        archive: PathBuf::from(format!("/store/{r}/rootfs.tar.gz")),
                         cmdline: "console=ttyS0".to_owned(),
                     },
                 )

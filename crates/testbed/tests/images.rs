@@ -29,7 +29,7 @@ fn testbed(args: &[&str], cwd: &Path, store: &Path) -> Output {
         .expect("run testbed")
 }
 
-/// One entry of a `rootfs.tar`: its type, mode and link target.
+/// One entry of a `rootfs.tar.gz`: its type, mode and link target.
 #[derive(Debug)]
 struct TarEntry {
     kind: tar::EntryType,
@@ -38,7 +38,7 @@ struct TarEntry {
 }
 
 /// Every entry of a container archive by path (`etc/hostname`), and the
-/// bytes of the few files named in `read` (seeking over all others).
+/// bytes of the few files named in `read`.
 fn read_tar(
     path: &Path,
     read: &[&str],
@@ -49,8 +49,9 @@ fn read_tar(
     use std::io::Read;
     let mut entries = std::collections::BTreeMap::new();
     let mut contents = std::collections::BTreeMap::new();
-    let mut archive = tar::Archive::new(File::open(path).expect("open rootfs.tar"));
-    for entry in archive.entries_with_seek().expect("entries") {
+    let gz = File::open(path).expect("open rootfs.tar.gz");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(gz)));
+    for entry in archive.entries().expect("entries") {
         let mut entry = entry.expect("entry");
         let name = entry.path().expect("path").to_string_lossy().into_owned();
         let header = entry.header();
@@ -77,11 +78,11 @@ fn read_tar(
 /// TCG trims.
 fn check_image(role: &str, entry: &Path) {
     let agent = "usr/local/bin/testbed-agent";
-    let (entries, contents) = read_tar(&entry.join("rootfs.tar"), &[agent]);
+    let (entries, contents) = read_tar(&entry.join("rootfs.tar.gz"), &[agent]);
     let get = |p: &str| {
         entries
             .get(p)
-            .unwrap_or_else(|| panic!("{role}: {p} is not in rootfs.tar"))
+            .unwrap_or_else(|| panic!("{role}: {p} is not in rootfs.tar.gz"))
     };
     let bin = get(agent);
     assert_eq!((bin.kind, bin.mode), (tar::EntryType::Regular, 0o755));
@@ -185,7 +186,7 @@ fn build_example_then_nothing_to_rebuild_and_verify_finds_it_identical() {
             "kernel",
             "initramfs",
             "rootfs.erofs",
-            "rootfs.tar",
+            "rootfs.tar.gz",
             "rootfs.files",
             "manifest.json",
         ] {

@@ -142,8 +142,20 @@ impl Needles {
         scan
     }
 
+    /// A gzip file (the store's container archives) is searched
+    /// decompressed: a secret in an image would not show in its
+    /// compressed bytes. (The erofs images are compressed too, but hold
+    /// the same tree as the archive beside them.)
     fn scan_file(&self, path: &Path) -> Scan {
-        let bytes = std::fs::read(path).unwrap_or_default();
+        let mut bytes = std::fs::read(path).unwrap_or_default();
+        if path.extension().is_some_and(|e| e == "gz") {
+            use std::io::Read;
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&bytes[..])
+                .read_to_end(&mut plain)
+                .unwrap_or_else(|e| panic!("{}: not gzip: {e}", path.display()));
+            bytes = plain;
+        }
         Scan {
             files: 1,
             bytes: bytes.len() as u64,
