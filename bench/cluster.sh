@@ -44,7 +44,8 @@
 # trips per method, default 50), IDLE (seconds, default 10), NODE (default
 # compute1), QUIET_WAIT (default 1800), MANY (default 0), SMOKE,
 # KEEP=1 (keep the work folder with the console logs), TESTBED_STORE,
-# TESTBED_STATE_DIR, CARGO_TARGET_DIR.
+# TESTBED_STATE_DIR, CARGO_TARGET_DIR, TESTBED_BIN (a testbed binary to use
+# instead of building one).
 set -euo pipefail
 export LC_ALL=C # EPOCHREALTIME and printf with a "." decimal point
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -63,12 +64,17 @@ QUIET_WAIT=${QUIET_WAIT:-1800}
 MANY=${MANY:-0}
 QEMU=${TESTBED_QEMU:-qemu-system-x86_64}
 
-if [[ $profile = release ]]; then
+if [[ -n ${TESTBED_BIN:-} ]]; then
+    # A testbed built already (the agent beside it): scripts/test.sh passes
+    # the one the tests use, so that no build runs beside them.
+    tb=$(realpath "$TESTBED_BIN")
+elif [[ $profile = release ]]; then
     cargo build --quiet --release --locked --bin testbed --bin testbed-agent
+    tb=$(realpath "$CARGO_TARGET_DIR/release/testbed")
 else
     cargo build --quiet --locked --bin testbed --bin testbed-agent
+    tb=$(realpath "$CARGO_TARGET_DIR/debug/testbed")
 fi
-tb=$(realpath "$CARGO_TARGET_DIR/$profile/testbed")
 
 work=$(mktemp -d /tmp/tb-bench.XXXXXX)
 full=$work/full # the example as is: ctl + 4 compute

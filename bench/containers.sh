@@ -20,7 +20,8 @@
 #
 # Environment: NODES (default 50), VM_NODES (default 4), IDLE (default 10),
 # KEEP=1 (keep the work folder), TESTBED_STORE, TESTBED_STATE_DIR,
-# CARGO_TARGET_DIR; SMOKE=1 runs every step once, small and quick (2
+# CARGO_TARGET_DIR, TESTBED_BIN (a testbed binary to use instead of
+# building one); SMOKE=1 runs every step once, small and quick (2
 # containers, 1 VM, the debug build): what CI runs so that a broken
 # benchmark fails CI.
 set -euo pipefail
@@ -29,6 +30,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [[ ${SMOKE:-0} = 1 ]]; then
     NODES=2 VM_NODES=1 IDLE=1
+fi
+if [[ -n ${TESTBED_BIN:-} ]]; then
+    # A testbed built already (the agent beside it): scripts/test.sh passes
+    # the one the tests use, so that no build runs beside them.
+    tb=$(realpath "$TESTBED_BIN")
+elif [[ ${SMOKE:-0} = 1 ]]; then
     cargo build --quiet --locked --bin testbed --bin testbed-agent
     tb=$(realpath "$CARGO_TARGET_DIR/debug/testbed")
 else

@@ -26,7 +26,7 @@ cargo test --locked --workspace --no-run
 # half the CPU idle (measured: 50 % on average over a run). So two lanes
 # run at once, split where they cannot meet: the QEMU clusters of the
 # testbed package in one; podman, libvirt, every other crate and the
-# image build benchmark in the other (the podman and libvirt tests list
+# benchmarks in the other (the podman and libvirt tests list
 # the engines' global names, so they stay in one lane). A test file not
 # named here goes to the second lane. Each lane's lines are prefixed with
 # its name. Every invocation selects `--workspace`, so features are
@@ -51,16 +51,21 @@ qemu_lane() {
 # other lane). The image build benchmark first: it builds into an empty
 # store of its own (1 GiB for a while), which fits before the tests fill
 # the disk with their images and snapshots (CI's disk once had 1.8 GiB
-# left after them). The cluster benchmarks come after both lanes: they
-# build `testbed` and `testbed-agent` without the tests' dev-dependencies,
-# and the agent's digest is part of every image key, so building them
-# while tests run could change the agent under a test.
+# left after them). The cluster benchmarks last, on the store the tests
+# filled (the images and snapshots they share are not built again), with
+# the very testbed the tests use: a `cargo build` of it here would build
+# the agent without the tests' dev-dependencies, and the agent's digest is
+# part of every image key.
 other_lane() {
-    local rc=0
+    local rc=0 store
+    store="$(realpath "$target")/tmp/store"
     echo "== the image build benchmark"
     SMOKE=1 bench/image-build.sh || rc=1
     cargo test --locked --workspace --no-fail-fast --lib --bins "${other_tests[@]/#/--test=}" || rc=1
     cargo test --locked --workspace --no-fail-fast --doc || rc=1
+    echo "== the cluster benchmarks"
+    TESTBED_BIN="$target/debug/testbed" TESTBED_STORE="$store" SMOKE=1 bench/cluster.sh || rc=1
+    TESTBED_BIN="$target/debug/testbed" TESTBED_STORE="$store" SMOKE=1 bench/containers.sh || rc=1
     return $rc
 }
 lane_start=$SECONDS
@@ -77,11 +82,6 @@ if ((rc != 0)); then
     echo "== a lane failed (search its output above for FAILED, 'panicked' and 'error')" >&2
     exit 1
 fi
-echo "== the cluster benchmarks in their smoke mode"
-# The store the tests filled, so that images (and snapshots) they share
-# are not built again.
-TESTBED_STORE="$(realpath "$target")/tmp/store" SMOKE=1 bench/cluster.sh
-TESTBED_STORE="$(realpath "$target")/tmp/store" SMOKE=1 bench/containers.sh
 echo "== a testbed without libvirt (cargo build --no-default-features)"
 # The same target directory (the dependencies are built already: only the
 # workspace's crates are compiled again, and no second copy of every
