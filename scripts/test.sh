@@ -10,7 +10,7 @@ scripts/setup-libvirt.sh
 export CARGO_INCREMENTAL=0
 target="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target"
-echo "== free disk space for $target: $(df -h --output=avail "$target" | tail -1 | tr -d ' ') (the suite needs about 15 GiB: the build 3, its images 10, their copies in libvirt 2)"
+echo "== free disk space for $target: $(df -h --output=avail "$target" | tail -1 | tr -d ' ') (the suite needs about 12 GiB: measured 11.2 at its peak, the build 2.2, the image store 7, their copies in libvirt 0.9)"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
