@@ -30,9 +30,8 @@ cargo test --locked --workspace --no-run
 # the engines' global names, so they stay in one lane; `packages`, which
 # builds into a store of its own, is in the first for balance: measured
 # on 2026-12-06, the first lane took 45 min without it, the second 49
-# with it and the benchmarks). A test file not
-# named here goes to the second lane. Each lane's lines are prefixed with
-# its name. Every invocation selects `--workspace`, so features are
+# with it and the benchmarks). A test file not named here goes to the
+# second lane. Each lane's lines are prefixed with its name. Every invocation selects `--workspace`, so features are
 # unified as in the build above and nothing is compiled again.
 qemu_tests=(cli cluster driver example_dask example_etcd example_gridengine packages python snapshots test_verb)
 mapfile -t other_tests < <(cargo metadata --locked --no-deps --format-version 1 | python3 -c '
@@ -88,17 +87,20 @@ fi
 echo "== a testbed without libvirt (cargo build --no-default-features)"
 # The same target directory (the dependencies are built already: only the
 # workspace's crates are compiled again, and no second copy of every
-# dependency takes the disk); the binary is copied aside and the default
-# one put back. The driver, a pure API client, links no libvirt either.
+# dependency takes the disk); the binary is copied aside and the tests'
+# own binary copied back (building it again with `-p testbed` would unify
+# features differently and compile again). The driver, a pure API client,
+# links no libvirt either.
 if cargo tree --locked -p testbed-driver | grep -q ' virt v'; then
     echo "testbed-driver depends on the virt crate" >&2
     exit 1
 fi
 without="$target/without-libvirt"
 mkdir -p "$without"
+cp "$target/debug/testbed" "$without/testbed.tests"
 cargo build --locked -p testbed --no-default-features
 cp "$target/debug/testbed" "$without/testbed"
-cargo build --locked -p testbed
+cp --remove-destination "$without/testbed.tests" "$target/debug/testbed"
 if "$without/testbed" up examples/slurm --backend libvirt 2> "$without/up.err"; then
     echo "up --backend libvirt succeeded without libvirt" >&2
     exit 1
