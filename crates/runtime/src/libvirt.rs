@@ -35,8 +35,9 @@ use virt::stream::Stream;
 use virt::sys;
 
 pub use xml::{
-    domain_name, domain_xml, escape, metadata_xml, parse_metadata, parse_metadata_element,
-    DomainConfig, DomainMetadata, UdpNic, METADATA_NS, METADATA_PREFIX,
+    agent_port_connected, domain_name, domain_xml, escape, metadata_xml, parse_metadata,
+    parse_metadata_element, restore_xml, DomainConfig, DomainMetadata, UdpNic, METADATA_NS,
+    METADATA_PREFIX,
 };
 
 /// The storage pool testbed keeps node images in, on every libvirt host.
@@ -606,7 +607,7 @@ impl LibvirtHost {
                 domain: name.clone(),
                 reason,
             })?;
-        let mut log = OpenOptions::new()
+        let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&config.console_log)
@@ -619,6 +620,15 @@ impl LibvirtHost {
             .conn
             .create_domain_xml(&domain_xml(config), flags)
             .map_err(self.domain_err(&name, "create"))?;
+        self.attach_and_run(&dom, &name, log)?;
+        Ok(name)
+    }
+
+    /// Attaches the console of the paused domain `dom` (named `name`) to
+    /// `log` through a thread, then lets the guest run; a domain this
+    /// fails for is destroyed.
+    fn attach_and_run(&self, dom: &Domain, name: &str, mut log: File) -> Result<(), LibvirtError> {
+        let name = name.to_owned();
         let attach = || -> Result<(), LibvirtError> {
             // The console stream has a connection of its own, as the agent
             // channel does, so that the supervisor's calls never share a
@@ -643,6 +653,66 @@ impl LibvirtHost {
             let _ = dom.destroy();
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Saves the whole machine of the running testbed domain `name` into
+    /// `file` (a path on the libvirt host), RAM and devices, and leaves
+    /// the domain as it was (running or paused): an external memory
+    /// snapshot without libvirt metadata, whose file is in the format of
+    /// `virDomainSave`, so [`LibvirtHost::restore`] reads it. The root
+    /// disk is read-only and not part of it.
+    pub fn save_machine(&self, name: &str, file: &Path) -> Result<(), LibvirtError> {
+        let dom = self.existing(name)?;
+        let xml = format!(
+            "<domainsnapshot>\n  <memory snapshot='external' file='{}'/>\n  <disks>\n    <disk name='vda' snapshot='no'/>\n  </disks>\n</domainsnapshot>\n",
+            escape(&file.to_string_lossy())
+        );
+        dom.create_snapshot_xml(&xml, sys::VIR_DOMAIN_SNAPSHOT_CREATE_NO_METADATA)
+            .map_err(self.domain_err(name, "save the machine of"))?;
+        Ok(())
+    }
+
+    /// Whether the guest of domain `name` holds the agent's port open, as
+    /// libvirt last heard from QEMU; `None` when libvirt does not say.
+    pub fn agent_port_connected(&self, name: &str) -> Result<Option<bool>, LibvirtError> {
+        let xml = self
+            .existing(name)?
+            .xml_desc(0)
+            .map_err(self.domain_err(name, "read the XML of"))?;
+        Ok(agent_port_connected(&xml))
+    }
+
+    /// Starts the domain of `config` from the machine saved in `file` (a
+    /// path on the libvirt host) by [`LibvirtHost::save_machine`]: the
+    /// saved domain, with this run's metadata and switch ports
+    /// ([`restore_xml`]), restored paused, its console attached to
+    /// `config.console_log`, then running on from where it was saved.
+    pub fn restore(&self, config: &DomainConfig, file: &Path) -> Result<String, LibvirtError> {
+        let name = config.name();
+        let path = file.to_string_lossy();
+        let saved = self
+            .conn
+            .save_image_xml_desc(&path, sys::VIR_DOMAIN_SAVE_IMAGE_XML_SECURE)
+            .map_err(self.domain_err(&name, "read the saved machine of"))?;
+        let xml = restore_xml(&saved, config).map_err(|reason| LibvirtError::InvalidConfig {
+            uri: self.uri.clone(),
+            domain: name.clone(),
+            reason,
+        })?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.console_log)
+            .map_err(self.io_err("open the console log", &config.console_log))?;
+        self.conn
+            .restore_domain_flags(&path, Some(&xml), sys::VIR_DOMAIN_SAVE_PAUSED)
+            .map_err(self.domain_err(&name, "restore"))?;
+        let dom = self
+            .conn
+            .lookup_domain_by_name(&name)
+            .map_err(self.domain_err(&name, "look up"))?;
+        self.attach_and_run(&dom, &name, log)?;
         Ok(name)
     }
 

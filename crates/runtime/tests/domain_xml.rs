@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use testbed_runtime::accel::Accel;
 use testbed_runtime::libvirt::{
-    default_pool_dir, domain_xml, parse_metadata, parse_metadata_element, uri_is_remote,
-    DomainConfig, UdpNic, METADATA_NS,
+    agent_port_connected, default_pool_dir, domain_xml, parse_metadata, parse_metadata_element,
+    restore_xml, uri_is_remote, DomainConfig, UdpNic, METADATA_NS,
 };
 use testbed_test_support::assert_snapshot;
 
@@ -113,6 +113,109 @@ fn metadata_round_trips() {
     );
     assert_eq!(parse_metadata("<domain><name>x</name></domain>"), None);
     assert_eq!(parse_metadata("not xml <<<"), None);
+}
+
+/// A saved machine as libvirt 9.0 keeps it in its file (shape seen with
+/// `virsh save-image-dumpxml`): the domain testbed made, with libvirt's
+/// additions (uuid, PCI addresses, the agent socket's path).
+fn saved_xml(config: &DomainConfig) -> String {
+    domain_xml(config)
+        .replace(
+            "<memory unit='MiB'>",
+            "<uuid>7d1e9c2a-5b7e-4f7a-9a51-0c2f6e0d9b11</uuid>\n  <memory unit='MiB'>",
+        )
+        .replace(
+            "<model type='virtio'/>\n",
+            "<model type='virtio'/>\n      <address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/>\n",
+        )
+        .replace(
+            "<source mode='bind'/>",
+            "<source mode='bind' path='/var/lib/libvirt/qemu/channel/target/domain-3-testbed-slurm-c/org.testbed.agent'/>",
+        )
+}
+
+/// A cluster snapshot restored by another `up` keeps the machine (name,
+/// uuid, MACs, devices) and takes this run's metadata and switch ports.
+#[test]
+fn a_saved_machine_is_restored_with_this_runs_metadata_and_ports() {
+    let before = node("compute1", Accel::Tcg, &["lan", "storage"]);
+    let saved = saved_xml(&before);
+    let mut now = before.clone();
+    now.run_id = "20240202T000000-77".into();
+    now.state_dir = PathBuf::from("/run/user/1000/testbed/slurm");
+    for (i, nic) in now.nics.iter_mut().enumerate() {
+        nic.switch = addr(&format!("127.0.0.1:{}", 51000 + 2 * i));
+        nic.local = addr(&format!("127.0.0.1:{}", 51001 + 2 * i));
+    }
+    let xml = restore_xml(&saved, &now).expect("restored");
+    assert_eq!(parse_metadata(&xml), Some(now.metadata()));
+    for nic in &now.nics {
+        assert!(
+            xml.contains(&format!(
+                "<source address=\"127.0.0.1\" port=\"{}\">",
+                nic.switch.port()
+            )),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(&format!(
+                "<local address=\"127.0.0.1\" port=\"{}\"/>",
+                nic.local.port()
+            )),
+            "{xml}"
+        );
+    }
+    for old in ["40000", "40001", "40002", "40003", "20240101T000000-4242"] {
+        assert!(!xml.contains(old), "{old} left in {xml}");
+    }
+    // What the guest sees is untouched.
+    for kept in [
+        "<uuid>7d1e9c2a-5b7e-4f7a-9a51-0c2f6e0d9b11</uuid>",
+        "<name>testbed-slurm-compute1</name>",
+        "<mac address='52:54:00:2a:00:01'/>",
+        "<mac address='52:54:00:2a:00:02'/>",
+        "bus='0x01' slot='0x00'",
+        "org.testbed.agent'/>",
+    ] {
+        assert!(xml.contains(kept), "{kept} in {xml}");
+    }
+
+    // Another machine: a MAC or the number of NICs differs.
+    let mut other = now.clone();
+    other.nics[1].mac = "52:54:00:2a:00:99".into();
+    let e = restore_xml(&saved, &other).unwrap_err();
+    assert!(e.contains("52:54:00:2a:00:99"), "{e}");
+    let mut fewer = now.clone();
+    fewer.nics.pop();
+    assert!(restore_xml(&saved, &fewer)
+        .unwrap_err()
+        .contains("more NICs"));
+    let mut more = now.clone();
+    more.nics.push(now.nics[0].clone());
+    assert!(restore_xml(&saved, &more).unwrap_err().contains("2 NICs"));
+    assert!(restore_xml("<domain><devices>", &now).is_err());
+}
+
+/// The agent port's state in a running domain's XML, as libvirt reports
+/// the guest opening and closing it.
+#[test]
+fn the_agent_port_state_is_read_from_the_live_xml() {
+    let live = |state: &str| {
+        format!(
+            "<domain><devices><channel type='unix'><source mode='bind' path='/x'/><target type='virtio' name='{}'{state}/><alias name='channel0'/></channel><channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0' state='disconnected'/></channel></devices></domain>",
+            testbed_proto::VIRTIO_PORT_NAME
+        )
+    };
+    assert_eq!(
+        agent_port_connected(&live(" state='connected'")),
+        Some(true)
+    );
+    assert_eq!(
+        agent_port_connected(&live(" state='disconnected'")),
+        Some(false)
+    );
+    assert_eq!(agent_port_connected(&live("")), None);
+    assert_eq!(agent_port_connected("<domain><devices/></domain>"), None);
 }
 
 /// Names are DNS labels, but paths and the command line may contain

@@ -11,6 +11,12 @@
 //! - `crash` stops a node at once, `start` boots it fresh (its writable
 //!   layer is gone), `reboot` brings it back ready, `pause` freezes it
 //!   (its services stop answering) and `resume` thaws it;
+//! - `snapshot save` saves the running cluster where the backend can
+//!   (QEMU, libvirt): a file written on a node and a partition in force
+//!   come back with `snapshot restore` after both were undone, and again
+//!   in a new `up --from` after `down`; the restored nodes go on through
+//!   the rest of the scenario; elsewhere the
+//!   verb says plainly that the backend cannot;
 //! - `console` attaches where the backend has one and says plainly where it
 //!   has none;
 //! - `down` leaves no process, no state and nothing in the backend.
@@ -98,8 +104,9 @@ fn state_of(env: &Env, node: &str) -> String {
 
 /// The scenario; `up` is the backend's flags; `backend` the name `status`
 /// shows; `console` whether it has interactive consoles. The caller checks
-/// what only its backend could leave behind.
-fn contract(env: &Env, up: &[&str], backend: &str, console: bool) {
+/// what only its backend could leave behind. `snapshots`: whether it
+/// saves cluster snapshots.
+fn contract(env: &Env, up: &[&str], backend: &str, console: bool, snapshots: bool) {
     let mut args = vec!["up", "--json"];
     args.extend(up);
     let status: serde_json::Value = serde_json::from_str(&ok(env, &args)).expect("up --json");
@@ -187,6 +194,58 @@ fn contract(env: &Env, up: &[&str], backend: &str, console: bool) {
         "{history}"
     );
 
+    // Cluster snapshots: a file written and a partition in force come back.
+    ok(
+        env,
+        &["exec", "node1", "--", "sh", "-c", "echo kept > /root/kept"],
+    );
+    ok(env, &["fault", "partition", "node1", "node2"]);
+    let out = env.testbed(&["snapshot", "save", "base"]);
+    if snapshots {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        ok(env, &["fault", "heal"]);
+        ok(env, &["exec", "node1", "--", "rm", "/root/kept"]);
+        assert!(reaches(env, "node1", "node2"));
+        ok(env, &["snapshot", "restore", "base"]);
+        assert_eq!(state_of(env, "node1"), "ready");
+        assert_eq!(state_of(env, "node2"), "ready");
+        assert_eq!(
+            ok(env, &["exec", "node1", "--", "cat", "/root/kept"]).trim(),
+            "kept",
+            "the file written before the save is back"
+        );
+        assert!(
+            !reaches(env, "node1", "node2"),
+            "the partition saved is in force again"
+        );
+        // A new `up` from it: new switch ports, the same machines.
+        ok(env, &["down"]);
+        let mut from = vec!["up", "--from", "base"];
+        from.extend(up);
+        ok(env, &from);
+        assert_eq!(
+            ok(env, &["exec", "node1", "--", "cat", "/root/kept"]).trim(),
+            "kept",
+            "up --from brings the file back"
+        );
+        assert!(
+            !reaches(env, "node1", "node2"),
+            "up --from brings the partition back"
+        );
+        ok(env, &["snapshot", "rm", "base"]);
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        let said = text(&out.stderr);
+        assert!(
+            said.contains(&format!(
+                "the {backend} backend cannot save a cluster snapshot"
+            )),
+            "{said}"
+        );
+    }
+    ok(env, &["fault", "heal"]);
+    assert!(reaches(env, "node1", "node2"));
+
     // Power: a crash is instant, a start is fresh, a reboot comes back.
     ok(env, &["exec", "node2", "--", "touch", "/root/before-crash"]);
     ok(env, &["power", "crash", "node2"]);
@@ -251,7 +310,7 @@ fn qemu_keeps_the_contract() {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let env = composition("conform-qemu", "10.91.0.0/24");
-    contract(&env, &["--backend", "qemu"], "qemu", true);
+    contract(&env, &["--backend", "qemu"], "qemu", true, true);
 }
 
 #[test]
@@ -265,6 +324,7 @@ fn libvirt_keeps_the_contract() {
         &["--backend", "libvirt", "--connect", "qemu:///system"],
         "libvirt",
         false,
+        true,
     );
     let left: Vec<String> =
         lines(Command::new("virsh").args(["-c", "qemu:///system", "list", "--all", "--name"]))
@@ -280,7 +340,7 @@ fn podman_keeps_the_contract() {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let env = composition("conform-podman", "10.93.0.0/24");
-    contract(&env, &["--backend", "podman"], "podman", false);
+    contract(&env, &["--backend", "podman"], "podman", false, false);
     let left: Vec<String> =
         lines(Command::new("podman").args(["ps", "--all", "--format", "{{.Names}}"]))
             .into_iter()

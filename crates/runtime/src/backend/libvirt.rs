@@ -276,6 +276,110 @@ impl std::fmt::Debug for LibvirtBackend {
     }
 }
 
+impl LibvirtBackend {
+    /// Makes the image `key` (its store folder `dir`) present on host `h`
+    /// and remembers where. One upload at a time: the lock is held
+    /// throughout, so two nodes of a role never upload the same entry.
+    fn ensure_image(&self, h: usize, key: &str, dir: &Path) -> Result<HostImage, BackendError> {
+        let mut images = lock(&self.images);
+        if let Some(image) = images.get(&(h, key.to_owned())) {
+            return Ok(image.clone());
+        }
+        let host = &self.shared.hosts[h];
+        let start = Instant::now();
+        let image = host.ensure_images(key, dir).map_err(|e| {
+            BackendError::Failed(format!("copying image {key} to {}: {e}", host.uri()))
+        })?;
+        if image.uploaded {
+            self.events.log(&format!(
+                "uploaded image {} to {} in {:.1}s",
+                &key[..key.len().min(12)],
+                host.uri(),
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        images.insert((h, key.to_owned()), image.clone());
+        Ok(image)
+    }
+
+    /// The domain of `spec` on its host, in this `up`. Its image is
+    /// uploaded here if `prepare` did not (`up --from` skips it).
+    fn config(&self, spec: &NodeSpec) -> Result<DomainConfig, BackendError> {
+        let name = spec.name.as_str();
+        let h = self.shared.index_of(name);
+        let dir = spec
+            .image
+            .kernel
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let image = self.ensure_image(h, &spec.image.key, &dir)?;
+        let mut nics = Vec::new();
+        for nic in &spec.nics {
+            let udp = self
+                .nics
+                .get(&(name.to_owned(), nic.network.clone()))
+                .ok_or_else(|| {
+                    BackendError::Failed(format!("no switch port for network {}", nic.network))
+                })?;
+            nics.push(udp.clone());
+        }
+        Ok(DomainConfig {
+            cluster: self.spec.cluster.clone(),
+            node: name.to_owned(),
+            run_id: self.run_id.clone(),
+            state_dir: self.dir.path().to_path_buf(),
+            accel: self.spec.accel,
+            memory_mib: spec.memory_mib,
+            cpus: spec.cpus,
+            kernel: image.kernel,
+            initramfs: image.initramfs,
+            rootfs: image.rootfs,
+            cmdline: spec.image.cmdline.clone(),
+            nics,
+            console_log: self.dir.node(name).console_log(),
+            autodestroy: false,
+        })
+    }
+
+    /// Waits until every guest of `domains` (node, domain) has closed the
+    /// agent's port after its host went, as libvirt hears it from QEMU
+    /// (the agent closes it for 200 ms after each session): a machine
+    /// saved in the middle of a session would not answer the next host.
+    fn wait_ports_released(
+        &self,
+        domains: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(), BackendError> {
+        let deadline = Instant::now() + timeout;
+        let mut waiting: Vec<&(String, String)> = domains.iter().collect();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for entry in waiting {
+                let (node, domain) = entry;
+                match self.shared.host_of(node).agent_port_connected(domain) {
+                    Ok(Some(false)) => {}
+                    Ok(_) => still.push(entry),
+                    Err(e) => return Err(BackendError::Failed(format!("{node}: {e}"))),
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let names: Vec<&str> = waiting.iter().map(|(n, _)| n.as_str()).collect();
+                return Err(BackendError::Failed(format!(
+                    "the agents of {} did not let their channel go within {timeout:?}",
+                    names.join(", ")
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        Ok(())
+    }
+}
+
 impl Backend for LibvirtBackend {
     fn caps(&self) -> &Caps {
         &self.caps
@@ -300,20 +404,7 @@ impl Backend for LibvirtBackend {
             ));
         }
         for (h, key, dir) in wanted {
-            let host = &self.shared.hosts[h];
-            let start = Instant::now();
-            let image = host.ensure_images(&key, &dir).map_err(|e| {
-                BackendError::Failed(format!("copying image {key} to {}: {e}", host.uri()))
-            })?;
-            if image.uploaded {
-                self.events.log(&format!(
-                    "uploaded image {} to {} in {:.1}s",
-                    &key[..key.len().min(12)],
-                    host.uri(),
-                    start.elapsed().as_secs_f64()
-                ));
-            }
-            lock(&self.images).insert((h, key), image);
+            self.ensure_image(h, &key, &dir)?;
         }
         Ok(())
     }
@@ -322,40 +413,8 @@ impl Backend for LibvirtBackend {
     /// testbed is destroyed first).
     fn start(&self, spec: &NodeSpec, generation: u64) -> Result<Started, BackendError> {
         let name = spec.name.as_str();
-        let h = self.shared.index_of(name);
-        let host = &self.shared.hosts[h];
-        let image = lock(&self.images)
-            .get(&(h, spec.image.key.clone()))
-            .cloned()
-            .ok_or_else(|| {
-                BackendError::Failed(format!("image {} is not on {}", spec.image.key, host.uri()))
-            })?;
-        let mut nics = Vec::new();
-        for nic in &spec.nics {
-            let udp = self
-                .nics
-                .get(&(name.to_owned(), nic.network.clone()))
-                .ok_or_else(|| {
-                    BackendError::Failed(format!("no switch port for network {}", nic.network))
-                })?;
-            nics.push(udp.clone());
-        }
-        let config = DomainConfig {
-            cluster: self.spec.cluster.clone(),
-            node: name.to_owned(),
-            run_id: self.run_id.clone(),
-            state_dir: self.dir.path().to_path_buf(),
-            accel: self.spec.accel,
-            memory_mib: spec.memory_mib,
-            cpus: spec.cpus,
-            kernel: image.kernel,
-            initramfs: image.initramfs,
-            rootfs: image.rootfs,
-            cmdline: spec.image.cmdline.clone(),
-            nics,
-            console_log: self.dir.node(name).console_log(),
-            autodestroy: false,
-        };
+        let host = self.shared.host_of(name);
+        let config = self.config(spec)?;
         lock(&self.shared.running).remove(name);
         let _ = host.destroy(&config.name());
         host.start(&config).map_err(BackendError::failed)?;
@@ -365,6 +424,102 @@ impl Backend for LibvirtBackend {
         Ok(Started::booted(None))
     }
 
+    /// One consistent cut (`docs/snapshots.md`): the guests let their
+    /// agent's port go, every domain is paused, each machine is saved
+    /// (an external memory snapshot, side by side), and every domain runs
+    /// on. The files are written by the libvirt daemon, so only for
+    /// daemons on this machine.
+    fn save(&self, nodes: &[String], dir: &Path, quiesce: &dyn Fn()) -> Result<(), BackendError> {
+        if let Some(remote) = self.shared.hosts.iter().find(|h| h.is_remote()) {
+            return Err(self.unsupported(&format!(
+                "save a cluster snapshot with nodes on the remote libvirt host {} (its daemon would write the machines' files there)",
+                remote.uri()
+            )));
+        }
+        let domains: Vec<(String, String)> = nodes
+            .iter()
+            .map(|n| (n.clone(), self.shared.domain(n)))
+            .collect();
+        quiesce();
+        self.wait_ports_released(&domains, Duration::from_secs(30))?;
+        let mut paused = Vec::new();
+        let mut outcome = Ok(());
+        for (node, domain) in &domains {
+            match self.shared.host_of(node).suspend(domain) {
+                Ok(()) => paused.push((node, domain)),
+                Err(e) => {
+                    outcome = Err(format!("{node}: cannot pause it: {e}"));
+                    break;
+                }
+            }
+        }
+        if outcome.is_ok() {
+            outcome = std::thread::scope(|scope| {
+                let handles: Vec<_> = domains
+                    .iter()
+                    .map(|(node, domain)| {
+                        let file = dir.join(node.as_str());
+                        let host = self.shared.host_of(node);
+                        scope.spawn(move || {
+                            host.save_machine(domain, &file)
+                                .map_err(|e| format!("{node}: saving its machine failed: {e}"))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err("a saving thread panicked".to_owned()))
+                    })
+                    .collect::<Result<Vec<()>, String>>()
+                    .map(drop)
+            });
+        }
+        // Whatever happened, the cluster runs on.
+        for (node, domain) in paused {
+            if let Err(e) = self.shared.host_of(node).resume(domain) {
+                outcome = outcome.and(Err(format!("{node}: cannot let it run again: {e}")));
+            }
+        }
+        outcome.map_err(BackendError::Failed)
+    }
+
+    fn resume(
+        &self,
+        spec: &NodeSpec,
+        generation: u64,
+        file: &Path,
+    ) -> Result<Started, BackendError> {
+        let name = spec.name.as_str();
+        let host = self.shared.host_of(name);
+        let config = self.config(spec)?;
+        let marker = format!(
+            "\r\n[testbed] this node was restored here from {}\r\n",
+            file.display()
+        );
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.console_log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
+        let started = Instant::now();
+        lock(&self.shared.running).remove(name);
+        let _ = host.destroy(&config.name());
+        host.restore(&config, file).map_err(|e| {
+            BackendError::Failed(format!(
+                "its saved machine {} did not load: {e}",
+                file.display()
+            ))
+        })?;
+        lock(&self.shared.running).insert(name.to_owned(), generation);
+        self.events.log(&format!(
+            "{name}: resumed from {} in {:.2}s",
+            file.display(),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(Started::booted(None))
+    }
     fn agent(&self, node: &NodeSpec) -> Result<Channel, BackendError> {
         let domain = self.shared.domain(&node.name);
         let channel = self

@@ -362,3 +362,149 @@ pub fn domain_xml(config: &DomainConfig) -> String {
     x.push_str("  </devices>\n</domain>\n");
     x
 }
+
+fn attr(e: &quick_xml::events::BytesStart<'_>, name: &[u8]) -> Option<String> {
+    e.attributes()
+        .flatten()
+        .find(|a| a.key.as_ref() == name)
+        .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()))
+}
+
+/// The state libvirt shows for the agent's port in a running domain's XML
+/// (`<target type='virtio' name=… state='connected'/>`): `Some(true)`
+/// while the guest holds the port open, `Some(false)` once it closed it,
+/// `None` if the XML has no such port or no state for it.
+pub fn agent_port_connected(xml: &str) -> Option<bool> {
+    let mut reader = Reader::from_str(xml);
+    let mut in_channel = false;
+    loop {
+        match reader.read_event().ok()? {
+            Event::Start(e) if e.local_name().as_ref() == b"channel" => in_channel = true,
+            Event::End(e) if e.local_name().as_ref() == b"channel" => in_channel = false,
+            Event::Empty(e) | Event::Start(e)
+                if in_channel
+                    && e.local_name().as_ref() == b"target"
+                    && attr(&e, b"name").as_deref() == Some(testbed_proto::VIRTIO_PORT_NAME) =>
+            {
+                return match attr(&e, b"state").as_deref() {
+                    Some("connected") => Some(true),
+                    Some("disconnected") => Some(false),
+                    _ => None,
+                };
+            }
+            Event::Eof => return None,
+            _ => {}
+        }
+    }
+}
+
+/// The domain XML a machine saved by testbed is restored with
+/// (`virDomainRestoreFlags`): `saved`, the XML libvirt keeps in the saved
+/// file, with what belongs to this `up` of the cluster taken from
+/// `config`: testbed's metadata (the run, the state directory) and each
+/// UDP NIC's two ends (the switch ports are new at every `up`). Nothing
+/// the guest sees changes, so libvirt's check that the machine is the
+/// same one holds. Errors when the saved NICs are not `config`'s (another
+/// count, another MAC): the snapshot is of another machine.
+pub fn restore_xml(saved: &str, config: &DomainConfig) -> Result<String, String> {
+    use quick_xml::events::BytesStart;
+    let mut reader = Reader::from_str(saved);
+    let mut writer = quick_xml::Writer::new(Vec::new());
+    let mut nics = config.nics.iter();
+    let mut nic: Option<&UdpNic> = None;
+    let mut count = 0usize;
+    let mut skipping = 0usize;
+    let rewrite = |e: &BytesStart<'_>, addr: &SocketAddr| {
+        let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+        let mut out = BytesStart::new(name);
+        for a in e.attributes().flatten() {
+            match a.key.as_ref() {
+                b"address" | b"port" => {}
+                _ => out.push_attribute(a),
+            }
+        }
+        out.push_attribute(("address", addr.ip().to_string().as_str()));
+        out.push_attribute(("port", addr.port().to_string().as_str()));
+        out
+    };
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| format!("the saved domain XML does not parse: {e}"))?;
+        if skipping > 0 {
+            match event {
+                Event::Start(_) => skipping += 1,
+                Event::End(_) => skipping -= 1,
+                Event::Eof => return Err("the saved domain XML ends early".to_owned()),
+                _ => {}
+            }
+            if skipping == 0 {
+                let ours = metadata_xml(&config.metadata());
+                writer.get_mut().extend_from_slice(ours.as_bytes());
+            }
+            continue;
+        }
+        let out = match event {
+            Event::Eof => break,
+            Event::Start(e)
+                if e.local_name().as_ref() == b"domain"
+                    && e.attributes().flatten().any(|a| {
+                        a.key.as_ref().starts_with(b"xmlns")
+                            && a.value.as_ref() == METADATA_NS.as_bytes()
+                    }) =>
+            {
+                skipping = 1;
+                continue;
+            }
+            Event::Start(e)
+                if e.local_name().as_ref() == b"interface"
+                    && attr(&e, b"type").as_deref() == Some("udp") =>
+            {
+                count += 1;
+                nic = nics.next();
+                if nic.is_none() {
+                    return Err(format!(
+                        "the saved machine has more NICs than the node's {}",
+                        config.nics.len()
+                    ));
+                }
+                Event::Start(e)
+            }
+            Event::End(e) if e.local_name().as_ref() == b"interface" => {
+                nic = None;
+                Event::End(e)
+            }
+            Event::Empty(e) if nic.is_some() && e.local_name().as_ref() == b"mac" => {
+                let want = nic.map(|n| n.mac.to_ascii_lowercase());
+                let have = attr(&e, b"address").map(|m| m.to_ascii_lowercase());
+                if have != want {
+                    return Err(format!(
+                        "the saved machine's NIC {count} has MAC {}, the node's has {}",
+                        have.unwrap_or_default(),
+                        want.unwrap_or_default()
+                    ));
+                }
+                Event::Empty(e)
+            }
+            Event::Start(e) if e.local_name().as_ref() == b"source" => match nic {
+                Some(n) => Event::Start(rewrite(&e, &n.switch)),
+                None => Event::Start(e),
+            },
+            Event::Empty(e) if e.local_name().as_ref() == b"local" => match nic {
+                Some(n) => Event::Empty(rewrite(&e, &n.local)),
+                None => Event::Empty(e),
+            },
+            other => other,
+        };
+        writer
+            .write_event(out)
+            .map_err(|e| format!("cannot write the domain XML: {e}"))?;
+    }
+    if count != config.nics.len() {
+        return Err(format!(
+            "the saved machine has {count} NICs, the node {}",
+            config.nics.len()
+        ));
+    }
+    String::from_utf8(writer.into_inner()).map_err(|e| e.to_string())
+}
