@@ -33,7 +33,7 @@ cargo test --locked --workspace --no-run
 # with it and the benchmarks). A test file not named here goes to the
 # second lane. Each lane's lines are prefixed with its name. Every invocation selects `--workspace`, so features are
 # unified as in the build above and nothing is compiled again.
-qemu_tests=(cli cluster driver example_dask example_etcd example_gridengine packages python snapshots test_verb)
+qemu_tests=(chaos_vms cli cluster driver example_dask example_etcd example_gridengine packages python snapshots test_verb)
 mapfile -t other_tests < <(cargo metadata --locked --no-deps --format-version 1 | python3 -c '
 import json, sys
 qemu = set(sys.argv[1:])

@@ -38,6 +38,7 @@ use testbed_proto::ActivationStatus;
 /// The systemd unit that starts the agent in VM images, and where images
 /// install the agent binary (defined in `testbed-proto`, so the image
 /// builder needs no agent crate).
+pub use log::quiet_info;
 pub use testbed_proto::install::{INSTALL_PATH, SERVICE_UNIT};
 
 /// State shared by every session of one agent process.

@@ -21,7 +21,18 @@ fn under_journal() -> bool {
     *JOURNAL.get_or_init(|| std::env::var_os("JOURNAL_STREAM").is_some())
 }
 
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Silences the info lines of every agent in this process (a test that
+/// serves thousands of sessions in-process); warnings and errors stay.
+pub fn quiet_info() {
+    QUIET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 pub fn write(level: Level, args: fmt::Arguments<'_>) {
+    if matches!(level, Level::Info) && QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
     let (priority, name) = match level {
         Level::Error => (3, "error"),
         Level::Warn => (4, "warning"),

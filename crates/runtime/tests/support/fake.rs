@@ -129,6 +129,27 @@ impl FakeHandle {
         let events = lock(&self.events).clone().expect("opened");
         events.exited(node, machine.generation, "halted");
     }
+    /// The node's machine is killed from outside (its QEMU got SIGKILL):
+    /// gone at once, its exit reported. False when it did not run.
+    pub fn kill_machine(&self, node: &str) -> bool {
+        let machine = lock(&self.state.0).machines.remove(node);
+        let Some(machine) = machine else { return false };
+        machine.end();
+        let events = lock(&self.events).clone().expect("opened");
+        events.exited(node, machine.generation, "killed (signal 9)");
+        true
+    }
+    /// The agent inside the node is killed: its end of the channel
+    /// closes, the machine runs on. False when it did not run.
+    pub fn kill_agent(&self, node: &str) -> bool {
+        match lock(&self.state.0).machines.get(node) {
+            Some(machine) => {
+                machine.end();
+                true
+            }
+            None => false,
+        }
+    }
     /// An exit report of an older boot arrives late.
     pub fn report_exit(&self, node: &str, generation: u64) {
         let events = lock(&self.events).clone().expect("opened");
@@ -483,7 +504,17 @@ impl Cluster {
     /// Boots `a`, `b` and `c` on the fake, with `quirks`, and a boot
     /// timeout of `boot`.
     pub fn start(quirks: &[(&str, Quirk)], freeze: bool, boot: Duration) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
+        Cluster::start_in(tempfile::tempdir().unwrap(), quirks, freeze, boot)
+    }
+
+    /// [`Cluster::start`] in the folder `tmp` (its state directory is
+    /// `state` there: another `up` of the same cluster after a `down`).
+    pub fn start_in(
+        tmp: tempfile::TempDir,
+        quirks: &[(&str, Quirk)],
+        freeze: bool,
+        boot: Duration,
+    ) -> Cluster {
         let dir = StateDir::at(tmp.path().join("state"));
         dir.create().unwrap();
         std::fs::create_dir_all(dir.ssh_dir()).unwrap();
