@@ -607,11 +607,7 @@ impl LibvirtHost {
                 domain: name.clone(),
                 reason,
             })?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.console_log)
-            .map_err(self.io_err("open the console log", &config.console_log))?;
+        let log = self.console_log(config)?;
         let mut flags = sys::VIR_DOMAIN_START_PAUSED;
         if config.autodestroy {
             flags |= sys::VIR_DOMAIN_START_AUTODESTROY;
@@ -622,6 +618,15 @@ impl LibvirtHost {
             .map_err(self.domain_err(&name, "create"))?;
         self.attach_and_run(&dom, &name, log)?;
         Ok(name)
+    }
+
+    /// The console log of `config`'s domain, opened to append.
+    fn console_log(&self, config: &DomainConfig) -> Result<File, LibvirtError> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&config.console_log)
+            .map_err(self.io_err("open the console log", &config.console_log))
     }
 
     /// Attaches the console of the paused domain `dom` (named `name`) to
@@ -700,11 +705,7 @@ impl LibvirtHost {
             domain: name.clone(),
             reason,
         })?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.console_log)
-            .map_err(self.io_err("open the console log", &config.console_log))?;
+        let log = self.console_log(config)?;
         self.conn
             .restore_domain_flags(&path, Some(&xml), sys::VIR_DOMAIN_SAVE_PAUSED)
             .map_err(self.domain_err(&name, "restore"))?;

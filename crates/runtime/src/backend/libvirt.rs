@@ -454,26 +454,12 @@ impl Backend for LibvirtBackend {
             }
         }
         if outcome.is_ok() {
-            outcome = std::thread::scope(|scope| {
-                let handles: Vec<_> = domains
-                    .iter()
-                    .map(|(node, domain)| {
-                        let file = dir.join(node.as_str());
-                        let host = self.shared.host_of(node);
-                        scope.spawn(move || {
-                            host.save_machine(domain, &file)
-                                .map_err(|e| format!("{node}: saving its machine failed: {e}"))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err("a saving thread panicked".to_owned()))
-                    })
-                    .collect::<Result<Vec<()>, String>>()
-                    .map(drop)
+            outcome = super::side_by_side(&domains, |(node, domain)| {
+                let file = dir.join(node.as_str());
+                self.shared
+                    .host_of(node)
+                    .save_machine(domain, &file)
+                    .map_err(|e| format!("{node}: saving its machine failed: {e}"))
             });
         }
         // Whatever happened, the cluster runs on.

@@ -318,6 +318,30 @@ pub fn reap(spec: &ClusterSpec, dir: &StateDir) -> Vec<String> {
     }
 }
 
+/// Runs `each` on every item, each on a thread of its own, and waits for
+/// all of them: the first error in the items' order (a thread that
+/// panicked counts as one). What a backend saves side by side.
+pub(crate) fn side_by_side<T: Send>(
+    items: impl IntoIterator<Item = T>,
+    each: impl Fn(T) -> Result<(), String> + Sync,
+) -> Result<(), String> {
+    std::thread::scope(|scope| {
+        let each = &each;
+        let handles: Vec<_> = items
+            .into_iter()
+            .map(|item| scope.spawn(move || each(item)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a saving thread panicked".to_owned()))
+            })
+            .collect::<Result<Vec<()>, String>>()
+            .map(drop)
+    })
+}
+
 /// Locks `m`, taking over the data of a thread that panicked with it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -470,30 +470,11 @@ impl Backend for QemuBackend {
             }
         }
         let saved: Result<(), String> = released.and(stopped).and_then(|()| {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = qmps
-                    .iter_mut()
-                    .map(|(node, qmp)| {
-                        let file = dir.join(node.as_str());
-                        let memory = self.spec.node(node).map_or(1024, |n| n.memory_mib);
-                        scope.spawn(move || {
-                            snapshot::save_whole(
-                                qmp,
-                                &file,
-                                snapshot::whole_machine_timeout(memory),
-                            )
-                            .map_err(|e| format!("{node}: saving its machine failed: {e}"))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err("a saving thread panicked".to_owned()))
-                    })
-                    .collect::<Result<Vec<()>, String>>()
-                    .map(drop)
+            super::side_by_side(qmps.iter_mut(), |(node, qmp)| {
+                let file = dir.join(node.as_str());
+                let memory = self.spec.node(node).map_or(1024, |n| n.memory_mib);
+                snapshot::save_whole(qmp, &file, snapshot::whole_machine_timeout(memory))
+                    .map_err(|e| format!("{node}: saving its machine failed: {e}"))
             })
         });
         // Whatever happened, the cluster runs on.
