@@ -126,6 +126,16 @@ pub struct ImageFiles {
     pub cmdline: String,
 }
 
+impl ImageFiles {
+    /// The store entry's folder, which holds every one of these files.
+    pub fn dir(&self) -> PathBuf {
+        self.kernel
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {
     pub name: String,

@@ -34,25 +34,10 @@ use std::time::Duration;
 use fake::{Cluster, Quirk};
 use testbed_proto::ExecRequest;
 use testbed_runtime::api::{self, ApiClient, NodeState, Reply, Request};
-use testbed_test_support::record_robustness;
+use testbed_test_support::{count_from_env, record_robustness, SeededRng};
 
 /// What a hang would take: every step here ends in milliseconds.
 const BOUND: Duration = Duration::from_secs(20);
-
-/// xorshift64*: a trial is reproducible from its seed, without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Phase {
@@ -144,7 +129,7 @@ fn wait_ready(c: &Cluster) -> Result<(), String> {
 
 /// One trial; `Err` says what leaked or hung.
 fn trial(seed: u64) -> Result<(Phase, Victim, bool), String> {
-    let mut rng = Rng::new(seed);
+    let mut rng = SeededRng::new(seed);
     let phase = [Phase::Up, Phase::Test, Phase::Down][rng.below(3) as usize];
     let victim = [Victim::Client, Victim::Machine, Victim::Agent][rng.below(3) as usize];
     let node = NODES[rng.below(3) as usize];
@@ -238,10 +223,7 @@ fn trial(seed: u64) -> Result<(Phase, Victim, bool), String> {
 
 #[test]
 fn killing_a_client_a_machine_or_an_agent_at_any_point_leaks_nothing() {
-    let trials: u64 = std::env::var("TESTBED_CHAOS_TRIALS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(240);
+    let trials: u64 = count_from_env("TESTBED_CHAOS_TRIALS", 240);
     // Thousands of activations: their info lines would drown the output.
     testbed_agent::quiet_info();
     let mut counts: BTreeMap<(Phase, Victim), u32> = BTreeMap::new();

@@ -35,7 +35,8 @@ pub use net::free_tcp_port;
 pub use poll::{eventually, wait_until};
 pub use process::{is_alive, output_within, run_ok, text};
 pub use robustness::{
-    flip_bytes, fuzz_cases, record_robustness, replace_file, Fuzz, FUZZ_CASES_VAR,
+    count_from_env, flip_bytes, fuzz_cases, record_robustness, replace_file, Fuzz, SeededRng,
+    FUZZ_CASES_VAR,
 };
 pub use sshd::Sshd;
 pub use workspace_bins::{agent_binary, build_workspace_bins};

@@ -29,10 +29,36 @@ pub fn record_robustness(tmpdir: impl AsRef<Path>, line: &str) {
 /// The number of cases a fuzz target runs: `default`, or the value of
 /// [`FUZZ_CASES_VAR`] when it is set to a number.
 pub fn fuzz_cases(default: u32) -> u32 {
-    std::env::var(FUZZ_CASES_VAR)
+    count_from_env(FUZZ_CASES_VAR, default)
+}
+
+/// The number in the environment variable `var`, or `default` when it is
+/// unset or not a number (how many cases or trials a longer local run
+/// asks for).
+pub fn count_from_env<T: std::str::FromStr>(var: &str, default: T) -> T {
+    std::env::var(var)
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(default)
+}
+
+/// A small seeded random sequence (xorshift64*) for chaos trials: a trial
+/// is reproduced from its seed, which a failure names.
+#[derive(Debug, Clone)]
+pub struct SeededRng(u64);
+
+impl SeededRng {
+    pub fn new(seed: u64) -> SeededRng {
+        SeededRng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
 }
 
 /// `valid` with some bytes changed, to fuzz a parser with files that are

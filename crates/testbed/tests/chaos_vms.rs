@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{testbed_command, Env};
-use testbed_test_support::{record_robustness, text};
+use testbed_test_support::{count_from_env, record_robustness, text, SeededRng};
 
 fn composition() -> Env {
     let tmp = tempfile::tempdir().unwrap();
@@ -54,18 +54,6 @@ script = "chaos.rhai"
     )
     .unwrap();
     Env::at(tmp, dir)
-}
-
-/// xorshift64*, seeded by the trial: a failure names its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +194,7 @@ fn calibrate(env: &Env) -> Durations {
 }
 
 fn trial(env: &Env, seed: u64, took: &Durations) -> Result<(String, bool), String> {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = SeededRng::new(seed);
     let victim =
         [Victim::Cli, Victim::Supervisor, Victim::Qemu, Victim::Agent][rng.below(4) as usize];
     let phase = ["up", "test", "down"][rng.below(3) as usize];
@@ -231,10 +219,7 @@ fn trial(env: &Env, seed: u64, took: &Durations) -> Result<(String, bool), Strin
 
 #[test]
 fn killing_the_cli_the_supervisor_qemu_or_the_agent_leaks_nothing() {
-    let trials: u64 = std::env::var("TESTBED_CHAOS_VM_TRIALS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(4);
+    let trials: u64 = count_from_env("TESTBED_CHAOS_VM_TRIALS", 4);
     let env = composition();
     let took = calibrate(&env);
     let mut kinds = std::collections::BTreeMap::<String, u32>::new();

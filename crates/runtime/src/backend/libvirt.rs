@@ -307,13 +307,7 @@ impl LibvirtBackend {
     fn config(&self, spec: &NodeSpec) -> Result<DomainConfig, BackendError> {
         let name = spec.name.as_str();
         let h = self.shared.index_of(name);
-        let dir = spec
-            .image
-            .kernel
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let image = self.ensure_image(h, &spec.image.key, &dir)?;
+        let image = self.ensure_image(h, &spec.image.key, &spec.image.dir())?;
         let mut nics = Vec::new();
         for nic in &spec.nics {
             let udp = self
@@ -389,22 +383,9 @@ impl Backend for LibvirtBackend {
     /// (once per content hash and host; a complete copy is kept for later
     /// runs).
     fn prepare(&self) -> Result<(), BackendError> {
-        let mut wanted = std::collections::BTreeSet::new();
         for node in &self.spec.nodes {
-            let dir = node
-                .image
-                .kernel
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            wanted.insert((
-                self.shared.index_of(&node.name),
-                node.image.key.clone(),
-                dir,
-            ));
-        }
-        for (h, key, dir) in wanted {
-            self.ensure_image(h, &key, &dir)?;
+            let h = self.shared.index_of(&node.name);
+            self.ensure_image(h, &node.image.key, &node.image.dir())?;
         }
         Ok(())
     }
@@ -480,15 +461,10 @@ impl Backend for LibvirtBackend {
         let name = spec.name.as_str();
         let host = self.shared.host_of(name);
         let config = self.config(spec)?;
-        let marker = format!(
-            "\r\n[testbed] this node was restored here from {}\r\n",
-            file.display()
+        super::note_in_console(
+            &config.console_log,
+            &format!("this node was restored here from {}", file.display()),
         );
-        let _ = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&config.console_log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
         let started = Instant::now();
         lock(&self.shared.running).remove(name);
         let _ = host.destroy(&config.name());

@@ -342,6 +342,18 @@ pub(crate) fn side_by_side<T: Send>(
     })
 }
 
+/// Appends `[testbed] LINE` on a line of its own to a node's console log,
+/// so that whoever reads the log sees where testbed changed the machine
+/// under the guest. Best effort: a log that cannot be written loses it.
+pub(crate) fn note_in_console(log: &Path, line: &str) {
+    let marker = format!("\r\n[testbed] {line}\r\n");
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(marker.as_bytes()));
+}
+
 /// Locks `m`, taking over the data of a thread that panicked with it.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

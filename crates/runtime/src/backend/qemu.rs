@@ -495,20 +495,16 @@ impl Backend for QemuBackend {
     ) -> Result<Started, BackendError> {
         let mut config = self.config(node);
         config.incoming = true;
-        let log = config.console_log.clone();
-        let marker = format!(
-            "\r\n[testbed] this node was restored here from cluster snapshot {}\r\n",
-            file.parent()
-                .and_then(Path::parent)
-                .and_then(Path::file_name)
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
+        let snapshot = file
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        super::note_in_console(
+            &config.console_log,
+            &format!("this node was restored here from cluster snapshot {snapshot}"),
         );
-        let _ = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .and_then(|mut f| std::io::Write::write_all(&mut f, marker.as_bytes()));
         let started = std::time::Instant::now();
         let timeout = snapshot::whole_machine_timeout(node.memory_mib);
         let pid = self.spawn(&node.name, generation, config, false)?;
