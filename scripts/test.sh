@@ -30,8 +30,9 @@ cargo test --locked --workspace --no-run
 # the engines' global names, so they stay in one lane; `packages`, which
 # builds into a store of its own, is in the first for balance: measured
 # on 2026-12-07 from a fresh clone, the first lane took 52 min with it and
-# the chaos test on VMs, the second 51 with the benchmarks). A test file not named here goes to the
-# second lane. Each lane's lines are prefixed with its name. Every invocation selects `--workspace`, so features are
+# the chaos test on VMs, the second 51 with the benchmarks). A test file
+# not named here goes to the second lane. Each lane's lines are prefixed
+# with its name. Every invocation selects `--workspace`, so features are
 # unified as in the build above and nothing is compiled again.
 qemu_tests=(chaos_vms cli cluster driver example_dask example_etcd example_gridengine packages python snapshots test_verb)
 mapfile -t other_tests < <(cargo metadata --locked --no-deps --format-version 1 | python3 -c '

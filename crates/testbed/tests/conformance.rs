@@ -209,29 +209,26 @@ fn contract(env: &Env, up: &[&str], backend: &str, console: bool, snapshots: boo
         ok(env, &["snapshot", "restore", "base"]);
         assert_eq!(state_of(env, "node1"), "ready");
         assert_eq!(state_of(env, "node2"), "ready");
-        assert_eq!(
-            ok(env, &["exec", "node1", "--", "cat", "/root/kept"]).trim(),
-            "kept",
-            "the file written before the save is back"
-        );
-        assert!(
-            !reaches(env, "node1", "node2"),
-            "the partition saved is in force again"
-        );
+        // The file written before the save and the partition in force
+        // then are back after `how`.
+        let saved_state_is_back = |how: &str| {
+            assert_eq!(
+                ok(env, &["exec", "node1", "--", "cat", "/root/kept"]).trim(),
+                "kept",
+                "{how} brings the file back"
+            );
+            assert!(
+                !reaches(env, "node1", "node2"),
+                "{how} brings the partition back"
+            );
+        };
+        saved_state_is_back("snapshot restore");
         // A new `up` from it: new switch ports, the same machines.
         ok(env, &["down"]);
         let mut from = vec!["up", "--from", "base"];
         from.extend(up);
         ok(env, &from);
-        assert_eq!(
-            ok(env, &["exec", "node1", "--", "cat", "/root/kept"]).trim(),
-            "kept",
-            "up --from brings the file back"
-        );
-        assert!(
-            !reaches(env, "node1", "node2"),
-            "up --from brings the partition back"
-        );
+        saved_state_is_back("up --from");
         ok(env, &["snapshot", "rm", "base"]);
     } else {
         assert_eq!(out.status.code(), Some(1));
