@@ -117,8 +117,16 @@ fn by_sysfs_name(path: &Path, sysfs: &Path, dev: &Path) -> Option<PathBuf> {
 
 /// Sessions on a virtio-serial port, forever, one host after another. The
 /// device may not exist yet this early in boot.
+///
+/// The first time it opens the port, the process announces itself with the
+/// protocol's preamble (the write waits for a host to be connected). A
+/// host that already had a session with an earlier agent process (killed,
+/// crashed, restarted by systemd) learns so: the requests it sent that
+/// process fail at once instead of waiting for ever, and it connects again.
+/// A host about to say hello skips it.
 fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
     let mut reported = false;
+    let mut announced = false;
     loop {
         let device = by_sysfs_name(
             path,
@@ -131,8 +139,14 @@ fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
             .open(device.as_deref().unwrap_or(path))
             .and_then(|file| Ok((file.try_clone()?, file)));
         match opened {
-            Ok((reader, writer)) => {
+            Ok((reader, mut writer)) => {
                 reported = false;
+                if !announced {
+                    announced = true;
+                    if let Err(e) = testbed_proto::frame::write_magic(&mut writer) {
+                        log(&format!("cannot announce on {}: {e}", path.display()));
+                    }
+                }
                 if let End::Broken(reason) = next_host(agent, reader, writer, NO_HOST_PAUSE) {
                     log(&format!("session on {} ended: {reason}", path.display()));
                 }

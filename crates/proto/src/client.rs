@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::frame::{self, FrameKind, FrameReader, DATA_CHUNK, HANDSHAKE_CHANNEL};
+use crate::frame::{self, FrameError, FrameKind, FrameReader, DATA_CHUNK, HANDSHAKE_CHANNEL};
 use crate::message::{
     millis, Activation, ActivationReport, AgentState, ErrorKind, ExecRequest, ExitStatus, FileInfo,
     ForwardRequest, GetRequest, Hello, HelloReply, PutRequest, RemoteError, Reply, Request,
@@ -135,6 +135,19 @@ struct Channels {
     open: HashMap<u32, Sender<Inbound>>,
     /// Set once the reader stops: why the connection ended.
     closed: Option<String>,
+    /// Whether it ended because the agent announced a new process.
+    restarted: bool,
+}
+
+/// How a client's connection ended ([`Client::wait_closed`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// Why, as the failed requests were told.
+    pub reason: String,
+    /// The agent started again: a new process announced itself on the same
+    /// stream (the old one was killed or crashed). The stream is still
+    /// there; a new client on a new connection gets the new agent.
+    pub restarted: bool,
 }
 
 struct Shared {
@@ -144,6 +157,8 @@ struct Shared {
     /// the last handle goes, the writer is dropped, which closes the stream
     /// (and ends a `--stdio` agent).
     channels: Arc<Mutex<Channels>>,
+    /// Notified by the reader when it stops.
+    ended: Arc<Condvar>,
     next_id: AtomicU32,
 }
 
@@ -215,14 +230,17 @@ impl Client {
             node: options.node.clone(),
             writer: Mutex::new(Box::new(writer)),
             channels: Arc::new(Mutex::new(Channels::default())),
+            ended: Arc::new(Condvar::new()),
             next_id: AtomicU32::new(1),
         });
         let (tx, rx) = mpsc::channel();
         shared.channels().open.insert(HANDSHAKE_CHANNEL, tx);
         let routes = Arc::clone(&shared.channels);
+        let ended = Arc::clone(&shared.ended);
+        let node = options.node.clone();
         std::thread::Builder::new()
             .name(format!("agent-reader-{}", options.node))
-            .spawn(move || read_loop(reader, &routes))
+            .spawn(move || read_loop(reader, &node, &routes, &ended))
             .map_err(|source| ClientError::Write {
                 node: options.node.clone(),
                 what: "hello".to_owned(),
@@ -309,6 +327,30 @@ impl Client {
     /// The node name used in messages.
     pub fn node(&self) -> &str {
         &self.shared.node
+    }
+
+    /// Whether the connection has ended (see [`Client::wait_closed`]).
+    pub fn is_closed(&self) -> bool {
+        self.shared.channels().closed.is_some()
+    }
+
+    /// Blocks until the connection ends, and says how. Every request still
+    /// waiting has been failed with the same reason by then.
+    pub fn wait_closed(&self) -> Closed {
+        let mut channels = self.shared.channels();
+        loop {
+            if let Some(reason) = &channels.closed {
+                return Closed {
+                    reason: reason.clone(),
+                    restarted: channels.restarted,
+                };
+            }
+            channels = self
+                .shared
+                .ended
+                .wait(channels)
+                .unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     fn open(&self, request: &Request, what: String) -> Result<Chan, ClientError> {
@@ -581,12 +623,19 @@ fn protocol(shared: &Shared, what: &str, detail: impl std::fmt::Display) -> Clie
     }
 }
 
-fn read_loop<R: Read>(reader: R, routes: &Mutex<Channels>) {
+fn read_loop<R: Read>(reader: R, node: &str, routes: &Mutex<Channels>, ended: &Condvar) {
     let mut reader = FrameReader::new(reader);
+    // Once the agent answered the hello, a preamble means a new agent
+    // process: the one this session talked to is gone, with whatever it was
+    // doing, and will never answer. (Before that, it is the announcement of
+    // the very agent that is about to answer.)
+    let mut welcomed = false;
+    let mut restarted = false;
     let reason = match reader.sync() {
         Ok(Some(_)) => loop {
             match reader.next_frame() {
                 Ok(Some(frame)) => {
+                    welcomed |= frame.channel == HANDSHAKE_CHANNEL;
                     let inbound = match frame.kind {
                         FrameKind::Control => Inbound::Control(frame.payload),
                         FrameKind::Data => Inbound::Data(frame.payload),
@@ -600,6 +649,12 @@ fn read_loop<R: Read>(reader: R, routes: &Mutex<Channels>) {
                     }
                 }
                 Ok(None) => break "the agent closed the connection".to_owned(),
+                Err(FrameError::Preamble) if welcomed => {
+                    restarted = true;
+                    break format!(
+                        "the agent on {node} started again: its previous process ended (killed or crashed) and took the requests it was serving with it"
+                    );
+                }
                 // Unknown frame kinds may come from a newer agent; the
                 // stream is still in sync, so skip them.
                 Err(e) if !e.is_fatal() => continue,
@@ -611,8 +666,10 @@ fn read_loop<R: Read>(reader: R, routes: &Mutex<Channels>) {
     };
     let mut channels = lock(routes);
     channels.closed = Some(reason);
+    channels.restarted = restarted;
     // Dropping the senders wakes every waiting caller with `Disconnected`.
     channels.open.clear();
+    ended.notify_all();
 }
 
 enum Event {

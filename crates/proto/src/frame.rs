@@ -100,6 +100,13 @@ pub enum FrameError {
     EofWithPayload { channel: u32, len: usize },
     #[error("no protocol preamble in the first {skipped} bytes of the agent channel (is something else writing to it?)")]
     NoPreamble { skipped: usize },
+    /// [`MAGIC`] where a frame should begin: the peer started a new
+    /// session on the same stream (an agent that started again announces
+    /// itself so). The stream is still at a frame boundary.
+    #[error(
+        "a protocol preamble in the middle of the agent channel: the other side started again"
+    )]
+    Preamble,
 }
 
 impl FrameError {
@@ -109,7 +116,9 @@ impl FrameError {
     pub fn is_fatal(&self) -> bool {
         !matches!(
             self,
-            FrameError::UnknownKind { .. } | FrameError::EofWithPayload { .. }
+            FrameError::UnknownKind { .. }
+                | FrameError::EofWithPayload { .. }
+                | FrameError::Preamble
         )
     }
 }
@@ -218,7 +227,14 @@ impl<R: Read> FrameReader<R> {
         };
         let mut header = [0u8; HEADER_LEN];
         header[0] = first;
-        read_exact(&mut self.inner, &mut header[1..])?;
+        // The magic is one byte shorter than a header: read it alone first,
+        // so that after a preamble the next frame is untouched. (A real
+        // header never looks like it: its channel would be 0x54424544.)
+        read_exact(&mut self.inner, &mut header[1..MAGIC.len()])?;
+        if header[..MAGIC.len()] == MAGIC {
+            return Err(FrameError::Preamble);
+        }
+        read_exact(&mut self.inner, &mut header[MAGIC.len()..])?;
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
         let channel = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
         let kind_byte = header[8];
@@ -282,6 +298,23 @@ mod tests {
         assert_eq!(frame.kind, FrameKind::Data);
         assert_eq!(frame.payload, b"abc");
         assert_eq!(reader.next_frame().unwrap().unwrap().kind, FrameKind::Eof);
+        assert!(reader.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_preamble_between_frames_is_reported_and_the_next_frame_is_whole() {
+        let mut stream = MAGIC.to_vec();
+        stream.extend(encode(1, FrameKind::Data, b"before").unwrap());
+        stream.extend_from_slice(&MAGIC);
+        stream.extend(encode(2, FrameKind::Data, b"after").unwrap());
+        let mut reader = FrameReader::new(&stream[..]);
+        assert_eq!(reader.sync().unwrap(), Some(0));
+        assert_eq!(reader.next_frame().unwrap().unwrap().payload, b"before");
+        let err = reader.next_frame().unwrap_err();
+        assert!(matches!(err, FrameError::Preamble), "{err}");
+        assert!(!err.is_fatal());
+        let frame = reader.next_frame().unwrap().unwrap();
+        assert_eq!((frame.channel, frame.payload), (2, b"after".to_vec()));
         assert!(reader.next_frame().unwrap().is_none());
     }
 

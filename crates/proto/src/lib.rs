@@ -29,7 +29,7 @@ pub mod install;
 pub mod message;
 
 pub use client::{
-    AgentInfo, Client, ClientError, ClientOptions, Exec, ExecEvent, ExecStdin, Forward,
+    AgentInfo, Client, ClientError, ClientOptions, Closed, Exec, ExecEvent, ExecStdin, Forward,
     ForwardReader, ForwardWriter, Output,
 };
 pub use message::*;

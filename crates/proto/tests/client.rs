@@ -94,3 +94,74 @@ fn a_silent_agent_times_out_the_hello() {
     .unwrap_err();
     assert_eq!(err.to_string(), "node mute: hello timed out after 0.2s");
 }
+
+/// An agent that starts again writes the preamble on the stream the host
+/// still holds: the request the old process was serving fails at once
+/// with that reason (it would otherwise wait for a reply that never
+/// comes), and `wait_closed` says the agent restarted. The same
+/// announcement before the welcome is the new agent saying hello.
+#[test]
+fn an_agent_that_starts_again_fails_the_request_in_flight_and_says_so() {
+    let (host, guest) = UnixStream::pair().unwrap();
+    let (got_request, request_seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut writer = guest.try_clone().unwrap();
+        // The agent's announcement, written when it opens its port.
+        frame::write_magic(&mut writer).unwrap();
+        let mut reader = FrameReader::new(guest);
+        reader.sync().unwrap();
+        let _hello = reader.next_frame().unwrap().unwrap();
+        frame::write_magic(&mut writer).unwrap();
+        let welcome = HelloReply::Welcome {
+            protocol: 1,
+            agent: "testbed-agent 0.1.0".to_owned(),
+        };
+        let payload = serde_json::to_vec(&welcome).unwrap();
+        frame::write_frame(&mut writer, 0, FrameKind::Control, &payload).unwrap();
+        // A request arrives; the process serving it dies, and the next
+        // one announces itself on the same stream, which stays open.
+        let _request = reader.next_frame().unwrap().unwrap();
+        got_request.send(()).unwrap();
+        frame::write_magic(&mut writer).unwrap();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(writer);
+    });
+    let client = Client::with_options(
+        host.try_clone().unwrap(),
+        host,
+        ClientOptions {
+            node: "fake".to_owned(),
+            hello_timeout: Duration::from_secs(10),
+            ..ClientOptions::default()
+        },
+    )
+    .expect("the announcement before the welcome is not an error");
+    let started = std::time::Instant::now();
+    let err = client.state(Duration::from_secs(20)).unwrap_err();
+    request_seen.recv().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failed at the announcement, not at a timeout"
+    );
+    assert_eq!(
+        err.to_string(),
+        "node fake: agent channel closed during state: the agent on fake started again: its previous process ended (killed or crashed) and took the requests it was serving with it"
+    );
+    let closed = client.wait_closed();
+    assert!(closed.restarted, "{closed:?}");
+}
+
+#[test]
+fn a_connection_that_ends_is_not_a_restart() {
+    let client = fake_agent(
+        HelloReply::Welcome {
+            protocol: 1,
+            agent: "testbed-agent 0.1.0".to_owned(),
+        },
+        drop,
+    )
+    .unwrap();
+    let closed = client.wait_closed();
+    assert!(!closed.restarted);
+    assert_eq!(closed.reason, "the agent closed the connection");
+}

@@ -106,29 +106,32 @@ fn kill(env: &Env, victim: Victim, cli: &mut Child) -> bool {
             .into_iter()
             .map(sigkill)
             .fold(false, |a, b| a | b),
-        // From inside, once the node answers: a transient unit kills the
-        // agent a second after the `exec` that starts it has returned, so
-        // that no request is in flight when the agent dies (one that is
-        // waits: docs/security.md, "Not yet covered"); systemd then starts
-        // the agent again.
+        // From inside, once the node answers, by the very `exec` that
+        // the agent serves (a request in flight when it dies; others may
+        // be, such as the test script's); systemd then starts the agent
+        // again. It landed if the exec failed.
         Victim::Agent => {
             let ready = env.testbed(&["status", "--json"]);
             if !text(&ready.stdout).contains("\"ready\"") {
                 return false;
             }
-            let out = Command::new("timeout")
-                .args(["60", env!("CARGO_BIN_EXE_testbed")])
-                .args(["exec", "vm", "--", "systemd-run", "--on-active=1", "--"])
-                .args(["sh", "-c", "kill -KILL $(pidof testbed-agent)"])
-                .current_dir(&env.comp)
-                .env("TESTBED_STORE", support::store())
-                .env("TESTBED_STATE_DIR", &env.state)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            out.is_ok_and(|s| s.success())
+            kill_agent_in_flight(env).is_ok_and(|out| !out.status.success())
         }
     }
+}
+
+/// `testbed exec vm` of a command that kills the agent serving it, then
+/// waits far longer than the test allows: at most a minute (`timeout`).
+fn kill_agent_in_flight(env: &Env) -> std::io::Result<std::process::Output> {
+    Command::new("timeout")
+        .args(["60", env!("CARGO_BIN_EXE_testbed")])
+        .args(["exec", "vm", "--", "sh", "-c"])
+        .arg("kill -KILL $(pidof testbed-agent); sleep 120")
+        .current_dir(&env.comp)
+        .env("TESTBED_STORE", support::store())
+        .env("TESTBED_STATE_DIR", &env.state)
+        .stdin(Stdio::null())
+        .output()
 }
 
 /// Waits at most `limit` for `child`; kills it and says so if it hangs.
@@ -245,6 +248,21 @@ fn killing_the_cli_the_supervisor_qemu_or_the_agent_leaks_nothing() {
     assert!(out.status.success(), "the last up: {}", text(&out.stderr));
     let out = env.testbed(&["exec", "vm", "--", "hostname"]);
     assert_eq!(text(&out.stdout).trim(), "vm");
+    // An agent killed while it serves a request: the request fails within
+    // seconds and says why (it used to wait for ever), and the node's
+    // next request is served by the agent systemd started again.
+    let started = Instant::now();
+    let out = kill_agent_in_flight(&env).expect("testbed exec");
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the agent on vm started again"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(50), "took {took:?}");
+    let out = env.testbed(&["exec", "vm", "--", "hostname"]);
+    assert_eq!(text(&out.stdout).trim(), "vm", "{}", text(&out.stderr));
     down_leaves_nothing(&env).expect("the last down");
     let per: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let line = format!(

@@ -302,6 +302,27 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
     let pid = status["supervisor_pid"].as_u64().expect("supervisor pid");
+
+    // The agent killed while it serves a request (its `podman exec`
+    // session ends): the request fails at once, and the node's next
+    // request gets a new session.
+    let out = env.testbed(&[
+        "exec",
+        "node1",
+        "--",
+        "sh",
+        "-c",
+        "kill -KILL $(pidof testbed-agent); sleep 120",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the agent closed the connection"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.testbed(&["exec", "node1", "--", "hostname"]);
+    assert_eq!(text(&out.stdout).trim(), "node1", "{}", text(&out.stderr));
+
     let killed = Command::new("kill")
         .args(["-KILL", &pid.to_string()])
         .status()

@@ -36,6 +36,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,14 @@ use crate::backend::{
 use crate::spec::{ClusterSpec, NodeSpec};
 use crate::state::{self, StateDir};
 use crate::switch::{FaultEvent, LinkRule};
+
+/// How long a node's agent session that ended by itself waits for the
+/// report that its machine ended too, before it is opened again.
+const MACHINE_END_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a request waits for a new session with an agent that started
+/// again.
+const RECONNECT_WAIT: Duration = Duration::from_secs(60);
 
 /// How long file transfers and small agent requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -146,6 +155,9 @@ struct NodeRt {
     /// When the current agent session began (a cluster save waits until
     /// it is old enough for QEMU to report the port's next change).
     attached: Option<Instant>,
+    /// A new session with an agent that started again is being opened:
+    /// requests wait for it (see [`Shared::client`]).
+    reconnecting: bool,
 }
 
 struct Shared {
@@ -227,6 +239,7 @@ impl Supervisor {
                     warning: None,
                     client: None,
                     close: None,
+                    reconnecting: false,
                     generation: 0,
                     expected_stop: None,
                     attached: None,
@@ -624,8 +637,29 @@ impl Shared {
         }
     }
 
+    /// The node's agent client; while a new session with an agent that
+    /// went away is being opened, after it (for at most a minute).
     fn client(&self, name: &str) -> Result<Arc<Client>, Refusal> {
-        let nodes = lock(&self.nodes);
+        let mut nodes = lock(&self.nodes);
+        let deadline = Instant::now() + RECONNECT_WAIT;
+        // A session that just ended by itself on a node that runs is about
+        // to be opened again (its watcher sets `reconnecting` next).
+        let ending = |n: &NodeRt| {
+            n.state == NodeState::Ready
+                && n.run.is_some()
+                && n.client.as_ref().is_some_and(|c| c.is_closed())
+        };
+        while let Some(left) = nodes
+            .get(name)
+            .filter(|n| n.reconnecting || ending(n))
+            .and_then(|_| deadline.checked_duration_since(Instant::now()))
+        {
+            nodes = self
+                .changed
+                .wait_timeout(nodes, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
         let Some(node) = nodes.get(name) else {
             let known: Vec<&str> = self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
             return Err(Refusal::new(
@@ -737,6 +771,7 @@ fn start_machine(shared: &Arc<Shared>, name: &str, from: Option<PathBuf>) {
         node.run = None;
         node.expected_stop = None;
         node.attached = None;
+        node.reconnecting = false;
         node.generation
     };
     shared.changed.notify_all();
@@ -861,7 +896,7 @@ fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Insta
         Ok(None) => return,
         Err(e) => return shared.fail(name, generation, e.to_string()),
     };
-    let close: Arc<dyn Fn() + Send + Sync> = Arc::from(channel.close);
+    let (close, closed_by_us) = closer(channel.close);
     if !shared.set(name, generation, |n| n.close = Some(Arc::clone(&close))) {
         close();
         return;
@@ -913,6 +948,7 @@ fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Insta
                 "{name}: agent answered {:.1}s after the node resumed",
                 booted.as_secs_f64()
             ));
+            watch_agent(shared, name, generation, &client, closed_by_us);
             return;
         }
     };
@@ -921,6 +957,7 @@ fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Insta
         n.client = Some(Arc::clone(&client));
         n.attached = Some(Instant::now());
     });
+    watch_agent(shared, name, generation, &client, closed_by_us);
     shared.log(&format!(
         "{name}: agent {} answered {:.1}s after the node started",
         client.agent_info().software,
@@ -952,6 +989,108 @@ fn attach(shared: &Arc<Shared>, spec: &NodeSpec, generation: u64, started: Insta
         }
         Err(e) => shared.fail(name, generation, e.to_string()),
     }
+}
+
+/// A channel's `close`, which also records that the supervisor closed it
+/// (see [`watch_agent`]).
+fn closer(close: Box<dyn Fn() + Send + Sync>) -> (Arc<dyn Fn() + Send + Sync>, Arc<AtomicBool>) {
+    let by_us = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&by_us);
+    let close: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        flag.store(true, Ordering::SeqCst);
+        close();
+    });
+    (close, by_us)
+}
+
+/// Watches a node's agent session on a thread of its own. If it ends
+/// while the node is ready and the supervisor did not end it, the agent
+/// went away with the machine still running: on a VM, a new agent
+/// process announced itself (the old one was killed, or crashed and
+/// systemd started it again); in a container, the agent's exec session
+/// ended. The client has failed the requests in flight, naming why; the
+/// channel is closed and a new session opened, so the node stays usable.
+/// Other ends (the machine ended, a save, `down`) are someone else's.
+fn watch_agent(
+    shared: &Arc<Shared>,
+    name: &str,
+    generation: u64,
+    client: &Arc<Client>,
+    closed_by_us: Arc<AtomicBool>,
+) {
+    let shared = Arc::clone(shared);
+    let client = Arc::clone(client);
+    let name = name.to_owned();
+    let _ = std::thread::Builder::new()
+        .name(format!("agent-watch-{name}"))
+        .spawn(move || {
+            let closed = client.wait_closed();
+            // A machine that ended takes its agent's session with it, and
+            // its end may be reported a moment after the session's.
+            let still_up = |n: &NodeRt| {
+                n.generation == generation
+                    && n.state == NodeState::Ready
+                    && n.run.is_some()
+                    && n.expected_stop.is_none()
+                    && n.client.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client))
+            };
+            if closed_by_us.load(Ordering::SeqCst)
+                || !shared.set(&name, generation, |n| n.reconnecting = still_up(n))
+            {
+                return;
+            }
+            let deadline = Instant::now() + MACHINE_END_GRACE;
+            let mut nodes = lock(&shared.nodes);
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                if closed_by_us.load(Ordering::SeqCst) || !nodes.get(&name).is_some_and(still_up) {
+                    break;
+                }
+                nodes = shared
+                    .changed
+                    .wait_timeout(nodes, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            drop(nodes);
+            let mut close = None;
+            let current = shared.set(&name, generation, |n| {
+                if still_up(n) && !closed_by_us.load(Ordering::SeqCst) {
+                    n.client = None;
+                    n.message = Some("its agent went away; connecting to it again".to_owned());
+                    close = n.close.take();
+                } else {
+                    n.reconnecting = false;
+                }
+            });
+            let Some(close) = close.filter(|_| current) else {
+                shared.log(&format!("{name}: {}", closed.reason));
+                return;
+            };
+            shared.log(&format!("{name}: {}; connecting again", closed.reason));
+            close();
+            let result = saves::reconnect(&shared, &name, generation, false);
+            shared.set(&name, generation, |n| n.reconnecting = false);
+            match result {
+                Ok(true) => shared.log(&format!("{name}: agent connected again")),
+                // The machine stopped meanwhile (its agent went with it).
+                Ok(false) => {}
+                Err(e) => {
+                    let running = lock(&shared.nodes)
+                        .get(&name)
+                        .is_some_and(|n| n.generation == generation && n.run.is_some());
+                    if running {
+                        shared.fail(
+                            &name,
+                            generation,
+                            format!(
+                                "its agent went away ({}) and did not answer again: {e}",
+                                closed.reason
+                            ),
+                        );
+                    }
+                }
+            }
+        });
 }
 
 /// Whether the transport goes on after a request.

@@ -207,7 +207,7 @@ fn reconnect_all(
             .iter()
             .map(|(name, generation, _)| {
                 scope.spawn(move || {
-                    reconnect(shared, name, *generation).map_err(|e| {
+                    reconnect(shared, name, *generation, true).map_err(|e| {
                         shared.fail(name, *generation, e.clone());
                         format!("{name}: {e}")
                     })
@@ -230,8 +230,15 @@ fn reconnect_all(
 }
 
 /// Opens a new agent session with a node that stayed ready (its machine
-/// ran on) and sets its clock.
-fn reconnect(shared: &Arc<Shared>, name: &str, generation: u64) -> Result<(), String> {
+/// ran on): after a save (`set_clock`: its clock stood still meanwhile),
+/// and after its agent went away. `Ok(false)`: the node stopped
+/// meanwhile, nothing to reconnect.
+pub(super) fn reconnect(
+    shared: &Arc<Shared>,
+    name: &str,
+    generation: u64,
+    set_clock: bool,
+) -> Result<bool, String> {
     let Some(spec) = shared.spec.node(name) else {
         return Err("not in the cluster".to_owned());
     };
@@ -244,10 +251,10 @@ fn reconnect(shared: &Arc<Shared>, name: &str, generation: u64) -> Result<(), St
     let channel: Channel = match super::open_channel(shared, spec, deadline, current) {
         Ok(Some(channel)) => channel,
         // Crashed or stopped meanwhile: nothing to reconnect.
-        Ok(None) => return Ok(()),
+        Ok(None) => return Ok(false),
         Err(e) => return Err(e.to_string()),
     };
-    let close: Arc<dyn Fn() + Send + Sync> = Arc::from(channel.close);
+    let (close, closed_by_us) = super::closer(channel.close);
     let options = ClientOptions {
         node: name.to_owned(),
         hello_timeout: deadline.saturating_duration_since(Instant::now()),
@@ -258,22 +265,26 @@ fn reconnect(shared: &Arc<Shared>, name: &str, generation: u64) -> Result<(), St
         Err(e) => {
             close();
             return Err(format!(
-                "its agent did not answer again after the save: {e}; the console's last lines:\n{}",
+                "its agent did not answer again: {e}; the console's last lines:\n{}",
                 super::console_tail(&shared.dir.node(name).console_log(), CONSOLE_TAIL)
             ));
         }
     };
-    sync_clock(shared, name, &client)?;
+    if set_clock {
+        sync_clock(shared, name, &client)?;
+    }
     let kept = shared.set(name, generation, |n| {
         n.client = Some(Arc::clone(&client));
         n.close = Some(Arc::clone(&close));
         n.attached = Some(Instant::now());
         n.message = None;
     });
-    if !kept {
+    if kept {
+        super::watch_agent(shared, name, generation, &client, closed_by_us);
+    } else {
         close();
     }
-    Ok(())
+    Ok(kept)
 }
 
 /// Brings every node back to the snapshot `name`, which must have been
