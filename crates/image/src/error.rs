@@ -145,6 +145,17 @@ pub enum ImageError {
         needed_mib: u64,
     },
 
+    /// A folder of the store that someone other than its user (or root)
+    /// could change: builds and the clusters started from them would use
+    /// what they put there.
+    #[error("refusing the store folder {}: {reason}; fix its owner and mode, or set TESTBED_STORE to a folder of your own", path.display())]
+    UnsafeStore {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A store entry or manifest is damaged.
     #[error("store entry {}: {message}", path.display())]
     BadEntry {

@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,41 @@ use crate::error::{ImageError, IoContext, Result};
 use crate::manifest::{Manifest, MANIFEST};
 use crate::progress::{Event, Progress};
 use crate::rootfs::hex;
+
+/// Refuses a folder of the store that someone else could control (see
+/// [`Store::open`]); one that does not exist passes (it is about to be
+/// created, and is checked again then).
+fn check_private(dir: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at("cannot inspect", dir),
+    };
+    let refuse = |reason: String| ImageError::UnsafeStore {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a symbolic link".to_owned()));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("it is not a directory".to_owned()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(refuse(format!(
+            "it belongs to uid {}, neither you (uid {me}) nor root",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "others may write in it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
 
 /// The environment variable that overrides the store location.
 pub const STORE_ENV: &str = "TESTBED_STORE";
@@ -128,16 +164,24 @@ impl Store {
     }
 
     /// Opens (creating) the store at `root`.
+    ///
+    /// The store's own folders (the root as it resolves, `.tmp`, `.refs`,
+    /// `.packages`, `.snapshots` and its `.tmp`) must be directories, not
+    /// symbolic links, owned by this user or by root, and writable by no
+    /// one else: whoever may write there decides what the next build
+    /// commits and what clusters boot ([`ImageError::UnsafeStore`]).
     pub fn open(root: &Path) -> Result<Store> {
-        for d in [
-            root.to_path_buf(),
-            root.join(TMP),
-            root.join(REFS),
-            root.join(PACKAGES),
-        ] {
-            fs::create_dir_all(&d).at("cannot create", &d)?;
-        }
+        fs::create_dir_all(root).at("cannot create", root)?;
         let root = fs::canonicalize(root).at("cannot resolve", root)?;
+        check_private(&root)?;
+        for d in [root.join(TMP), root.join(REFS), root.join(PACKAGES)] {
+            check_private(&d)?;
+            fs::create_dir_all(&d).at("cannot create", &d)?;
+            check_private(&d)?;
+        }
+        for d in [root.join(SNAPSHOTS), root.join(SNAPSHOTS).join(TMP)] {
+            check_private(&d)?;
+        }
         Ok(Store { root })
     }
 
@@ -206,7 +250,7 @@ impl Store {
         let pid = std::process::id();
         for n in 0u32.. {
             let dir = base.join(format!("{label}-{n}-{pid}"));
-            match fs::create_dir(&dir) {
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
                 Ok(()) => return Ok(dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e).at("cannot create", &dir),
@@ -538,6 +582,51 @@ mod tests {
         m.write(&tmp.join(MANIFEST)).expect("manifest");
         fs::write(tmp.join("kernel"), b"k").expect("w");
         store.commit(&tmp, key).expect("commit");
+    }
+
+    /// A store folder that someone else could change is refused, with
+    /// the folder and the reason; the store's build folders are private.
+    #[test]
+    fn store_folders_that_others_could_change_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("store");
+        let store = Store::open(&root).expect("a new store");
+        let build = store.temp_dir("t").expect("tmp");
+        assert_eq!(fs::metadata(&build).expect("stat").mode() & 0o777, 0o700);
+
+        let unsafe_because = |reason: &str| match Store::open(&root) {
+            Err(ImageError::UnsafeStore { reason: r, path }) => {
+                assert!(r.contains(reason), "{r}");
+                path
+            }
+            other => panic!("expected a refusal ({reason}), got {other:?}"),
+        };
+        // `.tmp` replaced by a link to a folder anyone may write.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        fs::remove_dir_all(root.join(TMP)).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, root.join(TMP)).expect("ln");
+        assert_eq!(unsafe_because("symbolic link"), root.join(TMP));
+        fs::remove_file(root.join(TMP)).expect("rm");
+
+        // The root writable by everyone.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let refused = unsafe_because("others may write in it (mode 777)");
+        assert_eq!(refused, fs::canonicalize(&root).expect("resolve"));
+        let message = Store::open(&root).unwrap_err().to_string();
+        assert!(message.contains("TESTBED_STORE"), "{message}");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
+
+        // `.refs` of another user (needs root to give it away; as anyone
+        // else, a folder of one's own is all there is).
+        if rustix::process::geteuid().is_root() {
+            let nobody = Some(65534);
+            std::os::unix::fs::chown(root.join(REFS), nobody, nobody).expect("chown");
+            unsafe_because("belongs to uid 65534");
+            std::os::unix::fs::chown(root.join(REFS), Some(0), Some(0)).expect("chown");
+        }
+        Store::open(&root).expect("safe again");
     }
 
     #[test]
