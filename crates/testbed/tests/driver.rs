@@ -47,6 +47,14 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
     assert!(all.contains("bad.rhai:4:"), "names the failing line: {all}");
     assert!(all.contains("on node compute1"), "names the node: {all}");
     assert!(all.contains("err-text"), "quotes stderr: {all}");
+    // The progress on stderr says why, under the FAILED line (what a test
+    // harness that keeps only stderr shows).
+    let progress = text(&out.stderr);
+    let failed_at = progress.find("FAILED: broken").expect("a FAILED line");
+    assert!(
+        progress[failed_at..].contains("        ") && progress[failed_at..].contains("err-text"),
+        "the reason is under the FAILED line: {progress}"
+    );
     assert!(
         all.contains("artifacts (console logs, journals, fault history) are in artifacts"),
         "says where the artifacts are: {all}"

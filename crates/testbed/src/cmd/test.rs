@@ -76,6 +76,26 @@ fn short(text: &str, max: usize) -> String {
     s
 }
 
+/// The last `max` lines of a failure, indented under its FAILED line (the
+/// end of a command's output says why it failed; the whole text is in the
+/// summary and the reports).
+fn indented_tail(text: &str, max: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let skipped = lines.len().saturating_sub(max);
+    let mut out = String::new();
+    if skipped > 0 {
+        out.push_str(&format!(
+            "        ({skipped} earlier lines in the report)\n"
+        ));
+    }
+    let shown: Vec<String> = lines[skipped..]
+        .iter()
+        .map(|l| format!("        {l}"))
+        .collect();
+    out.push_str(&shown.join("\n"));
+    out
+}
+
 /// Prints events on stderr; repeated identical commands (the retries of a
 /// `wait_until_*`) are folded into a count.
 fn printer(start: Instant) -> EventSink {
@@ -113,7 +133,11 @@ fn printer(start: Instant) -> EventSink {
                 failure,
             } => match failure {
                 None => format!("{t} ok: {name} ({:.1}s)", duration.as_secs_f64()),
-                Some(_) => format!("{t} FAILED: {name} ({:.1}s)", duration.as_secs_f64()),
+                Some(why) => format!(
+                    "{t} FAILED: {name} ({:.1}s)\n{}",
+                    duration.as_secs_f64(),
+                    indented_tail(why, 20)
+                ),
             },
             Event::Log { message } => format!("{t} log: {message}"),
             Event::ActionFinished {
@@ -472,5 +496,21 @@ fn evaluate(driver: &mut Driver, code: &str) {
         }
         Ok(None) => {}
         Err(e) => errln!("error: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::indented_tail;
+
+    #[test]
+    fn a_failure_is_shown_by_its_last_lines_indented() {
+        assert_eq!(indented_tail("one\ntwo\n", 5), "        one\n        two");
+        let long: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
+        let shown = indented_tail(&long.join("\n"), 3);
+        assert_eq!(
+            shown,
+            "        (27 earlier lines in the report)\n        line 28\n        line 29\n        line 30"
+        );
     }
 }
