@@ -20,6 +20,7 @@
 // needs.
 #![allow(dead_code, clippy::print_stderr)]
 
+pub mod chaos;
 pub mod python;
 pub mod secrets;
 
