@@ -141,7 +141,7 @@ fn trial(seed: u64) -> Result<(Phase, Victim, bool), String> {
     } else {
         Vec::new()
     };
-    let c = Cluster::start(&quirks, true, Duration::from_millis(400));
+    let c = Cluster::start(&quirks, true, Duration::from_secs(2));
     let socket = c.dir.api_socket();
     let listener = UnixListener::bind(&socket).map_err(|e| e.to_string())?;
     let sup = c.sup.clone();
@@ -211,7 +211,7 @@ fn trial(seed: u64) -> Result<(Phase, Victim, bool), String> {
 
     // The next `up` of the same cluster, in the same folder, works.
     let Cluster { _tmp: tmp, .. } = c;
-    let again = Cluster::start_in(tmp, &[], true, Duration::from_millis(400));
+    let again = Cluster::start_in(tmp, &[], true, Duration::from_secs(2));
     wait_ready(&again)?;
     let sup = again.sup.clone();
     bounded("the second down", move || sup.down())?;

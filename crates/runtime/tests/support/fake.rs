@@ -60,6 +60,9 @@ struct Machine {
     host: Option<UnixStream>,
     guest: UnixStream,
     session: Option<std::thread::JoinHandle<()>>,
+    /// Its agent was killed: the next `agent` call finds a new one (as
+    /// systemd starts a VM's agent again, or an engine a new `exec`).
+    respawn: bool,
 }
 
 impl Machine {
@@ -140,11 +143,13 @@ impl FakeHandle {
         true
     }
     /// The agent inside the node is killed: its end of the channel
-    /// closes, the machine runs on. False when it did not run.
+    /// closes, the machine runs on, and a new agent answers the next
+    /// channel. False when it did not run.
     pub fn kill_agent(&self, node: &str) -> bool {
-        match lock(&self.state.0).machines.get(node) {
+        match lock(&self.state.0).machines.get_mut(node) {
             Some(machine) => {
                 machine.end();
+                machine.respawn = true;
                 true
             }
             None => false,
@@ -185,6 +190,7 @@ impl Fake {
                 host: Some(host),
                 guest,
                 session: Some(session),
+                respawn: false,
             },
         );
         Ok(())
@@ -244,6 +250,13 @@ impl Backend for Fake {
     fn agent(&self, node: &NodeSpec) -> Result<Channel, BackendError> {
         if self.quirk(&node.name) == Quirk::NeverAnswers {
             return Err(BackendError::NotYet("no agent yet".to_owned()));
+        }
+        let respawn = lock(&self.state.0)
+            .machines
+            .get(&node.name)
+            .map(|m| (m.respawn, m.generation));
+        if let Some((true, generation)) = respawn {
+            self.run_machine(&node.name, generation)?;
         }
         let host = lock(&self.state.0)
             .machines

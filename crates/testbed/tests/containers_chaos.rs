@@ -5,7 +5,7 @@
 //! process that names the cluster's state directory, no state, no
 //! container, network or image tag of the cluster, and the next `up`
 //! works. `TESTBED_CHAOS_CONTAINER_TRIALS` sets the number of trials
-//! (default 3); the counts are recorded in `target/tmp/robustness.txt`.
+//! (default 2); the counts are recorded in `target/tmp/robustness.txt`.
 
 mod support;
 
@@ -62,7 +62,7 @@ const PODMAN: Backend = Backend {
 
 #[test]
 fn killing_the_cli_the_supervisor_the_container_or_the_agent_leaks_nothing() {
-    let trials: u64 = count_from_env("TESTBED_CHAOS_CONTAINER_TRIALS", 3);
+    let trials: u64 = count_from_env("TESTBED_CHAOS_CONTAINER_TRIALS", 2);
     let env = chaos::composition();
     let (line, failures) = chaos::run(&env, &PODMAN, trials, "podman containers", || {
         let _ = TAGS_BEFORE.set(tags());
