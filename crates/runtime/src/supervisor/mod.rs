@@ -318,22 +318,13 @@ impl Supervisor {
         timeout: Duration,
         cond: impl Fn(&NodeStatus) -> bool,
     ) -> Option<NodeStatus> {
-        let deadline = Instant::now() + timeout;
-        let mut nodes = lock(&self.shared.nodes);
-        loop {
-            let status = nodes.get(node).map(|n| node_status(&self.shared.dir, n));
-            if let Some(s) = status.filter(|s| cond(s)) {
-                return Some(s);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            nodes = match self.shared.changed.wait_timeout(nodes, left) {
-                Ok((guard, _)) => guard,
-                Err(e) => e.into_inner().0,
-            };
-        }
+        let status = |nodes: &BTreeMap<String, NodeRt>| {
+            nodes.get(node).map(|n| node_status(&self.shared.dir, n))
+        };
+        let nodes = self.shared.wait_nodes(Instant::now() + timeout, |nodes| {
+            status(nodes).is_some_and(|s| cond(&s))
+        });
+        status(&nodes).filter(|s| cond(s))
     }
 
     /// Sends `reply` lines for every node state change until every node is
@@ -637,11 +628,32 @@ impl Shared {
         }
     }
 
+    /// Waits on `changed` until `done` holds for the nodes or `deadline`
+    /// passes, and returns the nodes' lock, held (so the caller reads the
+    /// state `done` saw).
+    fn wait_nodes(
+        &self,
+        deadline: Instant,
+        done: impl Fn(&BTreeMap<String, NodeRt>) -> bool,
+    ) -> MutexGuard<'_, BTreeMap<String, NodeRt>> {
+        let mut nodes = lock(&self.nodes);
+        while !done(&nodes) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            nodes = self
+                .changed
+                .wait_timeout(nodes, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        nodes
+    }
+
     /// The node's agent client; while a new session with an agent that
     /// went away is being opened, after it (for at most a minute).
     fn client(&self, name: &str) -> Result<Arc<Client>, Refusal> {
-        let mut nodes = lock(&self.nodes);
-        let deadline = Instant::now() + RECONNECT_WAIT;
         // A session that just ended by itself on a node that runs is about
         // to be opened again (its watcher sets `reconnecting` next).
         let ending = |n: &NodeRt| {
@@ -649,17 +661,9 @@ impl Shared {
                 && n.run.is_some()
                 && n.client.as_ref().is_some_and(|c| c.is_closed())
         };
-        while let Some(left) = nodes
-            .get(name)
-            .filter(|n| n.reconnecting || ending(n))
-            .and_then(|_| deadline.checked_duration_since(Instant::now()))
-        {
-            nodes = self
-                .changed
-                .wait_timeout(nodes, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let nodes = self.wait_nodes(Instant::now() + RECONNECT_WAIT, |nodes| {
+            !nodes.get(name).is_some_and(|n| n.reconnecting || ending(n))
+        });
         let Some(node) = nodes.get(name) else {
             let known: Vec<&str> = self.spec.nodes.iter().map(|n| n.name.as_str()).collect();
             return Err(Refusal::new(
@@ -1039,19 +1043,11 @@ fn watch_agent(
             {
                 return;
             }
-            let deadline = Instant::now() + MACHINE_END_GRACE;
-            let mut nodes = lock(&shared.nodes);
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                if closed_by_us.load(Ordering::SeqCst) || !nodes.get(&name).is_some_and(still_up) {
-                    break;
-                }
-                nodes = shared
-                    .changed
-                    .wait_timeout(nodes, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-            drop(nodes);
+            drop(
+                shared.wait_nodes(Instant::now() + MACHINE_END_GRACE, |nodes| {
+                    closed_by_us.load(Ordering::SeqCst) || !nodes.get(&name).is_some_and(still_up)
+                }),
+            );
             let mut close = None;
             let current = shared.set(&name, generation, |n| {
                 if still_up(n) && !closed_by_us.load(Ordering::SeqCst) {
@@ -1488,29 +1484,21 @@ fn wait_for(
     timeout: Duration,
     cond: impl Fn(&NodeRt) -> bool,
 ) -> Result<(), Refusal> {
-    let deadline = Instant::now() + timeout;
-    let mut nodes = lock(&shared.nodes);
-    loop {
-        if nodes.get(name).is_some_and(&cond) {
-            return Ok(());
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            let state = nodes.get(name).map(|n| n.state.to_string());
-            return Err(Refusal::new(
-                format!(
-                    "node {name} did not stop within {:.0}s (still {})",
-                    timeout.as_secs_f64(),
-                    state.unwrap_or_default()
-                ),
-                Some(name),
-            ));
-        }
-        nodes = match shared.changed.wait_timeout(nodes, deadline - now) {
-            Ok((guard, _)) => guard,
-            Err(e) => e.into_inner().0,
-        };
+    let nodes = shared.wait_nodes(Instant::now() + timeout, |nodes| {
+        nodes.get(name).is_some_and(&cond)
+    });
+    if nodes.get(name).is_some_and(&cond) {
+        return Ok(());
     }
+    let state = nodes.get(name).map(|n| n.state.to_string());
+    Err(Refusal::new(
+        format!(
+            "node {name} did not stop within {:.0}s (still {})",
+            timeout.as_secs_f64(),
+            state.unwrap_or_default()
+        ),
+        Some(name),
+    ))
 }
 
 fn apply_fault(shared: &Shared, fault: Fault) -> Result<Option<LinkRule>, Refusal> {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use testbed_proto::{Client, ClientOptions, ExecRequest};
 
-use super::{lock, start_machine, NodeState, Refusal, Shared, CONSOLE_TAIL};
+use super::{lock, start_machine, NodeRt, NodeState, Refusal, Shared, CONSOLE_TAIL};
 use crate::api::{SavedNode, SnapshotInfo};
 use crate::backend::{BackendError, Channel, Stop};
 use crate::saved::{self, Saved, SavedError, Writing};
@@ -331,42 +331,32 @@ pub(super) fn restore(shared: &Arc<Shared>, name: &str) -> Result<SnapshotInfo, 
     start_saved(shared, &snapshot)?;
     // Every resumed node ready, or the first failure.
     let timeout = shared.spec.boot_timeout();
-    let deadline = Instant::now() + timeout;
-    let mut nodes = lock(&shared.nodes);
-    loop {
-        if let Some(failed) = nodes.values().find(|n| n.state == NodeState::Failed) {
-            return Err(Refusal::new(
-                format!(
-                    "node {} did not come back from snapshot {name}: {}",
-                    failed.spec.name,
-                    failed.message.clone().unwrap_or_default()
-                ),
-                Some(&failed.spec.name),
-            ));
-        }
-        if nodes
+    let back = |n: &NodeRt| matches!(n.state, NodeState::Ready | NodeState::Stopped);
+    let failed = |n: &&NodeRt| n.state == NodeState::Failed;
+    let nodes = shared.wait_nodes(Instant::now() + timeout, |nodes| {
+        nodes.values().any(|n| failed(&n)) || nodes.values().all(back)
+    });
+    if let Some(failed) = nodes.values().find(failed) {
+        return Err(Refusal::new(
+            format!(
+                "node {} did not come back from snapshot {name}: {}",
+                failed.spec.name,
+                failed.message.clone().unwrap_or_default()
+            ),
+            Some(&failed.spec.name),
+        ));
+    }
+    if !nodes.values().all(back) {
+        let waiting: Vec<String> = nodes
             .values()
-            .all(|n| matches!(n.state, NodeState::Ready | NodeState::Stopped))
-        {
-            break;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let waiting: Vec<String> = nodes
-                .values()
-                .filter(|n| !n.state.settled())
-                .map(|n| format!("{} is {}", n.spec.name, n.state))
-                .collect();
-            return Err(refuse(format!(
-                "snapshot {name}: not every node was back within {:.0}s: {}",
-                timeout.as_secs_f64(),
-                waiting.join(", ")
-            )));
-        }
-        nodes = match shared.changed.wait_timeout(nodes, left) {
-            Ok((guard, _)) => guard,
-            Err(e) => e.into_inner().0,
-        };
+            .filter(|n| !n.state.settled())
+            .map(|n| format!("{} is {}", n.spec.name, n.state))
+            .collect();
+        return Err(refuse(format!(
+            "snapshot {name}: not every node was back within {:.0}s: {}",
+            timeout.as_secs_f64(),
+            waiting.join(", ")
+        )));
     }
     drop(nodes);
     let mut info = snapshot.info.clone();
