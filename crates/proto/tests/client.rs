@@ -8,6 +8,26 @@ use std::time::Duration;
 use testbed_proto::frame::{self, FrameKind, FrameReader};
 use testbed_proto::{Client, ClientError, ClientOptions, HelloReply};
 
+/// A client on `host` for the node `node`.
+fn connect(host: UnixStream, node: &str, hello_timeout: Duration) -> Result<Client, ClientError> {
+    Client::with_options(
+        host.try_clone().unwrap(),
+        host,
+        ClientOptions {
+            node: node.to_owned(),
+            hello_timeout,
+            ..ClientOptions::default()
+        },
+    )
+}
+
+/// The agent's side of the hello: the preamble, then `reply`.
+fn answer_hello(writer: &mut UnixStream, reply: &HelloReply) {
+    frame::write_magic(writer).unwrap();
+    let payload = serde_json::to_vec(reply).unwrap();
+    frame::write_frame(writer, 0, FrameKind::Control, &payload).unwrap();
+}
+
 /// Runs `agent` on the far end of a socket pair after answering the hello
 /// with `reply`.
 fn fake_agent(
@@ -23,20 +43,10 @@ fn fake_agent(
         let mut writer = guest;
         // A banner before the preamble, as an SSH login might print.
         writer.write_all(b"motd: be nice\n").unwrap();
-        frame::write_magic(&mut writer).unwrap();
-        let payload = serde_json::to_vec(&reply).unwrap();
-        frame::write_frame(&mut writer, 0, FrameKind::Control, &payload).unwrap();
+        answer_hello(&mut writer, &reply);
         then(writer);
     });
-    Client::with_options(
-        host.try_clone().unwrap(),
-        host,
-        ClientOptions {
-            node: "fake".to_owned(),
-            hello_timeout: Duration::from_secs(10),
-            ..ClientOptions::default()
-        },
-    )
+    connect(host, "fake", Duration::from_secs(10))
 }
 
 #[test]
@@ -82,16 +92,7 @@ fn an_agent_that_hangs_up_fails_pending_calls() {
 #[test]
 fn a_silent_agent_times_out_the_hello() {
     let (host, _guest) = UnixStream::pair().unwrap();
-    let err = Client::with_options(
-        host.try_clone().unwrap(),
-        host,
-        ClientOptions {
-            node: "mute".to_owned(),
-            hello_timeout: Duration::from_millis(200),
-            ..ClientOptions::default()
-        },
-    )
-    .unwrap_err();
+    let err = connect(host, "mute", Duration::from_millis(200)).unwrap_err();
     assert_eq!(err.to_string(), "node mute: hello timed out after 0.2s");
 }
 
@@ -111,13 +112,11 @@ fn an_agent_that_starts_again_fails_the_request_in_flight_and_says_so() {
         let mut reader = FrameReader::new(guest);
         reader.sync().unwrap();
         let _hello = reader.next_frame().unwrap().unwrap();
-        frame::write_magic(&mut writer).unwrap();
         let welcome = HelloReply::Welcome {
             protocol: 1,
             agent: "testbed-agent 0.1.0".to_owned(),
         };
-        let payload = serde_json::to_vec(&welcome).unwrap();
-        frame::write_frame(&mut writer, 0, FrameKind::Control, &payload).unwrap();
+        answer_hello(&mut writer, &welcome);
         // A request arrives; the process serving it dies, and the next
         // one announces itself on the same stream, which stays open.
         let _request = reader.next_frame().unwrap().unwrap();
@@ -126,16 +125,8 @@ fn an_agent_that_starts_again_fails_the_request_in_flight_and_says_so() {
         std::thread::sleep(Duration::from_secs(30));
         drop(writer);
     });
-    let client = Client::with_options(
-        host.try_clone().unwrap(),
-        host,
-        ClientOptions {
-            node: "fake".to_owned(),
-            hello_timeout: Duration::from_secs(10),
-            ..ClientOptions::default()
-        },
-    )
-    .expect("the announcement before the welcome is not an error");
+    let client = connect(host, "fake", Duration::from_secs(10))
+        .expect("the announcement before the welcome is not an error");
     let started = std::time::Instant::now();
     let err = client.state(Duration::from_secs(20)).unwrap_err();
     request_seen.recv().unwrap();
