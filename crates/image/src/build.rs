@@ -14,17 +14,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::debs::{self, PackageSources};
 use crate::error::{ImageError, IoContext, Result};
-use crate::lock::{Lockfile, RoleLock};
+use crate::lock::{LockedPackage, Lockfile, RoleLock};
 use crate::manifest::{KeyInputs, Manifest, MANIFEST};
 use crate::progress::{Event, Progress, Step};
 use crate::rootfs;
-use crate::spec::ImageSpec;
+use crate::rootless::{self, Mapping};
+use crate::spec::{ImageSpec, StaticFile};
 use crate::store::{remove_tree, Store};
 use crate::tools;
 
@@ -214,9 +216,13 @@ fn run_jobs(
     artifacts: &dyn Artifacts,
 ) -> Result<()> {
     tools::require(tools::BUILD_TOOLS)?;
-    if !rustix::process::geteuid().is_root() {
-        return Err(ImageError::NeedsRoot);
-    }
+    // Not root: mmdebstrap's unshare mode and the same namespace for the
+    // steps after it (crate::rootless).
+    let rootless = if rootless::needed() {
+        Some(rootless::probe().map_err(|problems| ImageError::Rootless { problems })?)
+    } else {
+        None
+    };
     store.clean_stale(progress)?;
     let parallel = options
         .jobs
@@ -248,7 +254,7 @@ fn run_jobs(
                     return;
                 };
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    build_one(store, &job, progress, artifacts)
+                    build_one(store, &job, progress, artifacts, rootless.as_ref())
                 }))
                 .unwrap_or_else(|_| {
                     Err(ImageError::Panicked {
@@ -274,49 +280,89 @@ fn build_one(
     job: &Job<'_>,
     progress: &dyn Progress,
     artifacts: &dyn Artifacts,
+    rootless: Option<&Mapping>,
 ) -> Result<()> {
     let started = Instant::now();
     let role = job.roles[0].as_str();
     let work = store.temp_dir(&job.key[..16])?;
     let result = (|| {
-        let tree = work.join("rootfs");
         let out = work.join("out");
         fs::create_dir(&out).at("cannot create", &out)?;
-        let step = |step| {
+        let mut step = |step| {
             progress.event(Event::Step {
                 role: role.to_string(),
                 step,
             })
         };
         step(Step::Bootstrapping);
-        let repo = work.join("repo");
-        debs::local_repo(store, &repo, &job.lock.packages)?;
-        rootfs::bootstrap(
-            &rootfs::Bootstrap {
+        if let Some(mapping) = rootless {
+            // The tree is built where the subordinate root may reach it,
+            // and belongs to it: only the namespace removes it.
+            let scratch = rootless::Scratch::new(mapping, &job.key[..16])?;
+            let repo = scratch.dir.join("repo");
+            debs::local_repo(store, &repo, &job.lock.packages)?;
+            readable_by_all(&repo)?;
+            let tree = scratch.dir.join("rootfs");
+            rootfs::bootstrap(
+                &rootfs::Bootstrap {
+                    role,
+                    lock: job.lock,
+                    repo: &repo,
+                    debconf: &job.spec.debconf,
+                    unshare: true,
+                },
+                &tree,
+                &scratch.dir,
+            )?;
+            let agent = match job.spec.agent.as_deref() {
+                Some(agent) => {
+                    let copy = scratch.dir.join("agent");
+                    fs::copy(agent, &copy).at("cannot copy the agent binary", agent)?;
+                    Some(copy)
+                }
+                None => None,
+            };
+            let request = rootless::Request {
+                role: role.to_owned(),
+                tree,
+                out: out.clone(),
+                packages: job.lock.packages.clone(),
+                files: job.spec.files.clone(),
+                agent,
+                epoch: job.lock.source_date_epoch,
+                uid: mapping.uid,
+                gid: mapping.gid,
+                uids: mapping.uids,
+                gids: mapping.gids,
+            };
+            rootless::finish_in_namespace(mapping, &scratch, &request, &mut step)?;
+        } else {
+            let tree = work.join("rootfs");
+            let repo = work.join("repo");
+            debs::local_repo(store, &repo, &job.lock.packages)?;
+            rootfs::bootstrap(
+                &rootfs::Bootstrap {
+                    role,
+                    lock: job.lock,
+                    repo: &repo,
+                    debconf: &job.spec.debconf,
+                    unshare: false,
+                },
+                &tree,
+                &work,
+            )?;
+            finish_tree(
                 role,
-                lock: job.lock,
-                repo: &repo,
-                debconf: &job.spec.debconf,
-            },
-            &tree,
-            &work,
-        )?;
-        rootfs::check_installed(role, &tree, &job.lock.packages)?;
-        step(Step::Customizing);
-        rootfs::customize(role, &tree, &job.spec.files, job.spec.agent.as_deref())?;
-        step(Step::Normalizing);
-        rootfs::normalize(&tree, job.lock.source_date_epoch)?;
-        let listing = rootfs::listing(&tree)?;
-        let listing_path = out.join("rootfs.files");
-        fs::write(&listing_path, listing).at("cannot write", &listing_path)?;
-        step(Step::Artifacts);
-        artifacts
-            .build(&tree, &out, job.lock.source_date_epoch)
-            .map_err(|e| ImageError::Artifact {
-                role: role.into(),
-                step: e.step,
-                message: e.message,
-            })?;
+                &tree,
+                &out,
+                &job.lock.packages,
+                &job.spec.files,
+                job.spec.agent.as_deref(),
+                job.lock.source_date_epoch,
+                artifacts,
+                &mut step,
+            )?;
+        }
         step(Step::Committing);
         let manifest = Manifest::from_dir(&out, job.inputs.clone())?;
         for name in OUTPUTS {
@@ -343,4 +389,52 @@ fn build_one(
         elapsed: started.elapsed(),
     });
     Ok(())
+}
+
+/// Makes the local repository readable by the subordinate root that
+/// mmdebstrap runs as (hard links from the package cache keep the cache's
+/// modes, which a strict umask may have made private).
+fn readable_by_all(repo: &Path) -> Result<()> {
+    fs::set_permissions(repo, fs::Permissions::from_mode(0o755))
+        .at("cannot set the mode of", repo)?;
+    for entry in fs::read_dir(repo).at("cannot list", repo)? {
+        let path = entry.at("cannot list", repo)?.path();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+            .at("cannot set the mode of", &path)?;
+    }
+    Ok(())
+}
+
+/// The steps after mmdebstrap, on the tree at `tree`: the check against
+/// the lock, the static files and the agent, normalization, the listing
+/// and the boot artifacts, into `out`. As root, in this process; rootless,
+/// in the build's user namespace ([`rootless::finish`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_tree(
+    role: &str,
+    tree: &Path,
+    out: &Path,
+    packages: &[LockedPackage],
+    files: &[StaticFile],
+    agent: Option<&Path>,
+    epoch: u64,
+    artifacts: &dyn Artifacts,
+    step: &mut dyn FnMut(Step),
+) -> Result<()> {
+    rootfs::check_installed(role, tree, packages)?;
+    step(Step::Customizing);
+    rootfs::customize(role, tree, files, agent)?;
+    step(Step::Normalizing);
+    rootfs::normalize(tree, epoch)?;
+    let listing = rootfs::listing(tree)?;
+    let listing_path = out.join("rootfs.files");
+    fs::write(&listing_path, listing).at("cannot write", &listing_path)?;
+    step(Step::Artifacts);
+    artifacts
+        .build(tree, out, epoch)
+        .map_err(|e| ImageError::Artifact {
+            role: role.into(),
+            step: e.step,
+            message: e.message,
+        })
 }

@@ -28,9 +28,12 @@ pub enum ImageError {
         package: &'static str,
     },
 
-    /// Building needs root (mmdebstrap's root mode) and we are not root.
-    #[error("building images needs root for now: mmdebstrap's unshare mode leaves a tree owned by mapped ids that the erofs and archive steps cannot read as this user; run the build as root (locking works without)")]
-    NeedsRoot,
+    /// Not root, and a rootless build cannot run here (docs/rootless.md).
+    #[error("building images as this user needs a user namespace with subordinate ids, and {}: {}", if problems.len() == 1 { "one thing is missing" } else { "some things are missing" }, problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Rootless {
+        /// What is missing, each with its fix.
+        problems: Vec<crate::rootless::Problem>,
+    },
 
     /// A host program ran and failed.
     #[error("{what} failed ({status}): {stderr}")]

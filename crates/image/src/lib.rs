@@ -18,6 +18,7 @@ pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod rootfs;
+pub mod rootless;
 pub mod snapshot;
 pub mod spec;
 pub mod store;

@@ -84,6 +84,9 @@ pub(crate) struct Bootstrap<'a> {
     /// Lines for `debconf-set-selections`, given once the essential
     /// packages are in and before the role's packages are configured.
     pub debconf: &'a [String],
+    /// mmdebstrap's unshare mode (as a user, crate::rootless) rather than
+    /// its root mode.
+    pub unshare: bool,
 }
 
 /// Single-quotes `s` for `sh`.
@@ -104,6 +107,9 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
         ));
     }
     fs::write(&prefs, pins).at("cannot write", &prefs)?;
+    // Read by the hooks, which run as the subordinate root in unshare mode.
+    fs::set_permissions(&prefs, fs::Permissions::from_mode(0o644))
+        .at("cannot set the mode of", &prefs)?;
     let includes: Vec<String> = b
         .lock
         .packages
@@ -112,25 +118,32 @@ pub(crate) fn bootstrap(b: &Bootstrap<'_>, target: &Path, work: &Path) -> Result
         .collect();
     let prefs_q = sh_quote(&prefs.to_string_lossy());
     let mut cmd = Command::new(mmdebstrap);
-    // Root mode only: see `ImageError::NeedsRoot` for why unshare mode is
-    // not used yet.
-    cmd.arg("--mode=root")
-        .arg("--variant=apt")
-        .arg("--format=directory")
-        .arg(format!("--architectures={}", b.lock.architecture))
-        .arg(format!("--hook-dir={AUTOMOUNT_HOOKS}"))
-        // fsync after every file only slows the build: the result is hashed
-        // and renamed into the store afterwards.
-        .arg("--dpkgopt=force-unsafe-io")
-        .arg(format!("--include={}", includes.join(",")))
-        .arg(format!(
-            "--setup-hook=cp {prefs_q} \"$1/etc/apt/preferences.d/testbed\""
-        ));
+    // Either mode gives the same tree: the unshare mode's subordinate root
+    // owns on the host what root owns in a root build, and the steps after
+    // this one see it through the same mapping (crate::rootless).
+    cmd.arg(if b.unshare {
+        "--mode=unshare"
+    } else {
+        "--mode=root"
+    })
+    .arg("--variant=apt")
+    .arg("--format=directory")
+    .arg(format!("--architectures={}", b.lock.architecture))
+    .arg(format!("--hook-dir={AUTOMOUNT_HOOKS}"))
+    // fsync after every file only slows the build: the result is hashed
+    // and renamed into the store afterwards.
+    .arg("--dpkgopt=force-unsafe-io")
+    .arg(format!("--include={}", includes.join(",")))
+    .arg(format!(
+        "--setup-hook=cp {prefs_q} \"$1/etc/apt/preferences.d/testbed\""
+    ));
     if !b.debconf.is_empty() {
         let answers = work.join("debconf");
         let mut text = b.debconf.join("\n");
         text.push('\n');
         fs::write(&answers, text).at("cannot write", &answers)?;
+        fs::set_permissions(&answers, fs::Permissions::from_mode(0o644))
+            .at("cannot set the mode of", &answers)?;
         // The hook runs on the host, so the redirection reads the host's
         // file; debconf is among the essential packages of every variant.
         cmd.arg(format!(

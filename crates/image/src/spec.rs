@@ -33,7 +33,7 @@ pub struct ImageSpec {
 }
 
 /// One static file of an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StaticFile {
     /// Absolute path inside the guest.
     pub path: String,

@@ -218,6 +218,13 @@ enum Command {
         /// The cluster's state directory
         dir: PathBuf,
     },
+    /// Run an image build's steps after mmdebstrap in its user namespace
+    /// (started by a build as a user other than root; not for direct use)
+    #[command(hide = true)]
+    BuildSteps {
+        /// The build's request file
+        request: PathBuf,
+    },
 }
 
 /// For verbs whose positional arguments are nodes and commands.
@@ -254,6 +261,14 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
+    // A build as a user runs its steps after mmdebstrap through this very
+    // program, in a user namespace (testbed_image::rootless).
+    if let Ok(exe) = std::env::current_exe() {
+        testbed_image::rootless::register_helper(testbed_image::rootless::Helper {
+            program: exe,
+            args: vec!["build-steps".into()],
+        });
+    }
     let result = match cli.command {
         Command::Init(args) => cmd::init::run(&args),
         Command::Check { comp, scale, json } => {
@@ -307,6 +322,7 @@ fn main() -> ExitCode {
         Command::Snapshot(command) => cmd::snapshot::run(&command),
         Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),
+        Command::BuildSteps { request } => cmd::image::build_steps(&request),
         Command::Doctor { json } => cmd::doctor::doctor(json),
         Command::Schema => {
             outln!("{}", testbed_model::schema::json_schema());

@@ -633,6 +633,14 @@ pub fn build(path: Option<&Path>, json: bool, packages: &PackageArgs) -> Outcome
     Ok(())
 }
 
+/// `build-steps`: a rootless build's steps after mmdebstrap, in its user
+/// namespace; each step's name on stdout as it starts, for the build that
+/// started this process.
+pub fn build_steps(request: &Path) -> Outcome {
+    let mut out = std::io::stdout().lock();
+    testbed_image::rootless::finish(request, &mut out).map_err(failure)
+}
+
 pub fn verify(path: Option<&Path>) -> Outcome {
     let (comp, specs) = load(path, false)?;
     let progress = Reporter::new();
