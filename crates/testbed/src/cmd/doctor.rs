@@ -105,13 +105,42 @@ fn builder() -> Check {
         .map(|o| first_line(&o.stdout));
     let root = rustix::process::geteuid().is_root();
     match (found, root) {
-        (Some(v), true) => check("image builder", Level::Ok, v, None),
-        (Some(v), false) => check(
-            "image builder",
-            Level::Warn,
-            format!("{v}; not root"),
-            Some("building images needs root today (mmdebstrap in root mode); running clusters does not"),
-        ),
+        (Some(v), true) => check("image builder", Level::Ok, format!("{v}; as root"), None),
+        // Not root: builds run in a user namespace (docs/rootless.md); the
+        // probe enters one.
+        (Some(v), false) => match testbed_image::rootless::probe() {
+            Ok(m) => check(
+                "image builder",
+                Level::Ok,
+                format!(
+                    "{v}; rootless, as {} with subordinate ids {}+{} (users) and {}+{} (groups)",
+                    m.user, m.uids.start, m.uids.count, m.gids.start, m.gids.count
+                ),
+                None,
+            ),
+            Err(problems) => {
+                let found = problems
+                    .iter()
+                    .map(|p| p.what.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let mut fixes: Vec<&str> = Vec::new();
+                for p in &problems {
+                    if !fixes.contains(&p.fix.as_str()) {
+                        fixes.push(&p.fix);
+                    }
+                }
+                let fix = fixes.join("; ");
+                check(
+                    "image builder",
+                    Level::Warn,
+                    format!("{v}; not root, and rootless builds cannot run: {found}"),
+                    Some(&format!(
+                        "{fix} (docs/rootless.md); running clusters from built images needs none of this"
+                    )),
+                )
+            }
+        },
         (None, _) => check(
             "image builder",
             Level::Fail,
