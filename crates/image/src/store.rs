@@ -20,7 +20,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -31,10 +31,30 @@ use crate::manifest::{Manifest, MANIFEST};
 use crate::progress::{Event, Progress};
 use crate::rootfs::hex;
 
+/// How the store's folders may be shared (docs/rootless.md, "A store
+/// several users share").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    /// Written by its owner only (this user or root).
+    Private,
+    /// Group-writable with the set-group-id bit: the members of its group
+    /// build into it, whoever owns it.
+    Group,
+}
+
+/// Whether `meta` is a folder shared with its group on purpose: writable
+/// by the group and set-group-id (what `install -d -m 2775 -g GROUP`
+/// makes), so that what members create there belongs to the group too.
+fn group_shared(meta: &fs::Metadata) -> bool {
+    meta.mode() & 0o2020 == 0o2020
+}
+
 /// Refuses a folder of the store that someone else could control (see
 /// [`Store::open`]); one that does not exist passes (it is about to be
-/// created, and is checked again then).
-fn check_private(dir: &Path) -> Result<()> {
+/// created, and is checked again then). `sharing` says whether the store
+/// is a group's: then its folders may belong to any member and be
+/// group-writable, but must stay set-group-id.
+fn check_folder(dir: &Path, sharing: Sharing) -> Result<()> {
     let meta = match fs::symlink_metadata(dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -50,20 +70,62 @@ fn check_private(dir: &Path) -> Result<()> {
     if !meta.is_dir() {
         return Err(refuse("it is not a directory".to_owned()));
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(refuse(format!(
-            "it belongs to uid {}, neither you (uid {me}) nor root",
-            meta.uid()
-        )));
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(refuse(format!("anyone may write in it (mode {mode:o})")));
     }
-    if meta.mode() & 0o022 != 0 {
-        return Err(refuse(format!(
-            "others may write in it (mode {:o})",
-            meta.mode() & 0o7777
-        )));
+    let me = rustix::process::geteuid().as_raw();
+    match sharing {
+        Sharing::Private => {
+            if meta.uid() != me && meta.uid() != 0 {
+                return Err(refuse(format!(
+                    "it belongs to uid {}, neither you (uid {me}) nor root",
+                    meta.uid()
+                )));
+            }
+            if mode & 0o020 != 0 {
+                return Err(refuse(format!(
+                    "its group may write in it (mode {mode:o}) but it is not set-group-id, as a store shared with a group is (docs/rootless.md)"
+                )));
+            }
+        }
+        Sharing::Group => {
+            if mode & 0o020 != 0 && !group_shared(&meta) {
+                return Err(refuse(format!(
+                    "its group may write in it (mode {mode:o}) but it is not set-group-id, as the folders of a store shared with a group are"
+                )));
+            }
+        }
     }
     Ok(())
+}
+
+/// Creates the store folder `dir` if missing (mode 0755, or 2775 in a
+/// store shared with a group, whatever the umask) and checks it.
+fn ensure_folder(dir: &Path, sharing: Sharing) -> Result<()> {
+    check_folder(dir, sharing)?;
+    let mode = match sharing {
+        Sharing::Private => 0o755,
+        Sharing::Group => 0o2775,
+    };
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .at("cannot set the mode of", dir)?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).at("cannot create", dir),
+    }
+    check_folder(dir, sharing)
+}
+
+/// Whether this process may create and remove files in `dir`.
+fn writable(dir: &Path) -> bool {
+    rustix::fs::access(
+        dir,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+    )
+    .is_ok()
 }
 
 /// The environment variable that overrides the store location.
@@ -82,7 +144,14 @@ const RECENT_SECS: i64 = 3600;
 /// A store on disk.
 #[derive(Debug, Clone)]
 pub struct Store {
+    /// Where this process writes: builds, role snapshots, `.refs`, the
+    /// package cache.
     root: PathBuf,
+    /// How the root's folders are shared.
+    sharing: Sharing,
+    /// A store this user may not write, whose entries are used as if they
+    /// were in `root` (docs/rootless.md, "A store several users share").
+    shared: Option<PathBuf>,
 }
 
 /// One entry, as `store ls` shows it.
@@ -145,6 +214,13 @@ impl Store {
         if let Some(p) = std::env::var_os(STORE_ENV).filter(|p| !p.is_empty()) {
             return Ok(PathBuf::from(p));
         }
+        Store::own_root()
+    }
+
+    /// The user's own store: `$XDG_CACHE_HOME/testbed/store`, else
+    /// `~/.cache/testbed/store` (where a user who may not write
+    /// `$TESTBED_STORE` builds what it lacks).
+    pub fn own_root() -> Result<PathBuf> {
         if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
             return Ok(PathBuf::from(p).join("testbed/store"));
         }
@@ -169,20 +245,89 @@ impl Store {
     /// `.packages`, `.snapshots` and its `.tmp`) must be directories, not
     /// symbolic links, owned by this user or by root, and writable by no
     /// one else: whoever may write there decides what the next build
-    /// commits and what clusters boot ([`ImageError::UnsafeStore`]).
+    /// commits and what clusters boot ([`ImageError::UnsafeStore`]). A
+    /// store shared with a group is the exception: group-writable and
+    /// set-group-id (`install -d -m 2775 -g GROUP`), its folders may
+    /// belong to any member.
+    ///
+    /// A store this user may not write is used read-only: its entries are
+    /// found as if they were here, and everything written (builds of what
+    /// it lacks, role snapshots, `.refs`) goes to the user's own store
+    /// ([`Store::own_root`]).
     pub fn open(root: &Path) -> Result<Store> {
+        if !root.exists() {
+            fs::create_dir_all(root).at("cannot create", root)?;
+        }
+        let root = fs::canonicalize(root).at("cannot resolve", root)?;
+        let meta = fs::symlink_metadata(&root).at("cannot inspect", &root)?;
+        let sharing = if group_shared(&meta) {
+            Sharing::Group
+        } else {
+            Sharing::Private
+        };
+        if !writable(&root) {
+            check_folder(&root, Sharing::Group)?;
+            let own = Store::own_root()?;
+            if fs::canonicalize(&own).is_ok_and(|o| o == root) {
+                return Err(ImageError::Io {
+                    action: "cannot write the store",
+                    path: root,
+                    source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                });
+            }
+            let mut store = Store::open_writable(&own)?;
+            store.shared = Some(root);
+            return Ok(store);
+        }
+        check_folder(&root, sharing)?;
+        Store::open_checked(root, sharing)
+    }
+
+    /// [`Store::open`] of a store this user must be able to write.
+    fn open_writable(root: &Path) -> Result<Store> {
         fs::create_dir_all(root).at("cannot create", root)?;
         let root = fs::canonicalize(root).at("cannot resolve", root)?;
-        check_private(&root)?;
+        let meta = fs::symlink_metadata(&root).at("cannot inspect", &root)?;
+        let sharing = if group_shared(&meta) {
+            Sharing::Group
+        } else {
+            Sharing::Private
+        };
+        check_folder(&root, sharing)?;
+        if !writable(&root) {
+            return Err(ImageError::Io {
+                action: "cannot write the store",
+                path: root,
+                source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+            });
+        }
+        Store::open_checked(root, sharing)
+    }
+
+    fn open_checked(root: PathBuf, sharing: Sharing) -> Result<Store> {
         for d in [root.join(TMP), root.join(REFS), root.join(PACKAGES)] {
-            check_private(&d)?;
-            fs::create_dir_all(&d).at("cannot create", &d)?;
-            check_private(&d)?;
+            ensure_folder(&d, sharing)?;
         }
         for d in [root.join(SNAPSHOTS), root.join(SNAPSHOTS).join(TMP)] {
-            check_private(&d)?;
+            check_folder(&d, sharing)?;
         }
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            sharing,
+            shared: None,
+        })
+    }
+
+    /// The read-only store whose entries are used besides this one's, if
+    /// any ([`Store::open`]).
+    pub fn shared(&self) -> Option<&Path> {
+        self.shared.as_deref()
+    }
+
+    /// Whether this store is shared with a group (its folders are made
+    /// group-writable and set-group-id).
+    pub fn group_shared(&self) -> bool {
+        self.sharing == Sharing::Group
     }
 
     /// The store directory.
@@ -195,9 +340,17 @@ impl Store {
         self.root.join(SNAPSHOTS)
     }
 
-    /// Where the entry of `key` lives (whether or not it exists).
+    /// Where the entry of `key` lives: in the read-only shared store if
+    /// it has it and this one does not, else here (whether or not it
+    /// exists).
     pub fn entry_dir(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+        let own = self.root.join(key);
+        if let Some(shared) = &self.shared {
+            if !own.exists() && complete(&shared.join(key), key) {
+                return shared.join(key);
+            }
+        }
+        own
     }
 
     /// Where the cached `.deb` with this SHA-256 is (whether or not it is
@@ -236,11 +389,10 @@ impl Store {
         Ok(info)
     }
 
-    /// The manifest of `key` if the store has a complete entry for it.
+    /// The manifest of `key` if the store (or the shared store it reads)
+    /// has a complete entry for it.
     pub fn lookup(&self, key: &str) -> Option<Manifest> {
-        let dir = self.entry_dir(key);
-        let manifest = Manifest::read(&dir.join(MANIFEST)).ok()?;
-        (manifest.key == key).then_some(manifest)
+        read_entry(&self.entry_dir(key), key)
     }
 
     /// A fresh build directory in `.tmp`, tagged with our pid so a later
@@ -267,7 +419,19 @@ impl Store {
     /// finished the same key first, its entry wins (it is identical by
     /// construction) and ours is discarded.
     pub(crate) fn commit(&self, tmp: &Path, key: &str) -> Result<PathBuf> {
-        let dest = self.entry_dir(key);
+        let dest = self.root.join(key);
+        // Entries are read by whoever boots them (other users of a shared
+        // store, libvirt's QEMU user), whatever the builder's umask.
+        for entry in fs::read_dir(tmp).at("cannot list", tmp)? {
+            let path = entry.at("cannot list", tmp)?.path();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+                .at("cannot set the mode of", &path)?;
+        }
+        if self.sharing == Sharing::Group {
+            // Any member may remove it (`gc`); nobody else may change it.
+            fs::set_permissions(tmp, fs::Permissions::from_mode(0o2775))
+                .at("cannot set the mode of", tmp)?;
+        }
         match fs::rename(tmp, &dest) {
             Ok(()) => Ok(dest),
             Err(_) if self.lookup(key).is_some() => {
@@ -286,6 +450,15 @@ impl Store {
         for entry in fs::read_dir(&base).at("cannot list", &base)? {
             let entry = entry.at("cannot list", &base)?;
             let name = entry.file_name().to_string_lossy().to_string();
+            // In a store shared with a group, another member's build is
+            // theirs to clean (its folder is private to them).
+            let me = rustix::process::geteuid();
+            let theirs = entry
+                .metadata()
+                .is_ok_and(|m| m.uid() != me.as_raw() && !me.is_root());
+            if theirs {
+                continue;
+            }
             let pid = name.rsplit('-').next().and_then(|p| p.parse::<u32>().ok());
             let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
             if !alive {
@@ -536,6 +709,16 @@ pub(crate) fn unmount_under(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The manifest of the entry at `dir` if it is complete and is `key`'s.
+fn read_entry(dir: &Path, key: &str) -> Option<Manifest> {
+    let manifest = Manifest::read(&dir.join(MANIFEST)).ok()?;
+    (manifest.key == key).then_some(manifest)
+}
+
+fn complete(dir: &Path, key: &str) -> bool {
+    read_entry(dir, key).is_some()
+}
+
 fn read_ref(path: &Path) -> Option<Ref> {
     serde_json::from_str(&fs::read_to_string(path).ok()?).ok()
 }
@@ -612,7 +795,7 @@ mod tests {
 
         // The root writable by everyone.
         fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).expect("chmod");
-        let refused = unsafe_because("others may write in it (mode 777)");
+        let refused = unsafe_because("anyone may write in it (mode 777)");
         assert_eq!(refused, fs::canonicalize(&root).expect("resolve"));
         let message = Store::open(&root).unwrap_err().to_string();
         assert!(message.contains("TESTBED_STORE"), "{message}");
@@ -627,6 +810,50 @@ mod tests {
             std::os::unix::fs::chown(root.join(REFS), Some(0), Some(0)).expect("chown");
         }
         Store::open(&root).expect("safe again");
+
+        // Group-writable without the set-group-id bit: a mistake, not a
+        // store shared with a group.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o775)).expect("chmod");
+        unsafe_because("not set-group-id");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    #[test]
+    fn a_store_shared_with_a_group_keeps_its_folders_and_entries_group_writable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("store");
+        fs::create_dir(&root).expect("mkdir");
+        // What `install -d -m 2775 -g GROUP` makes (the group is ours here).
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o2775)).expect("chmod");
+        let store = Store::open(&root).expect("a store shared with a group");
+        assert!(store.group_shared());
+        for d in [TMP, REFS, PACKAGES] {
+            let mode = fs::metadata(root.join(d)).expect("stat").mode() & 0o7777;
+            assert_eq!(mode, 0o2775, "{d}");
+        }
+        let build = store.temp_dir("t").expect("tmp");
+        assert_eq!(fs::metadata(&build).expect("stat").mode() & 0o777, 0o700);
+        fs::write(build.join("kernel"), "k").expect("write");
+        fs::set_permissions(build.join("kernel"), fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let entry = store.commit(&build, "abcd").expect("commit");
+        assert_eq!(fs::metadata(&entry).expect("stat").mode() & 0o7777, 0o2775);
+        assert_eq!(
+            fs::metadata(entry.join("kernel")).expect("stat").mode() & 0o777,
+            0o644,
+            "whatever the builder's umask, members read the outputs"
+        );
+        // A subfolder that lost its set-group-id bit would keep what a
+        // member makes from the others.
+        fs::set_permissions(root.join(REFS), fs::Permissions::from_mode(0o775)).expect("chmod");
+        match Store::open(&root) {
+            Err(ImageError::UnsafeStore { path, reason }) => {
+                assert_eq!(path, root.join(REFS));
+                assert!(reason.contains("not set-group-id"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 
     #[test]

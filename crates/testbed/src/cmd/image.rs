@@ -699,6 +699,7 @@ pub fn store_ls(json: bool) -> Outcome {
             .collect();
         let v = serde_json::json!({
             "store": store.root(),
+            "shared": store.shared(),
             "entries": v,
             "packages": { "path": cache.path, "count": cache.count, "size": cache.size },
         });
@@ -706,6 +707,12 @@ pub fn store_ls(json: bool) -> Outcome {
         return Ok(());
     }
     outln!("store: {}", store.root().display());
+    if let Some(shared) = store.shared() {
+        outln!(
+            "shared store (read-only for you, its images are used too): {}",
+            shared.display()
+        );
+    }
     for e in &entries {
         let users: Vec<String> = e
             .users
