@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-host.sh
 scripts/setup-libvirt.sh
+# The unprivileged users of the rootless tests (crates/testbed/tests/rootless.rs).
+scripts/setup-users.sh
 # Incremental compilation only helps rebuilds after edits; here it would
 # add ~1 GiB to the target directory, on the disk the images need.
 export CARGO_INCREMENTAL=0
@@ -34,7 +36,7 @@ cargo test --locked --workspace --no-run
 # not named here goes to the second lane. Each lane's lines are prefixed
 # with its name. Every invocation selects `--workspace`, so features are
 # unified as in the build above and nothing is compiled again.
-qemu_tests=(chaos_vms cli cluster driver example_dask example_etcd example_gridengine packages python snapshots test_verb)
+qemu_tests=(chaos_vms cli cluster driver example_dask example_etcd example_gridengine packages python rootless snapshots test_verb)
 mapfile -t other_tests < <(cargo metadata --locked --no-deps --format-version 1 | python3 -c '
 import json, sys
 qemu = set(sys.argv[1:])
