@@ -126,6 +126,67 @@ pub fn detect(wanted: Option<Engine>) -> Result<EngineInfo, ContainerError> {
     Err(last.unwrap_or(ContainerError::NoEngine))
 }
 
+/// What this host lacks for rootless podman to run testbed's containers
+/// (systemd as PID 1 on internal networks), each with its fix; empty when
+/// nothing is known to be missing (docs/rootless.md, "Rootless podman").
+pub fn rootless_limits() -> Vec<(String, String)> {
+    let mut limits = Vec::new();
+    // systemd in the container creates its own cgroups: it needs the
+    // unified hierarchy and a cgroup delegated to the user.
+    let cgroup2 = rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270);
+    if !cgroup2 {
+        limits.push((
+            "the host mounts cgroup v1: systemd in a rootless container cannot make its cgroups (\"Failed to create /init.scope control group: Permission denied\") and exits".to_owned(),
+            "boot the host with the unified cgroup hierarchy (Debian 12's default; `systemd.unified_cgroup_hierarchy=1` on the kernel command line) and delegate cgroup controllers to user sessions (systemd's `user@.service` with `Delegate=yes`), or run podman as root".to_owned(),
+        ));
+    } else {
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            })
+            .unwrap_or_default();
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(own.trim_start_matches('/'));
+        if rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).is_err() {
+            limits.push((
+                format!(
+                    "your cgroup ({}) is not delegated to you: systemd in a rootless container cannot make its cgroups",
+                    dir.display()
+                ),
+                "log in through a session manager that delegates one (systemd's `user@.service` with `Delegate=yes`; `loginctl enable-linger USER` for services), or run podman as root".to_owned(),
+            ));
+        }
+    }
+    // slirp4netns gives the rootless network namespace its link.
+    if rustix::fs::access(
+        "/dev/net/tun",
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_err()
+    {
+        limits.push((
+            "/dev/net/tun is not readable and writable for you: slirp4netns cannot set up rootless podman's network namespace".to_owned(),
+            "as root: `chmod 0666 /dev/net/tun` (the mode the kernel and udev give it; opening it grants nothing without a network namespace of one's own)".to_owned(),
+        ));
+    }
+    // podman binds the runtime folder into its rootless network namespace;
+    // a folder other than the session's /run/user/UID fails there.
+    let uid = rustix::process::getuid().as_raw();
+    let session = format!("/run/user/{uid}");
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if dir == std::ffi::OsStr::new(&session) => {}
+        other => limits.push((
+            format!(
+                "XDG_RUNTIME_DIR is {}, not {session}: podman's rootless networks fail (\"failed to mount runtime directory for rootless netns\")",
+                other.map_or("unset".to_owned(), |d| d.to_string_lossy().into_owned())
+            ),
+            format!("run in a login session (pam_systemd makes {session}), or as root: `install -d -m 0700 -o USER {session}` and set XDG_RUNTIME_DIR={session}"),
+        )),
+    }
+    limits
+}
+
 fn describe(program: &OsStr, args: &[String]) -> String {
     let mut text = program.to_string_lossy().into_owned();
     for a in args.iter().take(4) {

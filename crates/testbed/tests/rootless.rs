@@ -363,6 +363,30 @@ fn users_without_root_build_the_slurm_example_as_root_does_and_share_it() {
         builder["found"].as_str().unwrap().contains("rootless"),
         "{builder}"
     );
+    // Rootless podman cannot run systemd containers on a host with cgroup
+    // v1 (this CI machine): doctor says so and what to change.
+    let cgroup2 = Command::new("stat")
+        .args(["-fc", "%T", "/sys/fs/cgroup"])
+        .output()
+        .is_ok_and(|o| text(&o.stdout).trim() == "cgroup2fs");
+    if !cgroup2 {
+        let containers = checks
+            .as_array()
+            .expect("checks")
+            .iter()
+            .find(|c| c["name"] == "containers")
+            .expect("a containers check");
+        assert_eq!(containers["level"], "warn", "{containers}");
+        let found = containers["found"].as_str().unwrap_or_default();
+        assert!(found.contains("cgroup v1"), "{containers}");
+        assert!(
+            containers["fix"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unified cgroup hierarchy"),
+            "{containers}"
+        );
+    }
     // Its podman probe left podman's pause process and runtime files.
     first.reset(place.path());
 

@@ -247,6 +247,22 @@ impl Backend for ContainerBackend {
         let failed = |e: container::ContainerError| {
             BackendError::Failed(format!("preparing the containers failed: {e}"))
         };
+        // What stops rootless podman on this host stops it before anything
+        // is imported, with what to change (the containers would otherwise
+        // exit at once, saying nothing of why).
+        if self.engine.info.rootless {
+            let limits = container::rootless_limits();
+            if !limits.is_empty() {
+                let said: Vec<String> = limits
+                    .iter()
+                    .map(|(what, fix)| format!("{what} (fix: {fix})"))
+                    .collect();
+                return Err(BackendError::Failed(format!(
+                    "rootless podman cannot run testbed's containers on this host: {}; see docs/rootless.md",
+                    said.join("; ")
+                )));
+            }
+        }
         let mut held = Vec::new();
         let mut seen = BTreeSet::new();
         for node in &self.spec.nodes {
@@ -487,7 +503,21 @@ pub fn host_check() -> HostCheck {
                 if info.rootless { " (rootless)" } else { "" },
                 info.engine
             );
-            if instances < 1024 {
+            let limits = if info.rootless {
+                crate::container::rootless_limits()
+            } else {
+                Vec::new()
+            };
+            if !limits.is_empty() {
+                let what: Vec<&str> = limits.iter().map(|(w, _)| w.as_str()).collect();
+                let fix: Vec<&str> = limits.iter().map(|(_, f)| f.as_str()).collect();
+                HostCheck::new(
+                    "containers",
+                    CheckLevel::Warn,
+                    format!("{found}; rootless containers cannot run here: {}", what.join("; ")),
+                    Some(&format!("{} (docs/rootless.md)", fix.join("; "))),
+                )
+            } else if instances < 1024 {
                 HostCheck::new(
                     "containers",
                     CheckLevel::Warn,
