@@ -66,6 +66,26 @@ polkit.addRule(function(action, subject) {
 });
 EOF
     mv "$rule.tmp" "$rule"
+    # polkit answers libvirtd over the system D-Bus. Without systemd
+    # (containers, CI runners) neither runs: start both, before libvirtd.
+    if [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ]; then
+        if ! command -v dbus-daemon >/dev/null || [ ! -x /usr/lib/polkit-1/polkitd ]; then
+            echo "setup-libvirt.sh: --polkit-group needs dbus and polkitd (scripts/host-packages.txt)" >&2
+            exit 1
+        fi
+        if [ ! -S /run/dbus/system_bus_socket ] || ! pgrep -x dbus-daemon >/dev/null; then
+            mkdir -p /run/dbus
+            rm -f /run/dbus/pid
+            dbus-daemon --system --fork
+        fi
+        if ! pgrep -x polkitd >/dev/null; then
+            setsid /usr/lib/polkit-1/polkitd --no-debug >>/var/log/testbed-polkitd.log 2>&1 </dev/null &
+            for _ in $(seq 1 50); do
+                pgrep -x polkitd >/dev/null && break
+                sleep 0.1
+            done
+        fi
+    fi
 fi
 
 if [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ] && [ -n "$(pgrep -x virtlogd)" ] &&

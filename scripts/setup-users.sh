@@ -3,11 +3,17 @@
 # tests, crates/testbed/tests/rootless.rs; docs/rootless.md). scripts/test.sh
 # calls it; safe to run again. As root only: it adds users.
 #
-# - testbed-user and testbed-user2: no password (they cannot log in), no
+# - testbed-user, testbed-user2 and testbed-podman: no password (they cannot log in), no
 #   sudo, a home of their own, a block of 65536 subordinate user and group
 #   ids each (what rootless image builds map root to), and the `kvm` group
 #   where the host has one (what a user needs for KVM; the tests work on
 #   TCG where KVM does not).
+# - testbed-virt and testbed-novirt: no password, no sudo; the first in
+#   the group `testbed-libvirt`, whose members polkit lets manage
+#   qemu:///system (scripts/test.sh: setup-libvirt.sh --polkit-group).
+# - testbed-docker: no password, no sudo, a member of the `docker` group
+#   (made by Debian's docker.io, scripts/setup-docker.sh): the docker
+#   tests run testbed as that user too (crates/testbed/tests/docker.rs).
 #
 # On your own machine, give your own user what these get:
 #   sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 "$USER"
@@ -19,7 +25,7 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-for user in testbed-user testbed-user2; do
+for user in testbed-user testbed-user2 testbed-podman; do
     if ! id "$user" >/dev/null 2>&1; then
         # useradd gives a new user a free block of subordinate ids
         # (SUB_UID_MIN.. in /etc/login.defs) when /etc/subuid is managed.
@@ -47,3 +53,58 @@ for user in testbed-user testbed-user2; do
         fi
     done
 done
+
+# testbed-podman runs rootless podman (crates/testbed/tests/containers.rs)
+# in what a login session on a systemd host gives: its runtime folder
+# /run/user/UID, and a cgroup delegated to it (`Delegate=yes`). On a
+# cgroup v1 host that is a folder of the name=systemd hierarchy it owns,
+# which the test's commands enter first (systemd in its containers makes
+# its cgroups there). And /dev/net/tun with the mode the kernel and udev
+# give it, 0666 (slirp4netns opens it for rootless networks).
+podman_uid=$(id -u testbed-podman)
+install -d -m 0700 -o testbed-podman -g testbed-podman "/run/user/$podman_uid"
+if [[ $(stat -f -c %T /sys/fs/cgroup) != cgroup2fs ]]; then
+    if ! grep -qE ' /sys/fs/cgroup/systemd .* - cgroup [^ ]+ [^ ]*name=systemd' /proc/self/mountinfo; then
+        mkdir -p /sys/fs/cgroup/systemd
+        mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
+    fi
+    mkdir -p /sys/fs/cgroup/systemd/testbed-podman
+    chown -R testbed-podman:testbed-podman /sys/fs/cgroup/systemd/testbed-podman
+fi
+if [[ -c /dev/net/tun && $(stat -c %a /dev/net/tun) != 666 ]]; then
+    chmod 0666 /dev/net/tun
+fi
+
+# The libvirt tests' users (crates/testbed/tests/libvirt_users.rs):
+# testbed-virt is in testbed-libvirt, the group scripts/test.sh gives
+# qemu:///system through polkit (setup-libvirt.sh --polkit-group);
+# testbed-novirt is not, and must be refused.
+groupadd -f testbed-libvirt
+for user in testbed-virt testbed-novirt; do
+    if ! id "$user" >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash --user-group "$user"
+        echo "setup-users: added $user" >&2
+    fi
+    if getent group kvm >/dev/null && ! id -nG "$user" | tr ' ' '\n' | grep -qx kvm; then
+        usermod -aG kvm "$user"
+    fi
+done
+if ! id -nG testbed-virt | tr ' ' '\n' | grep -qx testbed-libvirt; then
+    usermod -aG testbed-libvirt testbed-virt
+fi
+
+if getent group docker >/dev/null; then
+    if ! id testbed-docker >/dev/null 2>&1; then
+        useradd --create-home --shell /bin/bash --user-group testbed-docker
+        echo "setup-users: added testbed-docker" >&2
+    fi
+    if ! id -nG testbed-docker | tr ' ' '\n' | grep -qx docker; then
+        usermod -aG docker testbed-docker
+    fi
+    for group in sudo wheel root; do
+        if id -nG testbed-docker | tr ' ' '\n' | grep -qx "$group"; then
+            echo "setup-users: testbed-docker is in the group $group; the docker tests need a user whose only privilege is the docker group" >&2
+            exit 1
+        fi
+    done
+fi

@@ -4,9 +4,14 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-host.sh
-scripts/setup-libvirt.sh
-# The unprivileged users of the rootless tests (crates/testbed/tests/rootless.rs).
+# Docker's daemon for the container test on docker (crates/testbed/tests/docker.rs).
+scripts/setup-docker.sh
+# The unprivileged users of the rootless, docker and libvirt tests
+# (crates/testbed/tests/rootless.rs, docker.rs, libvirt_users.rs), then
+# libvirt, whose polkit rule lets the group testbed-libvirt (one of them
+# is in it) manage qemu:///system.
 scripts/setup-users.sh
+scripts/setup-libvirt.sh --polkit-group testbed-libvirt
 # Incremental compilation only helps rebuilds after edits; here it would
 # add ~1 GiB to the target directory, on the disk the images need.
 export CARGO_INCREMENTAL=0

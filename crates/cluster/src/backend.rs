@@ -206,6 +206,7 @@ mod tests {
             engine: EngineInfo {
                 engine: Engine::Podman,
                 rootless: true,
+                engine_sets_macs: true,
             },
         };
         assert_eq!(

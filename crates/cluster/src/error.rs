@@ -94,6 +94,10 @@ pub enum Error {
     /// The supervisor process ended before opening its API socket.
     #[error("the supervisor exited at start ({status}):\n{log}")]
     SupervisorExited { status: ExitStatus, log: String },
+    /// The supervisor ended after opening its API socket (its backend
+    /// could not start): its own words, from its log.
+    #[error("{reason}")]
+    SupervisorFailed { reason: String },
     /// The supervisor process runs but never opened its API socket.
     #[error("the supervisor did not open its API socket within 30s; see {}", .log.display())]
     SupervisorSilent { log: PathBuf },

@@ -427,10 +427,12 @@ fn wait_ready(
     events: &mut dyn FnMut(UpEvent),
 ) -> Result<ClusterStatus, Error> {
     let cluster = target.cluster();
-    let mut client = connect(cluster, &target.dir)?;
-    client.send(&Request::Watch)?;
+    let mut client = connect(cluster, &target.dir).map_err(|e| failed(&target.dir, e))?;
+    client
+        .send(&Request::Watch)
+        .map_err(|e| failed(&target.dir, e.into()))?;
     loop {
-        match client.recv()? {
+        match client.recv().map_err(|e| failed(&target.dir, e.into()))? {
             Reply::Node(node) => {
                 let failed = node.state == NodeState::Failed;
                 events(UpEvent::Node(node));
@@ -441,6 +443,24 @@ fn wait_ready(
             Reply::Settled(status) => return Ok(status),
             other => return Err(reply_error(other)),
         }
+    }
+}
+
+/// What ended a connection to the supervisor: its own error from its log
+/// when it wrote one (it gave up, e.g. its backend could not start), else
+/// `e`.
+fn failed(dir: &StateDir, e: Error) -> Error {
+    if !matches!(e, Error::Api(_) | Error::NotRunning { .. }) {
+        return e;
+    }
+    // Give an exiting supervisor a moment to finish its last line.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = fs::read_to_string(dir.supervisor_log()).unwrap_or_default();
+    match log.lines().find_map(|l| l.strip_prefix("error: ")) {
+        Some(reason) => Error::SupervisorFailed {
+            reason: reason.to_owned(),
+        },
+        None => e,
     }
 }
 

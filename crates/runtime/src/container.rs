@@ -86,6 +86,32 @@ pub struct EngineInfo {
     /// Rootless podman: host-side network commands enter the engine's user
     /// namespace first (`podman unshare`).
     pub rootless: bool,
+    /// Whether `run` may give a container its MAC addresses. Docker's
+    /// client from API 1.44 on sets them per network, which a daemon
+    /// before 1.44 refuses ("specify mac-address per network requires API
+    /// version 1.44"): then the addresses are set from the host side once
+    /// the container runs ([`Containers::set_macs`]).
+    #[serde(default = "yes")]
+    pub engine_sets_macs: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `A.B` API versions as numbers that compare.
+fn api_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Whether docker's client of API `client` can set MACs on a daemon of
+/// API `server` (see [`EngineInfo::engine_sets_macs`]).
+pub fn docker_sets_macs(client: &str, server: &str) -> bool {
+    match (api_version(client), api_version(server)) {
+        (Some(c), Some(s)) => c < (1, 44) || s >= (1, 44),
+        _ => true,
+    }
 }
 
 fn on_path(program: &str) -> bool {
@@ -106,14 +132,25 @@ pub fn detect(wanted: Option<Engine>) -> Result<EngineInfo, ContainerError> {
         }
         let args: &[&str] = match engine {
             Engine::Podman => &["info", "--format", "{{.Host.Security.Rootless}}"],
-            Engine::Docker => &["info", "--format", "{{.ServerVersion}}"],
+            // Fails when no daemon answers, as `info` does.
+            Engine::Docker => &[
+                "version",
+                "--format",
+                "{{.Client.DefaultAPIVersion}} {{.Server.APIVersion}}",
+            ],
         };
         match output(engine, args) {
             Ok(out) => {
+                let mut versions = out.split_whitespace();
                 return Ok(EngineInfo {
                     engine,
                     rootless: engine == Engine::Podman && out.trim() == "true",
-                })
+                    engine_sets_macs: engine == Engine::Podman
+                        || docker_sets_macs(
+                            versions.next().unwrap_or_default(),
+                            versions.next().unwrap_or_default(),
+                        ),
+                });
             }
             Err(e) => {
                 last = Some(ContainerError::Unusable {
@@ -131,14 +168,39 @@ pub fn detect(wanted: Option<Engine>) -> Result<EngineInfo, ContainerError> {
 /// nothing is known to be missing (docs/rootless.md, "Rootless podman").
 pub fn rootless_limits() -> Vec<(String, String)> {
     let mut limits = Vec::new();
-    // systemd in the container creates its own cgroups: it needs the
-    // unified hierarchy and a cgroup delegated to the user.
+    // systemd in the container creates its own cgroups: it needs a cgroup
+    // delegated to the user, in the unified hierarchy (cgroup v2) or, on
+    // a cgroup v1 host, in the `name=systemd` one (the container's
+    // systemd makes its cgroups below the user's; podman binds that
+    // hierarchy in).
     let cgroup2 = rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270);
     if !cgroup2 {
-        limits.push((
-            "the host mounts cgroup v1: systemd in a rootless container cannot make its cgroups (\"Failed to create /init.scope control group: Permission denied\") and exits".to_owned(),
-            "boot the host with the unified cgroup hierarchy (Debian 12's default; `systemd.unified_cgroup_hierarchy=1` on the kernel command line) and delegate cgroup controllers to user sessions (systemd's `user@.service` with `Delegate=yes`), or run podman as root".to_owned(),
-        ));
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.split_once(":name=systemd:")
+                        .map(|(_, path)| path.to_owned())
+                })
+            });
+        let writable = own.as_ref().is_some_and(|own| {
+            let dir = Path::new(DOCKER_SYSTEMD_CGROUP).join(own.trim_start_matches('/'));
+            rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).is_ok()
+        });
+        if !writable {
+            limits.push((
+                format!(
+                    "the host mounts cgroup v1 and your cgroup in its name=systemd hierarchy ({}) is not yours: systemd in a rootless container cannot make its cgroups (\"Failed to create /init.scope control group: Permission denied\") and exits",
+                    match &own {
+                        Some(own) => format!("{DOCKER_SYSTEMD_CGROUP}{own}"),
+                        None => "none: the hierarchy is not mounted".to_owned(),
+                    }
+                ),
+                format!(
+                    "run testbed from a cgroup delegated to you, as systemd's `user@.service` gives a login session (`Delegate=yes`); by hand, as root: `mkdir {DOCKER_SYSTEMD_CGROUP}/USER && chown -R USER {DOCKER_SYSTEMD_CGROUP}/USER`, then as the user `echo $$ > {DOCKER_SYSTEMD_CGROUP}/USER/cgroup.procs` in the shell that runs testbed; or boot the host with the unified cgroup hierarchy (Debian 12's default); or run podman as root"
+                ),
+            ));
+        }
     } else {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .ok()
@@ -185,6 +247,45 @@ pub fn rootless_limits() -> Vec<(String, String)> {
         )),
     }
     limits
+}
+
+/// Where systemd in a docker container finds a cgroup it may write, on
+/// a host with cgroup v1: the host's `name=systemd` hierarchy (which has
+/// no controllers), bound read-write.
+pub const DOCKER_SYSTEMD_CGROUP: &str = "/sys/fs/cgroup/systemd";
+
+/// What stops systemd in a docker container on this host, with its fix;
+/// None when nothing does. Docker mounts the cgroup file systems
+/// read-only in containers that are not privileged. On cgroup v1 the
+/// host's `name=systemd` hierarchy is bound read-write instead
+/// ([`DOCKER_SYSTEMD_CGROUP`]; it must be mounted). On cgroup v2 there is
+/// no such way short of `--privileged` or the host's whole cgroup tree
+/// (moby/moby#46763), which testbed does not do.
+pub fn docker_cgroup_problem() -> Option<(String, String)> {
+    let cgroup2 = rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270);
+    if cgroup2 {
+        return Some((
+            "the host has cgroup v2, where docker mounts /sys/fs/cgroup read-only in containers that are not privileged (moby/moby#46763): systemd in a node cannot make its cgroups".to_owned(),
+            "use --backend podman, whose systemd mode gives each container a cgroup of its own to write".to_owned(),
+        ));
+    }
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        info.lines().any(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            fields.get(4) == Some(&DOCKER_SYSTEMD_CGROUP)
+                && l.split(" - ").nth(1).is_some_and(|rest| {
+                    rest.starts_with("cgroup ") && rest.contains("name=systemd")
+                })
+        })
+    });
+    if mounted {
+        None
+    } else {
+        Some((
+            format!("the host has cgroup v1 but no name=systemd hierarchy at {DOCKER_SYSTEMD_CGROUP}, which systemd in a docker container needs"),
+            format!("as root: `mkdir -p {DOCKER_SYSTEMD_CGROUP} && mount -t cgroup -o none,name=systemd cgroup {DOCKER_SYSTEMD_CGROUP}` (scripts/setup-docker.sh does it)"),
+        ))
+    }
 }
 
 fn describe(program: &OsStr, args: &[String]) -> String {
@@ -271,6 +372,8 @@ pub struct ContainerConfig {
     /// Where the engine writes the container's output (systemd's status
     /// lines): the node's console log.
     pub console_log: PathBuf,
+    /// Whether `run` gives the NICs their MACs ([`EngineInfo::engine_sets_macs`]).
+    pub engine_sets_macs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,17 +426,26 @@ fn label_args(labels: &BTreeMap<String, String>, out: &mut Vec<String>) {
     }
 }
 
-/// `network create` arguments: an internal network (no route out, no DNS:
-/// names come from the node's `/etc/hosts`), the composition's subnet.
-pub fn network_args(name: &str, subnet: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+/// `network create` arguments: an internal network (no route out; no DNS
+/// on podman: names come from the node's `/etc/hosts`; docker has no such
+/// flag, and its resolver inside the container answers only the
+/// network's container names), the composition's subnet.
+pub fn network_args(
+    engine: Engine,
+    name: &str,
+    subnet: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut args = vec![
         "network".to_owned(),
         "create".to_owned(),
         "--internal".to_owned(),
-        "--disable-dns".to_owned(),
-        "--subnet".to_owned(),
-        subnet.to_owned(),
     ];
+    if engine == Engine::Podman {
+        args.push("--disable-dns".to_owned());
+    }
+    args.push("--subnet".to_owned());
+    args.push(subnet.to_owned());
     label_args(labels, &mut args);
     args.push(name.to_owned());
     args
@@ -367,19 +479,31 @@ pub fn run_args(engine: Engine, c: &ContainerConfig) -> Vec<String> {
             args.push(format!("path={}", c.console_log.display()));
         }
         Engine::Docker => {
+            // What podman's systemd mode does, by hand: tmpfs where systemd
+            // wants them, its stop signal, a writable cgroup (cgroup v1:
+            // see `docker_cgroup_problem`), and a terminal, without which
+            // systemd has no console to print its status lines on (the
+            // engine's log of it is the node's console log).
             for flag in ["--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp"] {
                 args.push(flag.to_owned());
             }
             args.push("--stop-signal".to_owned());
             args.push("SIGRTMIN+3".to_owned());
+            args.push("--volume".to_owned());
+            args.push(format!(
+                "{DOCKER_SYSTEMD_CGROUP}:{DOCKER_SYSTEMD_CGROUP}:rw"
+            ));
+            args.push("--tty".to_owned());
             // Docker connects one network at `run`; `connect` adds the rest.
             if let Some(nic) = c.nics.first() {
                 args.push("--network".to_owned());
                 args.push(nic.network.clone());
                 args.push("--ip".to_owned());
                 args.push(nic.ip.clone());
-                args.push("--mac-address".to_owned());
-                args.push(nic.mac.clone());
+                if c.engine_sets_macs {
+                    args.push("--mac-address".to_owned());
+                    args.push(nic.mac.clone());
+                }
             }
         }
     }
@@ -443,11 +567,26 @@ pub fn remove_cluster(engine: &Containers, state: &Path) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct Containers {
     pub info: EngineInfo,
+    /// Docker as a member of the `docker` group, not root: host-side
+    /// network commands run in a helper container of this image, with
+    /// these labels ([`Containers::in_netns`]).
+    helper: Option<(String, BTreeMap<String, String>)>,
 }
 
 impl Containers {
     pub fn new(info: EngineInfo) -> Containers {
-        Containers { info }
+        Containers { info, helper: None }
+    }
+
+    /// Where host-side network commands need a helper container (docker,
+    /// not root), it is made from `image` (any node image: it needs only
+    /// `nsenter`, which every Debian system has) with `labels`, so that
+    /// `down` finds one a crash left.
+    pub fn with_helper(mut self, image: &str, labels: &BTreeMap<String, String>) -> Containers {
+        if self.engine() == Engine::Docker && !rustix::process::geteuid().is_root() {
+            self.helper = Some((image.to_owned(), labels.clone()));
+        }
+        self
     }
 
     fn engine(&self) -> Engine {
@@ -514,7 +653,8 @@ impl Containers {
         subnet: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<(), ContainerError> {
-        self.run(&network_args(name, subnet, labels)).map(drop)
+        self.run(&network_args(self.engine(), name, subnet, labels))
+            .map(drop)
     }
 
     pub fn remove_network(&self, name: &str) -> Result<(), ContainerError> {
@@ -525,17 +665,77 @@ impl Containers {
     pub fn start(&self, c: &ContainerConfig) -> Result<String, ContainerError> {
         let id = self.run(&run_args(self.engine(), c))?.trim().to_owned();
         if self.engine() == Engine::Docker {
+            self.follow_log(&c.name, &c.console_log);
             for nic in c.nics.iter().skip(1) {
                 self.run_str(&["network", "connect", "--ip", &nic.ip, &nic.network, &c.name])?;
+            }
+            if !c.engine_sets_macs && !c.nics.is_empty() {
+                self.set_macs(&c.name, &c.nics)?;
             }
         }
         Ok(id)
     }
 
+    /// Docker keeps a container's output in its own folder, which only
+    /// root may read: `logs --follow` copies it to the node's console log
+    /// as it comes, until the container is removed.
+    fn follow_log(&self, name: &str, console_log: &Path) {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(console_log)
+        else {
+            return;
+        };
+        let Ok(err) = file.try_clone() else { return };
+        let mut cmd = self.command();
+        cmd.args(["logs", "--follow", name])
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err);
+        if let Ok(mut child) = cmd.spawn() {
+            // Reaped when it ends (with the container), on a thread that
+            // holds nothing else.
+            let _ = std::thread::Builder::new()
+                .name("console-log".into())
+                .spawn(move || {
+                    let _ = child.wait();
+                });
+        }
+    }
+
+    /// Gives a running container's NICs the plan's MACs from the host
+    /// side, each found by its address (where the engine could not:
+    /// [`EngineInfo::engine_sets_macs`]). The container has no
+    /// `CAP_NET_ADMIN` and cannot do it itself.
+    pub fn set_macs(&self, name: &str, nics: &[ContainerNic]) -> Result<(), ContainerError> {
+        let pid = self.pid(name)?;
+        let mut script = String::from("set -e\n");
+        for nic in nics {
+            let _ = writeln!(
+                script,
+                "dev=$(ip -o -4 addr show to {ip} | awk '{{print $2}}' | head -n1)\n\
+                 [ -n \"$dev\" ] || {{ echo \"no interface has {ip}\" >&2; exit 1; }}\n\
+                 ip link set dev \"$dev\" address {mac}",
+                ip = nic.ip,
+                mac = nic.mac,
+            );
+        }
+        self.in_netns(pid, "sh", &["-c", &script], None)
+            .map(drop)
+            .map_err(|e| ContainerError::Failed {
+                command: format!("setting the MACs of {name}"),
+                message: e.to_string(),
+            })
+    }
+
     /// Removes a container at once (SIGKILL), running or not.
     pub fn remove(&self, name: &str) -> Result<(), ContainerError> {
-        self.run_str(&["rm", "--force", "--time", "0", name])
-            .map(drop)
+        match self.engine() {
+            Engine::Podman => self.run_str(&["rm", "--force", "--time", "0", name]),
+            Engine::Docker => self.run_str(&["rm", "--force", name]),
+        }
+        .map(drop)
     }
 
     pub fn kill(&self, name: &str) -> Result<(), ContainerError> {
@@ -604,7 +804,29 @@ impl Containers {
         stdin: Option<&[u8]>,
     ) -> Result<String, ContainerError> {
         let netns = format!("--net=/proc/{pid}/ns/net");
-        let mut cmd = if self.info.rootless {
+        let mut cmd = if let Some((image, labels)) = &self.helper {
+            // A member of the docker group may not enter a namespace, but
+            // the daemon may: a helper container in the host's PID
+            // namespace (to find the node's network namespace), with the
+            // capabilities to enter it and to change its rules, runs the
+            // host's program (the host's root, read-only, with a /run of
+            // its own for iptables' lock) in the node's network namespace.
+            // (Membership of that group is root in all but name;
+            // docs/rootless.md.)
+            let mut c = self.command();
+            c.args(["run", "--rm", "--interactive", "--pid", "host"]);
+            for cap in ["SYS_ADMIN", "NET_ADMIN", "NET_RAW"] {
+                c.args(["--cap-add", cap]);
+            }
+            c.args(["--network", "none", "--log-driver", "none"]);
+            c.args(["--volume", "/:/host:ro", "--tmpfs", "/host/run"]);
+            let mut label = Vec::new();
+            label_args(labels, &mut label);
+            c.args(label);
+            c.args(["--entrypoint", "nsenter", image, netns.as_str()]);
+            c.args(["--", "chroot", "/host", program]);
+            c
+        } else if self.info.rootless {
             let mut c = Command::new("podman");
             c.args(["unshare", "nsenter", &netns, program]);
             c
@@ -800,7 +1022,49 @@ mod tests {
             .into_iter()
             .collect(),
             console_log: PathBuf::from("/run/testbed/slurm-1/nodes/compute1/console.log"),
+            engine_sets_macs: true,
         }
+    }
+
+    #[test]
+    fn a_docker_node_gets_by_hand_what_podmans_systemd_mode_gives() {
+        let mut c = config();
+        c.nics.push(ContainerNic {
+            network: network_name("slurm", "ib"),
+            ip: "10.45.0.12".to_owned(),
+            mac: "52:54:00:00:01:0c".to_owned(),
+        });
+        let list = run_args(Engine::Docker, &c);
+        let args = list.join(" ");
+        assert_eq!(
+            args,
+            "run --detach --pull never --name testbed-slurm-compute1 --hostname compute1 \
+             --label org.testbed.cluster=slurm --label org.testbed.node=compute1 \
+             --memory 512m --cpus 1 --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
+             --stop-signal SIGRTMIN+3 --volume /sys/fs/cgroup/systemd:/sys/fs/cgroup/systemd:rw \
+             --tty --network testbed-slurm-lan --ip 10.44.0.12 --mac-address 52:54:00:00:00:0c \
+             --volume /dev/null:/etc/systemd/system/testbed-agent.service:ro \
+             localhost/testbed-image:3f1c0a9e2b7d4c5e6f70-0a1b2c3d /sbin/init --show-status=1"
+        );
+        for forbidden in ["--privileged", "--cap-add", "--publish", "--network=host"] {
+            assert!(!args.contains(forbidden), "{forbidden} in {args}");
+        }
+        // The second network is connected after `run`; a client that
+        // cannot set MACs on this daemon leaves them to the host side.
+        c.engine_sets_macs = false;
+        let args = run_args(Engine::Docker, &c).join(" ");
+        assert!(!args.contains("--mac-address"), "{args}");
+        assert!(!args.contains("testbed-slurm-ib"), "{args}");
+    }
+
+    #[test]
+    fn a_newer_docker_client_cannot_set_macs_on_an_older_daemon() {
+        assert!(docker_sets_macs("1.41", "1.41"));
+        assert!(docker_sets_macs("1.50", "1.47"));
+        assert!(!docker_sets_macs("1.50", "1.41"));
+        assert!(docker_sets_macs("1.43", "1.41"));
+        // Unreadable versions: let the engine say what it thinks.
+        assert!(docker_sets_macs("", "1.41"));
     }
 
     #[test]
@@ -833,10 +1097,26 @@ mod tests {
 
     #[test]
     fn networks_are_internal() {
-        let args = network_args("testbed-slurm-lan", "10.44.0.0/24", &BTreeMap::new());
+        let args = network_args(
+            Engine::Podman,
+            "testbed-slurm-lan",
+            "10.44.0.0/24",
+            &BTreeMap::new(),
+        );
         assert_eq!(
             args.join(" "),
             "network create --internal --disable-dns --subnet 10.44.0.0/24 testbed-slurm-lan"
+        );
+        // Docker has no --disable-dns.
+        let args = network_args(
+            Engine::Docker,
+            "testbed-slurm-lan",
+            "10.44.0.0/24",
+            &BTreeMap::new(),
+        );
+        assert_eq!(
+            args.join(" "),
+            "network create --internal --subnet 10.44.0.0/24 testbed-slurm-lan"
         );
     }
 

@@ -54,10 +54,42 @@ pub const IMAGE_FILES: [&str; 3] = ["kernel", "initramfs", "rootfs.erofs"];
 /// connection needs for its streams to be pumped ([`pump`]).
 fn open_connection(uri: &str) -> Result<Connect, LibvirtError> {
     pump::ensure_event_loop().map_err(|reason| LibvirtError::EventLoop { reason })?;
-    Connect::open(Some(uri)).map_err(|source| LibvirtError::Connect {
-        uri: uri.to_string(),
-        source,
+    Connect::open(Some(uri)).map_err(|source| {
+        let refused = [
+            ErrorNumber::AuthUnavailable,
+            ErrorNumber::AuthFailed,
+            ErrorNumber::AuthCancelled,
+            ErrorNumber::AccessDenied,
+        ]
+        .into_iter()
+        .any(|code| is(&source, code));
+        if refused {
+            LibvirtError::Refused {
+                uri: uri.to_string(),
+                user: current_user(),
+                source,
+            }
+        } else {
+            LibvirtError::Connect {
+                uri: uri.to_string(),
+                source,
+            }
+        }
     })
+}
+
+/// The name of the user this process runs as (its uid if it has none).
+fn current_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// Size of the chunks streamed to and from libvirt.
@@ -72,6 +104,17 @@ pub enum LibvirtError {
     Connect {
         /// The URI.
         uri: String,
+        /// What libvirt said.
+        source: VirtError,
+    },
+    /// The daemon answered and refused this user (polkit, or its access
+    /// control).
+    #[error("libvirt at {uri} refuses {user}: {source}. Without root, the system daemon lets in only the group of its polkit rule: an administrator runs `scripts/setup-libvirt.sh --polkit-group GROUP` and adds {user} to GROUP (who then logs in again); or use a libvirt daemon of your own with --connect qemu:///session (docs/rootless.md)")]
+    Refused {
+        /// The URI.
+        uri: String,
+        /// Who was refused.
+        user: String,
         /// What libvirt said.
         source: VirtError,
     },

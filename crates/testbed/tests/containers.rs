@@ -7,11 +7,13 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
+use support::containers::{small, small_env, Engine};
 use support::Env;
-use testbed_test_support::{eventually, is_alive, text};
+use testbed_test_support::text;
 
 /// The subtests of examples/slurm/test.rhai on containers (no NFS there).
 const SLURM_SUBTESTS: [&str; 5] = [
@@ -22,66 +24,22 @@ const SLURM_SUBTESTS: [&str; 5] = [
     "a partitioned node loses its controller until healed",
 ];
 
-fn podman(args: &[&str]) -> String {
-    let out = Command::new("podman").args(args).output().expect("podman");
-    assert!(
-        out.status.success(),
-        "podman {}: {}",
-        args.join(" "),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
+const PODMAN: Engine = Engine::root("podman");
 
-fn listed(args: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = podman(args)
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect();
-    names.sort();
-    names
+fn podman(args: &[&str]) -> String {
+    PODMAN.cli(args)
 }
 
 fn containers() -> Vec<String> {
-    listed(&["ps", "--all", "--format", "{{.Names}}"])
+    PODMAN.containers()
 }
 
 fn networks() -> Vec<String> {
-    listed(&["network", "ls", "--format", "{{.Name}}"])
+    PODMAN.networks()
 }
 
 fn all_tags() -> Vec<String> {
-    listed(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
-}
-
-/// The beginnings of the engine's tags of the composition's images (from
-/// the store keys `testbed build --json` prints; the images are built by
-/// then). Each cluster holds an image by a tag of its own after that.
-fn image_tag_prefixes(env: &Env) -> Vec<String> {
-    let out = env.testbed(&["build", "--json"]);
-    assert_eq!(out.status.code(), Some(0));
-    let built: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    built
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| {
-            let key = e["key"].as_str().expect("key");
-            format!("localhost/testbed-image:{}", &key[..20])
-        })
-        .collect()
-}
-
-/// The cluster's own image tags must be gone after `down`: any tag of its
-/// images left must have been there before it started (someone else's).
-fn check_images_removed(env: &Env, before: &[String]) {
-    let after = all_tags();
-    for prefix in image_tag_prefixes(env) {
-        for tag in after.iter().filter(|t| t.starts_with(&prefix)) {
-            assert!(before.contains(tag), "{tag} left: {after:?}");
-        }
-    }
+    PODMAN.all_tags()
 }
 
 /// A container, a network and an image tag that carry testbed's cluster
@@ -178,178 +136,68 @@ fn the_slurm_example_passes_on_podman_and_down_removes_only_what_it_made() {
     let nets = networks();
     assert!(!nets.contains(&"testbed-slurm-lan".to_owned()), "{nets:?}");
     assert!(nets.contains(&foreign[1]), "{nets:?}");
-    check_images_removed(env, &images_before);
+    PODMAN.check_images_removed(env, &images_before);
     let tags = all_tags();
     assert!(tags.contains(&foreign[2]), "{tags:?}");
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
     remove_foreign(&foreign);
 }
 
-const SMALL: &str = r#"
-[cluster]
-name = "pods"
-distro = "debian/bookworm"
-
-[defaults]
-memory = "256MiB"
-cpus = 1
-
-[roles.node]
-count = 3
-
-[networks.lan]
-subnet = "10.78.0.0/24"
-
-[test]
-script = "faults.rhai"
-"#;
-
-/// Faults as the guests see them. Loss is checked statistically (40 pings
-/// with 50% loss each way: about 10 answers; the bounds are far out);
-/// delay needs the kernel's netem qdisc, which this machine's kernel lacks,
-/// so on such a host the script checks that the refusal says so.
-const FAULTS: &str = r#"
-let a = node1; let b = node2; let c = node3;
-start_all();
-
-subtest("the engine's bridge, the host's side, is out of reach", || {
-    a.fail("ping -c1 -W1 10.78.0.1");
-    a.succeed("ping -c1 -W2 node2");
-});
-
-subtest("a partition cuts across groups only, heal restores it", || {
-    partition([[a], [b, c]]);
-    a.fail("ping -c1 -W1 node2");
-    b.succeed("ping -c1 -W2 node3");
-    heal();
-    a.succeed("ping -c1 -W2 node2");
-});
-
-subtest("a blocked node reaches nobody and can still be driven", || {
-    a.block();
-    a.fail("ping -c1 -W1 node3");
-    b.fail("ping -c1 -W1 node1");
-    b.succeed("ping -c1 -W2 node3");
-    a.succeed("hostname");
-    a.unblock();
-    b.succeed("ping -c1 -W2 node1");
-});
-
-subtest("loss drops packets on that link only", || {
-    link(a, b).loss(0.5);
-    let lossy = a.succeed("ping -c40 -i0.05 -W1 -q node2 | grep -o '[0-9]* received' || true");
-    let got = parse_int(lossy.split(" ")[0]);
-    assert(got > 0 && got < 30, `40 pings at 50% loss each way: ${got} answered`);
-    let clean = a.succeed("ping -c20 -i0.05 -W1 -q node3 | grep -o '[0-9]* received'");
-    assert(clean.contains("20 received"), `the a-c link lost packets: ${clean}`);
-    link(a, b).clear();
-    a.succeed("ping -c3 -i0.2 -W1 node2");
-});
-
-subtest("a delay is applied, or refused saying why", || {
-    try {
-        link(a, c).delay("100ms");
-        let out = a.succeed("ping -c3 -i0.2 -q node3");
-        let min = parse_float(out.split("= ")[1].split("/")[0]);
-        assert(min >= 190.0, `a 100 ms delay each way, yet min rtt ${min} ms`);
-        link(a, c).clear();
-    } catch (e) {
-        let text = `${e}`;
-        assert(text.contains("sch_netem") && text.contains("VM backend"), text);
-        log("delay refused: " + text);
-    }
-    a.succeed("ping -c1 -W2 node3");
-});
-
-subtest("a crashed node is silent at once and comes back fresh", || {
-    b.succeed("touch /var/tmp/before-crash");
-    b.crash();
-    a.fail("ping -c1 -W1 node2");
-    b.start();
-    b.fail("test -e /var/tmp/before-crash");
-    a.succeed("ping -c1 -W2 node2");
-    c.shutdown();
-    c.start();
-    a.succeed("ping -c1 -W2 node3");
-});
-"#;
-
 #[test]
 fn faults_and_power_act_on_containers_from_the_host_side() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("pods");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("testbed.toml"), SMALL).unwrap();
-    std::fs::write(dir.join("faults.rhai"), FAULTS).unwrap();
-    let env = Env::at(tmp, dir);
-    let images_before = all_tags();
-    let out = env.testbed(&["test", "--backend", "podman"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let all = text(&out.stdout) + &text(&out.stderr);
-    assert!(all.contains("6 passed, 0 failed"), "{all}");
-    assert!(!env.running());
-    let left = containers();
-    assert!(
-        !left.iter().any(|c| c.starts_with("testbed-pods-")),
-        "{left:?}"
-    );
-    assert!(!networks().contains(&"testbed-pods-lan".to_owned()));
-    check_images_removed(&env, &images_before);
+    let env = small_env("pods", 78);
+    support::containers::faults_and_power(PODMAN, &env, "pods");
+}
 
-    // Containers outlive a killed supervisor (the engine owns them); `down`
-    // then finds them by their state-directory label and removes them.
-    let out = env.testbed(&["up", "--backend", "podman", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status json");
-    let pid = status["supervisor_pid"].as_u64().expect("supervisor pid");
+/// Rootless podman: `testbed-podman` (no root, no sudo; scripts/setup-users.sh
+/// gives it subordinate ids and what a login session on a systemd host
+/// gives: its runtime folder and a cgroup delegated to it) runs the same
+/// container test on its own podman, from a store root built, which it may
+/// not write. Its `doctor --json` says rootless containers are usable.
+#[test]
+fn a_user_without_root_runs_the_container_test_on_rootless_podman() {
+    let user = "testbed-podman";
+    let groups = text(
+        &Command::new("id")
+            .args(["-nG", user])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    for group in ["root", "sudo", "wheel", "adm", "docker"] {
+        assert!(
+            !groups.split_whitespace().any(|g| g == group),
+            "{user} is in {group}"
+        );
+    }
+    let store = tempfile::Builder::new()
+        .prefix("testbed-podman-store-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = small_env("rpods", 75).with_store(store.path());
+    let out = root.testbed(&["build"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    drop(root);
 
-    // The agent killed while it serves a request (its `podman exec`
-    // session ends): the request fails at once, and the node's next
-    // request gets a new session.
-    let out = env.testbed(&[
-        "exec",
-        "node1",
-        "--",
-        "sh",
-        "-c",
-        "kill -KILL $(pidof testbed-agent); sleep 120",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let env = small_env("rpods", 75).with_store(store.path()).run_as(user);
+    let out = env.testbed(&["doctor", "--json"]);
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    let containers = checks
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "containers")
+        .expect("a containers check");
+    assert_eq!(containers["level"], "ok", "{containers}");
     assert!(
-        text(&out.stderr).contains("the agent closed the connection"),
-        "{}",
-        text(&out.stderr)
+        containers["found"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("podman (rootless) answers"),
+        "{containers}"
     );
-    let out = env.testbed(&["exec", "node1", "--", "hostname"]);
-    assert_eq!(text(&out.stdout).trim(), "node1", "{}", text(&out.stderr));
-
-    let killed = Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let pid = u32::try_from(pid).expect("a pid");
-    assert!(eventually(
-        std::time::Duration::from_secs(10),
-        || !is_alive(pid)
-    ));
-    assert!(containers().contains(&"testbed-pods-node1".to_owned()));
-    let out = env.testbed(&["down"]);
-    assert_eq!(out.status.code(), Some(0));
-    let said = text(&out.stdout) + &text(&out.stderr);
-    assert!(
-        said.contains("removed container testbed-pods-node1"),
-        "{said}"
-    );
-    assert!(said.contains("removed network testbed-pods-lan"), "{said}");
-    let left = containers();
-    assert!(
-        !left.iter().any(|c| c.starts_with("testbed-pods-")),
-        "{left:?}"
-    );
-    assert!(!networks().contains(&"testbed-pods-lan".to_owned()));
-    check_images_removed(&env, &images_before);
-    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
+    support::containers::faults_and_power(Engine::rootless(user), &env, "rpods");
 }
 
 /// A network of the same name made by someone else (another cluster of the
@@ -362,7 +210,7 @@ fn a_foreign_network_of_the_same_name_is_reported_and_left_alone() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("testbed.toml"),
-        SMALL
+        small("pods", 78)
             .replace("name = \"pods\"", "name = \"twin\"")
             .replace("count = 3", "count = 1")
             .replace("10.78.0.0/24", "10.79.0.0/24")

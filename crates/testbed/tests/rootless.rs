@@ -9,7 +9,8 @@
 //!    usable;
 //! 2. as `testbed-user`, `testbed build` of examples/slurm into its own
 //!    store builds every role (nothing from a cache: the store starts
-//!    empty) with the very digests of root's build of the same lock;
+//!    empty) with the very digests of root's build of the same lock, and
+//!    `testbed verify` rebuilds every role and finds it identical;
 //! 3. as `testbed-user2`, who may not write that store, `testbed test` on
 //!    QEMU of the same composition (one compute node: three VMs) from that
 //!    store, with a script that crashes a node and partitions the network:
@@ -415,6 +416,32 @@ fn users_without_root_build_the_slurm_example_as_root_does_and_share_it() {
             std::os::unix::fs::MetadataExt::uid(&meta),
             first.uid,
             "{role}: the outputs belong to the user, not to a subordinate id"
+        );
+    }
+    first.check_nothing_left(place.path());
+
+    // 2b. The same user's `verify`: every role rebuilt (rootless, in a
+    // fresh store) and compared output by output with its store's
+    // entries, whose digests are root's (above).
+    let out = first.run(&env, &place.testbed(), &first_store, &comp, &["verify"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "the first user's verify failed");
+    for (role, (key, _, outputs)) in &mine {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(role.as_str()))
+            .unwrap_or_else(|| panic!("no verdict for {role}: {stdout}"));
+        assert!(
+            line.contains(&format!(
+                "identical ({} outputs, {})",
+                outputs.len(),
+                &key[..12]
+            )),
+            "{line}"
+        );
+        assert!(
+            stderr.contains(&format!("{role}: built {}", &key[..12])),
+            "{role} was rebuilt: {stderr}"
         );
     }
     first.check_nothing_left(place.path());

@@ -55,7 +55,7 @@ pub fn open(
     let switch = Switch::fault_table(&names, spec.seed)
         .map_err(|e| BackendError::Failed(format!("cannot start the fault table: {e}")))?;
     let switch = Arc::new(Mutex::new(switch));
-    let backend = ContainerBackend {
+    let mut backend = ContainerBackend {
         caps: Caps {
             name: engine.info.engine.to_string(),
             accel: false,
@@ -71,6 +71,11 @@ pub fn open(
         events,
         stopping: Arc::new(AtomicBool::new(false)),
     };
+    if let Some(node) = spec.nodes.first() {
+        let image = backend.image_tag(&node.image.key);
+        let labels = backend.labels(None);
+        backend.engine = backend.engine.clone().with_helper(&image, &labels);
+    }
     backend.watch()?;
     Ok(Opened {
         backend: Box::new(backend),
@@ -263,6 +268,13 @@ impl Backend for ContainerBackend {
                 )));
             }
         }
+        if self.engine.info.engine == container::Engine::Docker {
+            if let Some((what, fix)) = container::docker_cgroup_problem() {
+                return Err(BackendError::Failed(format!(
+                    "docker cannot run systemd in testbed's containers on this host: {what} (fix: {fix}); see docs/containers.md"
+                )));
+            }
+        }
         let mut held = Vec::new();
         let mut seen = BTreeSet::new();
         for node in &self.spec.nodes {
@@ -341,6 +353,7 @@ impl Backend for ContainerBackend {
                 .collect(),
             labels: self.labels(Some(name)),
             console_log: node_dir.console_log(),
+            engine_sets_macs: self.engine.info.engine_sets_macs,
         };
         let id = self.engine.start(&config).map_err(BackendError::failed)?;
         let pid = match self.engine.pid(&cname).map_err(BackendError::failed)? {
@@ -458,7 +471,10 @@ fn died_events(
         "--format",
         "{{.ID}}",
         "--filter",
-        "event=died",
+        match engine.info.engine {
+            container::Engine::Podman => "event=died",
+            container::Engine::Docker => "event=die",
+        },
         "--filter",
         &format!("label={}={}", container::LABEL_STATE, dir.path().display()),
     ])
@@ -486,6 +502,47 @@ fn died_events(
             }
         });
     Some(child)
+}
+
+/// `doctor`'s check of docker, where its client is installed: the daemon
+/// answers, and systemd can run in its containers here.
+pub fn docker_check() -> Option<HostCheck> {
+    let engine = crate::container::Engine::Docker;
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(engine.program()).is_file())
+    });
+    if !on_path {
+        return None;
+    }
+    Some(match crate::container::detect(Some(engine)) {
+        Ok(info) => {
+            let macs = if info.engine_sets_macs {
+                ""
+            } else {
+                " (its client is newer than the daemon and cannot set MACs: testbed sets them from the host side)"
+            };
+            match crate::container::docker_cgroup_problem() {
+                None => HostCheck::new(
+                    "docker",
+                    CheckLevel::Ok,
+                    format!("the docker daemon answers (--backend docker){macs}"),
+                    None,
+                ),
+                Some((what, fix)) => HostCheck::new(
+                    "docker",
+                    CheckLevel::Warn,
+                    format!("the docker daemon answers, but {what}"),
+                    Some(&format!("{fix} (docs/containers.md)")),
+                ),
+            }
+        }
+        Err(e) => HostCheck::new(
+            "docker",
+            CheckLevel::Warn,
+            e.to_string(),
+            Some("only for --backend docker: start the daemon (scripts/setup-docker.sh does, as root) and be root or in the `docker` group"),
+        ),
+    })
 }
 
 /// `doctor`'s check of this backend: an engine answers, and enough

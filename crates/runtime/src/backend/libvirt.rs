@@ -535,15 +535,26 @@ impl Drop for LibvirtBackend {
 
 /// `doctor`'s check of this backend: the daemon at `uri` answers.
 pub fn host_check(uri: &str) -> HostCheck {
+    host_check_named("libvirt", uri)
+}
+
+/// `doctor`'s check of `uri`, under the name `name`.
+pub fn host_check_named(name: &'static str, uri: &str) -> HostCheck {
     match crate::libvirt::LibvirtHost::connect(uri) {
         Ok(_) => HostCheck::new(
-            "libvirt",
+            name,
             CheckLevel::Ok,
             format!("{uri} answers (--backend libvirt)"),
             None,
         ),
+        Err(e @ crate::libvirt::LibvirtError::Refused { .. }) => HostCheck::new(
+            name,
+            CheckLevel::Warn,
+            e.to_string(),
+            Some("an administrator adds you to the group of the polkit rule (scripts/setup-libvirt.sh --polkit-group GROUP), or use --connect qemu:///session"),
+        ),
         Err(e) => HostCheck::new(
-            "libvirt",
+            name,
             CheckLevel::Warn,
             format!("{uri}: {e}"),
             Some("only for --backend libvirt: as root run scripts/setup-libvirt.sh; without root see docs/libvirt.md (session mode, or the polkit rule for a group)"),

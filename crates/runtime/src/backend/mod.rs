@@ -405,6 +405,13 @@ impl HostCheck {
 pub fn host_checks(libvirt_uri: &str) -> Vec<HostCheck> {
     #[cfg(feature = "libvirt")]
     let libvirt = libvirt::host_check(libvirt_uri);
+    // Without root the default is the user's own daemon (the session);
+    // the system daemon, through a polkit rule, is checked too.
+    #[cfg(feature = "libvirt")]
+    let system = (libvirt_uri != "qemu:///system")
+        .then(|| libvirt::host_check_named("libvirt (system)", "qemu:///system"));
+    #[cfg(not(feature = "libvirt"))]
+    let system: Option<HostCheck> = None;
     #[cfg(not(feature = "libvirt"))]
     let libvirt = {
         let _ = libvirt_uri;
@@ -415,7 +422,11 @@ pub fn host_checks(libvirt_uri: &str) -> Vec<HostCheck> {
             None,
         )
     };
-    vec![qemu::host_check(), libvirt, container::host_check()]
+    let mut checks = vec![qemu::host_check(), libvirt];
+    checks.extend(system);
+    checks.push(container::host_check());
+    checks.extend(container::docker_check());
+    checks
 }
 
 /// The first non-empty line of a command's output.

@@ -21,6 +21,7 @@
 #![allow(dead_code, clippy::print_stderr)]
 
 pub mod chaos;
+pub mod containers;
 pub mod python;
 pub mod secrets;
 
@@ -71,6 +72,12 @@ pub struct Env {
     /// Everything every command printed (stdout, then stderr), for the
     /// secrets scan.
     pub printed: std::sync::Mutex<Vec<u8>>,
+    /// The user [`Env::testbed`] runs as (see [`Env::run_as`]); None: as
+    /// the test runs.
+    pub user: Option<String>,
+    /// The store of every command, if not the one the tests share
+    /// ([`store`]; see [`Env::with_store`]).
+    pub store: Option<PathBuf>,
 }
 
 impl Env {
@@ -93,6 +100,8 @@ impl Env {
             state,
             copied,
             printed: std::sync::Mutex::new(Vec::new()),
+            user: None,
+            store: None,
         }
     }
 
@@ -106,6 +115,8 @@ impl Env {
             state,
             copied: Vec::new(),
             printed: std::sync::Mutex::new(Vec::new()),
+            user: None,
+            store: None,
         }
     }
 
@@ -119,10 +130,95 @@ impl Env {
     /// minutes and says where it was.
     pub fn testbed(&self, args: &[&str]) -> Output {
         agent_binary();
-        let mut cmd = testbed_command(args, &self.comp);
-        cmd.env("TESTBED_STORE", store())
-            .env("TESTBED_STATE_DIR", &self.state);
-        self.run_echoed("testbed", args, &mut cmd, limit(args))
+        let store = self.store.clone().unwrap_or_else(store);
+        let Some(user) = &self.user else {
+            let mut cmd = testbed_command(args, &self.comp);
+            cmd.env("TESTBED_STORE", &store)
+                .env("TESTBED_STATE_DIR", &self.state);
+            return self.run_echoed("testbed", args, &mut cmd, limit(args));
+        };
+        // As the user, with a clean environment: its home, its cache
+        // folder in the environment's own folder, the binaries copied
+        // there (the build's folder may be closed to others). A store root
+        // wrote is used read-only (docs/rootless.md).
+        let tmp = self._tmp.path();
+        // The user's own home, where its engines keep their state
+        // (rootless podman's images and containers), as the tests' own
+        // `runuser` calls see it.
+        let passwd = text(
+            &Command::new("getent")
+                .args(["passwd", user])
+                .output()
+                .unwrap()
+                .stdout,
+        );
+        let home = passwd.trim().split(':').nth(5).unwrap_or("/").to_owned();
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", user, "--", "env", "-i"])
+            .arg(format!("HOME={home}"))
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg("NO_COLOR=1")
+            .arg(format!("XDG_CACHE_HOME={}", tmp.join(".cache").display()))
+            .arg(format!("TESTBED_STORE={}", store.display()))
+            .arg(format!("TESTBED_STATE_DIR={}", self.state.display()));
+        // What a login session gives the user where the administrator set
+        // it up (scripts/setup-users.sh): its runtime folder, and the
+        // cgroup delegated to it (on a cgroup v1 host, in the name=systemd
+        // hierarchy), which the command enters first.
+        let uid = text(
+            &Command::new("id")
+                .args(["-u", user])
+                .output()
+                .unwrap()
+                .stdout,
+        );
+        let runtime = PathBuf::from(format!("/run/user/{}", uid.trim()));
+        if runtime.is_dir() {
+            cmd.arg(format!("XDG_RUNTIME_DIR={}", runtime.display()));
+        }
+        let delegated = Path::new("/sys/fs/cgroup/systemd").join(user);
+        if delegated.join("cgroup.procs").is_file() {
+            cmd.args(["sh", "-c", "echo $$ > \"$0\" && exec \"$@\""])
+                .arg(delegated.join("cgroup.procs"));
+        }
+        cmd.arg(tmp.join("bin/testbed"))
+            .args(args)
+            .current_dir(&self.comp);
+        self.run_echoed(&format!("(as {user}) testbed"), args, &mut cmd, limit(args))
+    }
+
+    /// This environment with `store` as the store of every command.
+    pub fn with_store(mut self, store: &Path) -> Env {
+        self.store = Some(store.to_owned());
+        self
+    }
+
+    /// This environment with every later [`Env::testbed`] run as `user`
+    /// (made by scripts/setup-users.sh), which is given its folders.
+    pub fn run_as(mut self, user: &str) -> Env {
+        assert!(
+            Command::new("id")
+                .arg(user)
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "no user {user}: scripts/setup-users.sh makes it (scripts/test.sh runs it)"
+        );
+        let bin = self._tmp.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        for (from, name) in [
+            (Path::new(env!("CARGO_BIN_EXE_testbed")), "testbed"),
+            (agent_binary(), "testbed-agent"),
+        ] {
+            std::fs::copy(from, bin.join(name)).unwrap();
+        }
+        let out = Command::new("chown")
+            .args(["-R", &format!("{user}:{user}")])
+            .arg(self._tmp.path())
+            .output()
+            .expect("chown");
+        assert!(out.status.success(), "chown: {}", text(&out.stderr));
+        self.user = Some(user.to_owned());
+        self
     }
 
     /// Runs `cmd` (the program `what` with `args`) for at most `limit`,
