@@ -89,9 +89,13 @@ for user in testbed-virt testbed-novirt; do
         usermod -aG kvm "$user"
     fi
 done
-if ! id -nG testbed-virt | tr ' ' '\n' | grep -qx testbed-libvirt; then
-    usermod -aG testbed-libvirt testbed-virt
-fi
+# testbed-podman too: its doctor shows every backend a user without root
+# can have usable at once (docker's group aside, which is root's).
+for user in testbed-virt testbed-podman; do
+    if ! id -nG "$user" | tr ' ' '\n' | grep -qx testbed-libvirt; then
+        usermod -aG testbed-libvirt "$user"
+    fi
+done
 
 if getent group docker >/dev/null; then
     if ! id testbed-docker >/dev/null 2>&1; then

@@ -7,12 +7,11 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
 use support::containers::{small, small_env, Engine};
-use support::Env;
+use support::{doctor_check, readable_store, Account, Env};
 use testbed_test_support::text;
 
 /// The subtests of examples/slurm/test.rhai on containers (no NFS there).
@@ -150,45 +149,35 @@ fn faults_and_power_act_on_containers_from_the_host_side() {
 }
 
 /// Rootless podman: `testbed-podman` (no root, no sudo; scripts/setup-users.sh
-/// gives it subordinate ids and what a login session on a systemd host
-/// gives: its runtime folder and a cgroup delegated to it) runs the same
-/// container test on its own podman, from a store root built, which it may
-/// not write. Its `doctor --json` says rootless containers are usable.
+/// gives it subordinate ids, the polkit rule's group, and what a login
+/// session on a systemd host gives: its runtime folder and a cgroup
+/// delegated to it) runs the same container test on its own podman, from
+/// a store root built, which it may not write. Its `doctor --json` says
+/// rootless builds, both libvirt daemons and rootless containers are
+/// usable.
 #[test]
 fn a_user_without_root_runs_the_container_test_on_rootless_podman() {
-    let user = "testbed-podman";
-    let groups = text(
-        &Command::new("id")
-            .args(["-nG", user])
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    for group in ["root", "sudo", "wheel", "adm", "docker"] {
-        assert!(
-            !groups.split_whitespace().any(|g| g == group),
-            "{user} is in {group}"
-        );
-    }
-    let store = tempfile::Builder::new()
-        .prefix("testbed-podman-store-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let user = Account::get("testbed-podman");
+    user.check_unprivileged(&["docker"]);
+    let store = readable_store("podman");
     let root = small_env("rpods", 75).with_store(store.path());
     let out = root.testbed(&["build"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     drop(root);
 
-    let env = small_env("rpods", 75).with_store(store.path()).run_as(user);
+    let env = small_env("rpods", 75)
+        .with_store(store.path())
+        .run_as(&user.name);
+    // Its doctor: every backend a user without root can have is usable
+    // at once (docker, whose group is root's in all but name, aside):
+    // rootless builds, libvirt's session and system daemons (through the
+    // polkit rule's group), rootless containers.
     let out = env.testbed(&["doctor", "--json"]);
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
-    let containers = checks
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "containers")
-        .expect("a containers check");
+    for name in ["image builder", "libvirt", "libvirt (system)"] {
+        let check = doctor_check(&out, name);
+        assert_eq!(check["level"], "ok", "{check}");
+    }
+    let containers = doctor_check(&out, "containers");
     assert_eq!(containers["level"], "ok", "{containers}");
     assert!(
         containers["found"]
@@ -197,7 +186,7 @@ fn a_user_without_root_runs_the_container_test_on_rootless_podman() {
             .contains("podman (rootless) answers"),
         "{containers}"
     );
-    support::containers::faults_and_power(Engine::rootless(user), &env, "rpods");
+    support::containers::faults_and_power(Engine::rootless("testbed-podman"), &env, "rpods");
 }
 
 /// A network of the same name made by someone else (another cluster of the

@@ -14,76 +14,34 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
-
 use support::containers::{faults_and_power, small_env, Engine};
-use testbed_test_support::text;
+use support::{doctor_check, readable_store, Account};
 
 const DOCKER: Engine = Engine::root("docker");
 
-/// The user's processes, but zombies (an ended daemon waits for init to
-/// collect it).
-fn processes(user: &str) -> String {
-    let out = Command::new("ps")
-        .args(["-u", user, "-o", "stat=,pid=,args="])
-        .output()
-        .expect("ps");
-    text(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('Z'))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 #[test]
 fn the_container_test_passes_on_docker_as_root_and_as_a_member_of_the_docker_group() {
-    // A store every user may read, which root fills: the images are built
-    // once, by root's run.
-    let store = tempfile::Builder::new()
-        .prefix("testbed-docker-store-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-
+    // The images are built once, by root's run, into a store every user
+    // may read.
+    let store = readable_store("docker");
     let env = small_env("docks", 76).with_store(store.path());
     faults_and_power(DOCKER, &env, "docks");
     drop(env);
 
-    let user = "testbed-docker";
-    let groups = text(
-        &Command::new("id")
-            .args(["-nG", user])
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    let groups: Vec<&str> = groups.split_whitespace().collect();
-    assert!(groups.contains(&"docker"), "{groups:?}");
-    for group in ["root", "sudo", "wheel", "adm"] {
-        assert!(!groups.contains(&group), "{user} is in {group}");
-    }
+    let user = Account::get("testbed-docker");
+    assert!(user.in_group("docker"), "{user:?}");
+    user.check_unprivileged(&[]);
     let env = small_env("dockgrp", 77)
         .with_store(store.path())
-        .run_as(user);
+        .run_as(&user.name);
     let out = env.testbed(&["doctor", "--json"]);
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
-    let docker = checks
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "docker")
-        .expect("a docker check");
+    let docker = doctor_check(&out, "docker");
     assert_eq!(docker["level"], "ok", "{docker}");
     // doctor's probes of the other backends leave daemons of their own
     // design behind (libvirt's session daemon, which ends after two idle
     // minutes; rootless podman's pause process): stopped here, so that
     // what is left at the end is testbed's.
-    let _ = Command::new("pkill").args(["-KILL", "-u", user]).status();
-    let stopped = testbed_test_support::wait_until(std::time::Duration::from_secs(10), || {
-        processes(user).trim().is_empty().then_some(())
-    });
-    assert!(stopped.is_some(), "{}", processes(user));
+    user.stop_processes();
     faults_and_power(DOCKER, &env, "dockgrp");
     // Nothing was built for the user: root's images served it.
     let own = env.comp.parent().unwrap().join(".cache/testbed/store");
@@ -100,12 +58,5 @@ fn the_container_test_passes_on_docker_as_root_and_as_a_member_of_the_docker_gro
         own.display()
     );
     drop(env);
-    let left = testbed_test_support::wait_until(std::time::Duration::from_secs(30), || {
-        processes(user).trim().is_empty().then_some(())
-    });
-    assert!(
-        left.is_some(),
-        "{user}'s processes left: {}",
-        processes(user)
-    );
+    user.check_no_processes(&[]);
 }

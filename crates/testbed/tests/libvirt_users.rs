@@ -15,12 +15,14 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
 
-use support::Env;
-use testbed_test_support::{text, wait_until};
+use support::{doctor_check, readable_store, Account, Env};
+use testbed_test_support::text;
+
+/// libvirt's session daemons, which a connection to qemu:///session
+/// starts and which end after two idle minutes, by libvirt's design.
+const SESSION_DAEMONS: [&str; 2] = ["libvirtd --timeout", "virtlogd --timeout"];
 
 const COMPOSITION: &str = r#"
 [cluster]
@@ -63,43 +65,6 @@ fn env(cluster: &str, store: &std::path::Path) -> Env {
     Env::at(tmp, dir).with_store(store)
 }
 
-fn check(checks: &serde_json::Value, name: &str) -> serde_json::Value {
-    checks
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("a {name} check in {checks}"))
-        .clone()
-}
-
-/// `doctor --json` as `user`; then the daemons its probes leave by their
-/// own design (libvirt's session daemon, rootless podman's pause process)
-/// are stopped, so that what is left at the end is testbed's.
-fn doctor(env: &Env, user: &str) -> serde_json::Value {
-    let out = env.testbed(&["doctor", "--json"]);
-    let _ = Command::new("pkill").args(["-KILL", "-u", user]).status();
-    serde_json::from_slice(&out.stdout).expect("doctor --json")
-}
-
-/// The user's processes, but zombies and libvirt's session daemons
-/// (`libvirtd` and `virtlogd`, which end after two idle minutes).
-fn processes(user: &str) -> String {
-    let out = Command::new("ps")
-        .args(["-u", user, "-o", "stat=,pid=,args="])
-        .output()
-        .expect("ps");
-    text(&out.stdout)
-        .lines()
-        .filter(|l| {
-            !l.trim_start().starts_with('Z')
-                && !l.contains("libvirtd --timeout")
-                && !l.contains("virtlogd --timeout")
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
 fn domains(uri: &str, user: &str) -> String {
     let out = Command::new("runuser")
         .args([
@@ -110,42 +75,25 @@ fn domains(uri: &str, user: &str) -> String {
     text(&out.stdout)
 }
 
-fn not_root(user: &str) {
-    let groups = text(
-        &Command::new("id")
-            .args(["-nG", user])
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    for group in ["root", "sudo", "wheel", "adm", "libvirt", "docker"] {
-        assert!(
-            !groups.split_whitespace().any(|g| g == group),
-            "{user} is in {group}"
-        );
-    }
-}
-
 #[test]
 fn users_without_root_run_libvirt_clusters_through_polkit_and_their_own_daemon() {
-    let store = tempfile::Builder::new()
-        .prefix("testbed-libvirt-store-")
-        .tempdir_in("/tmp")
-        .unwrap();
-    std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    // Root builds the image once.
+    // Root builds the image once, into a store every user may read.
+    let store = readable_store("libvirt");
     let root = env("virtroot", store.path());
     let out = root.testbed(&["build"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     drop(root);
 
     // 1. A member of the polkit rule's group, on the system daemon.
-    let user = "testbed-virt";
-    not_root(user);
-    let env1 = env("virtsys", store.path()).run_as(user);
-    let checks = doctor(&env1, user);
+    let user = Account::get("testbed-virt");
+    user.check_unprivileged(&["libvirt", "docker"]);
+    assert!(user.in_group("testbed-libvirt"), "{user:?}");
+    let env1 = env("virtsys", store.path()).run_as(&user.name);
+    let out = env1.testbed(&["doctor", "--json"]);
+    // Its probes' daemons (the session's, rootless podman's) stopped.
+    user.stop_processes();
     for name in ["libvirt", "libvirt (system)"] {
-        let c = check(&checks, name);
+        let c = doctor_check(&out, name);
         assert_eq!(c["level"], "ok", "{c}");
     }
     let out = env1.testbed(&[
@@ -160,31 +108,24 @@ fn users_without_root_run_libvirt_clusters_through_polkit_and_their_own_daemon()
     assert!(all.contains("1 passed, 0 failed"), "{all}");
     assert!(!env1.running());
     assert!(
-        !domains("qemu:///system", user).contains("virtsys"),
+        !domains("qemu:///system", &user.name).contains("virtsys"),
         "a domain left"
     );
 
     // 2. A user outside the group: refused, clearly, by doctor and up.
-    let outsider = "testbed-novirt";
-    not_root(outsider);
-    let groups = text(
-        &Command::new("id")
-            .args(["-nG", outsider])
-            .output()
-            .unwrap()
-            .stdout,
-    );
-    assert!(!groups.split_whitespace().any(|g| g == "testbed-libvirt"));
-    let env2 = env("virtses", store.path()).run_as(outsider);
-    let checks = doctor(&env2, outsider);
-    let system = check(&checks, "libvirt (system)");
+    let outsider = Account::get("testbed-novirt");
+    outsider.check_unprivileged(&["libvirt", "docker", "testbed-libvirt"]);
+    let env2 = env("virtses", store.path()).run_as(&outsider.name);
+    let out = env2.testbed(&["doctor", "--json"]);
+    outsider.stop_processes();
+    let system = doctor_check(&out, "libvirt (system)");
     assert_eq!(system["level"], "warn", "{system}");
     let found = system["found"].as_str().unwrap_or_default();
     assert!(
         found.contains("qemu:///system refuses testbed-novirt") && found.contains("polkit"),
         "{system}"
     );
-    assert_eq!(check(&checks, "libvirt")["level"], "ok", "the session");
+    assert_eq!(doctor_check(&out, "libvirt")["level"], "ok", "the session");
     let out = env2.testbed(&["up", "--backend", "libvirt", "--connect", "qemu:///system"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let said = text(&out.stderr);
@@ -208,16 +149,13 @@ fn users_without_root_run_libvirt_clusters_through_polkit_and_their_own_daemon()
     assert!(all.contains("1 passed, 0 failed"), "{all}");
     assert!(!env2.running());
     assert!(
-        !domains("qemu:///session", outsider).contains("virtses"),
+        !domains("qemu:///session", &outsider.name).contains("virtses"),
         "a domain left"
     );
 
     // 3. Nothing of theirs runs but libvirt's session daemons, stopped here.
-    for who in [user, outsider] {
-        let gone = wait_until(Duration::from_secs(30), || {
-            processes(who).trim().is_empty().then_some(())
-        });
-        assert!(gone.is_some(), "{who}'s processes left: {}", processes(who));
-        let _ = Command::new("pkill").args(["-KILL", "-u", who]).status();
+    for who in [&user, &outsider] {
+        who.check_no_processes(&SESSION_DAEMONS);
+        who.stop_processes();
     }
 }

@@ -11,6 +11,8 @@
 //!    store builds every role (nothing from a cache: the store starts
 //!    empty) with the very digests of root's build of the same lock, and
 //!    `testbed verify` rebuilds every role and finds it identical;
+//!    the same user runs the example's test on QEMU from that store (one
+//!    compute node: three VMs) with a crash and a partition;
 //! 3. as `testbed-user2`, who may not write that store, `testbed test` on
 //!    QEMU of the same composition (one compute node: three VMs) from that
 //!    store, with a script that crashes a node and partitions the network:
@@ -72,23 +74,7 @@ impl User {
     /// `name`, made by scripts/setup-users.sh, with a folder of its own
     /// in `base`.
     fn new(name: &'static str, base: &Path) -> User {
-        let out = Command::new("getent")
-            .args(["passwd", name])
-            .output()
-            .expect("getent");
-        assert!(
-            out.status.success(),
-            "no user {name}: scripts/setup-users.sh makes it (scripts/test.sh runs it)"
-        );
-        let line = text(&out.stdout);
-        let fields: Vec<&str> = line.trim().split(':').collect();
-        let groups = text(
-            &Command::new("id")
-                .args(["-nG", name])
-                .output()
-                .expect("id")
-                .stdout,
-        );
+        let account = support::Account::get(name);
         let mine = base.join(name);
         for dir in ["", "run", "xdg", "cache"] {
             std::fs::create_dir_all(mine.join(dir)).unwrap();
@@ -97,9 +83,9 @@ impl User {
         chown_tree(&mine, name);
         User {
             name,
-            uid: fields[2].parse().expect("uid"),
-            home: PathBuf::from(fields[5]),
-            groups: groups.split_whitespace().map(str::to_owned).collect(),
+            uid: account.uid,
+            home: account.home,
+            groups: account.groups,
             mine,
         }
     }
@@ -352,31 +338,21 @@ fn users_without_root_build_the_slurm_example_as_root_does_and_share_it() {
         &comp,
         &["doctor", "--json"],
     );
-    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
-    let builder = checks
-        .as_array()
-        .expect("checks")
-        .iter()
-        .find(|c| c["name"] == "image builder")
-        .expect("an image builder check");
+    let builder = support::doctor_check(&out, "image builder");
     assert_eq!(builder["level"], "ok", "{builder}");
     assert!(
         builder["found"].as_str().unwrap().contains("rootless"),
         "{builder}"
     );
     // Rootless podman cannot run systemd containers on a host with cgroup
-    // v1 (this CI machine): doctor says so and what to change.
+    // v1 (this CI machine) without a cgroup delegated to the user, which
+    // this user has not: doctor says so and what to change.
     let cgroup2 = Command::new("stat")
         .args(["-fc", "%T", "/sys/fs/cgroup"])
         .output()
         .is_ok_and(|o| text(&o.stdout).trim() == "cgroup2fs");
     if !cgroup2 {
-        let containers = checks
-            .as_array()
-            .expect("checks")
-            .iter()
-            .find(|c| c["name"] == "containers")
-            .expect("a containers check");
+        let containers = support::doctor_check(&out, "containers");
         assert_eq!(containers["level"], "warn", "{containers}");
         let found = containers["found"].as_str().unwrap_or_default();
         assert!(found.contains("cgroup v1"), "{containers}");
@@ -446,34 +422,43 @@ fn users_without_root_build_the_slurm_example_as_root_does_and_share_it() {
     }
     first.check_nothing_left(place.path());
 
+    // 2c. The same user runs the example on QEMU from its own store (one
+    // compute node: three VMs), with a crash and a partition.
+    let qemu_test = |user: &User, comp: &Path| {
+        let junit = comp.join("report.xml");
+        let out = user.run(
+            &env,
+            &place.testbed(),
+            &first_store,
+            comp,
+            &[
+                "test",
+                "--scale",
+                "compute=1",
+                "--script",
+                "rootless.rhai",
+                "--junit",
+                junit.to_str().unwrap(),
+                "--backend",
+                "qemu",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}'s test failed", user.name);
+        let report = std::fs::read_to_string(&junit).expect("the JUnit report");
+        assert!(
+            report.contains(r#"tests="3""#) && report.contains(r#"failures="0""#),
+            "{report}"
+        );
+        out
+    };
+    qemu_test(&first, &comp);
+    first.check_nothing_left(place.path());
+
     // 3. The second user, who may not write the first one's store, runs a
     // QEMU cluster from it with a crash and a partition: no build, its
     // role snapshots in its own store.
     let comp = comp_of(&second);
-    let junit = comp.join("report.xml");
-    let out = second.run(
-        &env,
-        &place.testbed(),
-        &first_store,
-        &comp,
-        &[
-            "test",
-            "--scale",
-            "compute=1",
-            "--script",
-            "rootless.rhai",
-            "--junit",
-            junit.to_str().unwrap(),
-            "--backend",
-            "qemu",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "the second user's test failed");
-    let report = std::fs::read_to_string(&junit).expect("the JUnit report");
-    assert!(
-        report.contains(r#"tests="3""#) && report.contains(r#"failures="0""#),
-        "{report}"
-    );
+    let out = qemu_test(&second, &comp);
     let printed = text(&out.stderr);
     assert!(
         !printed.contains(": built "),

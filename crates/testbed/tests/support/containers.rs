@@ -29,16 +29,10 @@ impl Engine {
         let mut cmd = match self.1 {
             None => Command::new(self.0),
             Some(user) => {
-                let uid = text(
-                    &Command::new("id")
-                        .args(["-u", user])
-                        .output()
-                        .unwrap()
-                        .stdout,
-                );
+                let uid = super::Account::get(user).uid;
                 let mut c = Command::new("runuser");
                 c.args(["-u", user, "--", "env"])
-                    .arg(format!("XDG_RUNTIME_DIR=/run/user/{}", uid.trim()))
+                    .arg(format!("XDG_RUNTIME_DIR=/run/user/{uid}"))
                     .arg(self.0);
                 c
             }

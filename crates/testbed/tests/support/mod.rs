@@ -145,17 +145,10 @@ impl Env {
         // The user's own home, where its engines keep their state
         // (rootless podman's images and containers), as the tests' own
         // `runuser` calls see it.
-        let passwd = text(
-            &Command::new("getent")
-                .args(["passwd", user])
-                .output()
-                .unwrap()
-                .stdout,
-        );
-        let home = passwd.trim().split(':').nth(5).unwrap_or("/").to_owned();
+        let account = Account::get(user);
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", user, "--", "env", "-i"])
-            .arg(format!("HOME={home}"))
+            .arg(format!("HOME={}", account.home.display()))
             .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .arg("NO_COLOR=1")
             .arg(format!("XDG_CACHE_HOME={}", tmp.join(".cache").display()))
@@ -165,14 +158,7 @@ impl Env {
         // it up (scripts/setup-users.sh): its runtime folder, and the
         // cgroup delegated to it (on a cgroup v1 host, in the name=systemd
         // hierarchy), which the command enters first.
-        let uid = text(
-            &Command::new("id")
-                .args(["-u", user])
-                .output()
-                .unwrap()
-                .stdout,
-        );
-        let runtime = PathBuf::from(format!("/run/user/{}", uid.trim()));
+        let runtime = PathBuf::from(format!("/run/user/{}", account.uid));
         if runtime.is_dir() {
             cmd.arg(format!("XDG_RUNTIME_DIR={}", runtime.display()));
         }
@@ -196,13 +182,7 @@ impl Env {
     /// This environment with every later [`Env::testbed`] run as `user`
     /// (made by scripts/setup-users.sh), which is given its folders.
     pub fn run_as(mut self, user: &str) -> Env {
-        assert!(
-            Command::new("id")
-                .arg(user)
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "no user {user}: scripts/setup-users.sh makes it (scripts/test.sh runs it)"
-        );
+        Account::get(user);
         let bin = self._tmp.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         for (from, name) in [
@@ -394,4 +374,119 @@ pub fn check_passed_reports(
         assert_eq!(case["passed"], true, "{case}");
     }
     cases
+}
+
+/// A user account made by scripts/setup-users.sh, as `getent passwd`
+/// and `id` see it.
+#[derive(Debug, Clone)]
+pub struct Account {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+    pub groups: Vec<String>,
+}
+
+impl Account {
+    /// `name`; fails the test saying where it comes from if it is missing.
+    pub fn get(name: &str) -> Account {
+        let out = Command::new("getent")
+            .args(["passwd", name])
+            .output()
+            .expect("getent");
+        assert!(
+            out.status.success(),
+            "no user {name}: scripts/setup-users.sh makes it (scripts/test.sh runs it)"
+        );
+        let line = text(&out.stdout);
+        let fields: Vec<&str> = line.trim().split(':').collect();
+        let groups = text(
+            &Command::new("id")
+                .args(["-nG", name])
+                .output()
+                .expect("id")
+                .stdout,
+        );
+        Account {
+            name: name.to_owned(),
+            uid: fields[2].parse().expect("uid"),
+            home: PathBuf::from(fields[5]),
+            groups: groups.split_whitespace().map(str::to_owned).collect(),
+        }
+    }
+
+    pub fn in_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == group)
+    }
+
+    /// Not root, and in none of the groups that are root in another name
+    /// (`sudo`, `wheel`, `adm`), nor in `also`.
+    pub fn check_unprivileged(&self, also: &[&str]) {
+        assert_ne!(self.uid, 0, "{} is root", self.name);
+        for group in ["root", "sudo", "wheel", "adm"].iter().chain(also) {
+            assert!(!self.in_group(group), "{} is in {group}", self.name);
+        }
+    }
+
+    /// The user's processes, but zombies (an ended daemon waits for init
+    /// to collect it) and those whose command line contains one of
+    /// `except`.
+    pub fn processes(&self, except: &[&str]) -> String {
+        let out = Command::new("ps")
+            .args(["-u", &self.name, "-o", "stat=,pid=,args="])
+            .output()
+            .expect("ps");
+        text(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('Z'))
+            .filter(|l| !except.iter().any(|e| l.contains(e)))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    /// Fails the test if processes of the user (but `except`) are still
+    /// there after 30 s.
+    pub fn check_no_processes(&self, except: &[&str]) {
+        let gone = testbed_test_support::wait_until(Duration::from_secs(30), || {
+            self.processes(except).trim().is_empty().then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{}'s processes left: {}",
+            self.name,
+            self.processes(except)
+        );
+    }
+
+    /// Ends every process of the user (daemons that probes leave by their
+    /// own design), and waits until they are gone.
+    pub fn stop_processes(&self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .status();
+        self.check_no_processes(&[]);
+    }
+}
+
+/// A store in `/tmp` that every user may read (root fills it; a user
+/// uses it read-only, docs/rootless.md).
+pub fn readable_store(what: &str) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let store = tempfile::Builder::new()
+        .prefix(&format!("testbed-{what}-store-"))
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    store
+}
+
+/// The check `name` of `doctor --json`'s output.
+pub fn doctor_check(out: &Output, name: &str) -> serde_json::Value {
+    let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor --json");
+    checks
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} check in {checks}"))
+        .clone()
 }
