@@ -114,7 +114,13 @@ pub fn docker_sets_macs(client: &str, server: &str) -> bool {
     }
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether the host mounts the unified cgroup hierarchy (cgroup v2) at
+/// `/sys/fs/cgroup`.
+fn host_has_cgroup2() -> bool {
+    rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270)
+}
+
+pub(crate) fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
@@ -173,8 +179,7 @@ pub fn rootless_limits() -> Vec<(String, String)> {
     // a cgroup v1 host, in the `name=systemd` one (the container's
     // systemd makes its cgroups below the user's; podman binds that
     // hierarchy in).
-    let cgroup2 = rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270);
-    if !cgroup2 {
+    if !host_has_cgroup2() {
         let own = std::fs::read_to_string("/proc/self/cgroup")
             .ok()
             .and_then(|t| {
@@ -184,7 +189,7 @@ pub fn rootless_limits() -> Vec<(String, String)> {
                 })
             });
         let writable = own.as_ref().is_some_and(|own| {
-            let dir = Path::new(DOCKER_SYSTEMD_CGROUP).join(own.trim_start_matches('/'));
+            let dir = Path::new(SYSTEMD_CGROUP_V1).join(own.trim_start_matches('/'));
             rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK).is_ok()
         });
         if !writable {
@@ -192,12 +197,12 @@ pub fn rootless_limits() -> Vec<(String, String)> {
                 format!(
                     "the host mounts cgroup v1 and your cgroup in its name=systemd hierarchy ({}) is not yours: systemd in a rootless container cannot make its cgroups (\"Failed to create /init.scope control group: Permission denied\") and exits",
                     match &own {
-                        Some(own) => format!("{DOCKER_SYSTEMD_CGROUP}{own}"),
+                        Some(own) => format!("{SYSTEMD_CGROUP_V1}{own}"),
                         None => "none: the hierarchy is not mounted".to_owned(),
                     }
                 ),
                 format!(
-                    "run testbed from a cgroup delegated to you, as systemd's `user@.service` gives a login session (`Delegate=yes`); by hand, as root: `mkdir {DOCKER_SYSTEMD_CGROUP}/USER && chown -R USER {DOCKER_SYSTEMD_CGROUP}/USER`, then as the user `echo $$ > {DOCKER_SYSTEMD_CGROUP}/USER/cgroup.procs` in the shell that runs testbed; or boot the host with the unified cgroup hierarchy (Debian 12's default); or run podman as root"
+                    "run testbed from a cgroup delegated to you, as systemd's `user@.service` gives a login session (`Delegate=yes`); by hand, as root: `mkdir {SYSTEMD_CGROUP_V1}/USER && chown -R USER {SYSTEMD_CGROUP_V1}/USER`, then as the user `echo $$ > {SYSTEMD_CGROUP_V1}/USER/cgroup.procs` in the shell that runs testbed; or boot the host with the unified cgroup hierarchy (Debian 12's default); or run podman as root"
                 ),
             ));
         }
@@ -249,21 +254,20 @@ pub fn rootless_limits() -> Vec<(String, String)> {
     limits
 }
 
-/// Where systemd in a docker container finds a cgroup it may write, on
-/// a host with cgroup v1: the host's `name=systemd` hierarchy (which has
-/// no controllers), bound read-write.
-pub const DOCKER_SYSTEMD_CGROUP: &str = "/sys/fs/cgroup/systemd";
+/// Where a cgroup v1 host mounts its `name=systemd` hierarchy (which has
+/// no controllers): bound read-write into docker's nodes, and where a
+/// rootless podman user's cgroup must be its own.
+pub const SYSTEMD_CGROUP_V1: &str = "/sys/fs/cgroup/systemd";
 
 /// What stops systemd in a docker container on this host, with its fix;
 /// None when nothing does. Docker mounts the cgroup file systems
 /// read-only in containers that are not privileged. On cgroup v1 the
 /// host's `name=systemd` hierarchy is bound read-write instead
-/// ([`DOCKER_SYSTEMD_CGROUP`]; it must be mounted). On cgroup v2 there is
+/// ([`SYSTEMD_CGROUP_V1`]; it must be mounted). On cgroup v2 there is
 /// no such way short of `--privileged` or the host's whole cgroup tree
 /// (moby/moby#46763), which testbed does not do.
 pub fn docker_cgroup_problem() -> Option<(String, String)> {
-    let cgroup2 = rustix::fs::statfs("/sys/fs/cgroup").is_ok_and(|s| s.f_type == 0x6367_7270);
-    if cgroup2 {
+    if host_has_cgroup2() {
         return Some((
             "the host has cgroup v2, where docker mounts /sys/fs/cgroup read-only in containers that are not privileged (moby/moby#46763): systemd in a node cannot make its cgroups".to_owned(),
             "use --backend podman, whose systemd mode gives each container a cgroup of its own to write".to_owned(),
@@ -272,7 +276,7 @@ pub fn docker_cgroup_problem() -> Option<(String, String)> {
     let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
         info.lines().any(|l| {
             let fields: Vec<&str> = l.split(' ').collect();
-            fields.get(4) == Some(&DOCKER_SYSTEMD_CGROUP)
+            fields.get(4) == Some(&SYSTEMD_CGROUP_V1)
                 && l.split(" - ").nth(1).is_some_and(|rest| {
                     rest.starts_with("cgroup ") && rest.contains("name=systemd")
                 })
@@ -282,8 +286,8 @@ pub fn docker_cgroup_problem() -> Option<(String, String)> {
         None
     } else {
         Some((
-            format!("the host has cgroup v1 but no name=systemd hierarchy at {DOCKER_SYSTEMD_CGROUP}, which systemd in a docker container needs"),
-            format!("as root: `mkdir -p {DOCKER_SYSTEMD_CGROUP} && mount -t cgroup -o none,name=systemd cgroup {DOCKER_SYSTEMD_CGROUP}` (scripts/setup-docker.sh does it)"),
+            format!("the host has cgroup v1 but no name=systemd hierarchy at {SYSTEMD_CGROUP_V1}, which systemd in a docker container needs"),
+            format!("as root: `mkdir -p {SYSTEMD_CGROUP_V1} && mount -t cgroup -o none,name=systemd cgroup {SYSTEMD_CGROUP_V1}` (scripts/setup-docker.sh does it)"),
         ))
     }
 }
@@ -490,9 +494,7 @@ pub fn run_args(engine: Engine, c: &ContainerConfig) -> Vec<String> {
             args.push("--stop-signal".to_owned());
             args.push("SIGRTMIN+3".to_owned());
             args.push("--volume".to_owned());
-            args.push(format!(
-                "{DOCKER_SYSTEMD_CGROUP}:{DOCKER_SYSTEMD_CGROUP}:rw"
-            ));
+            args.push(format!("{SYSTEMD_CGROUP_V1}:{SYSTEMD_CGROUP_V1}:rw"));
             args.push("--tty".to_owned());
             // Docker connects one network at `run`; `connect` adds the rest.
             if let Some(nic) = c.nics.first() {

@@ -75,6 +75,20 @@ fn domains(uri: &str, user: &str) -> String {
     text(&out.stdout)
 }
 
+/// `testbed test` of the cluster `cluster` on libvirt at `uri`, as `user`
+/// (whom `env` runs as), passes, and leaves no state and no domain.
+fn passes_on(env: &Env, uri: &str, user: &Account, cluster: &str) {
+    let out = env.testbed(&["test", "--backend", "libvirt", "--connect", uri]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(all.contains("1 passed, 0 failed"), "{all}");
+    assert!(!env.running());
+    assert!(
+        !domains(uri, &user.name).contains(cluster),
+        "a domain of {cluster} left at {uri}"
+    );
+}
+
 #[test]
 fn users_without_root_run_libvirt_clusters_through_polkit_and_their_own_daemon() {
     // Root builds the image once, into a store every user may read.
@@ -96,21 +110,7 @@ fn users_without_root_run_libvirt_clusters_through_polkit_and_their_own_daemon()
         let c = doctor_check(&out, name);
         assert_eq!(c["level"], "ok", "{c}");
     }
-    let out = env1.testbed(&[
-        "test",
-        "--backend",
-        "libvirt",
-        "--connect",
-        "qemu:///system",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let all = text(&out.stdout) + &text(&out.stderr);
-    assert!(all.contains("1 passed, 0 failed"), "{all}");
-    assert!(!env1.running());
-    assert!(
-        !domains("qemu:///system", &user.name).contains("virtsys"),
-        "a domain left"
-    );
+    passes_on(&env1, "qemu:///system", &user, "virtsys");
 
     // 2. A user outside the group: refused, clearly, by doctor and up.
     let outsider = Account::get("testbed-novirt");
@@ -137,21 +137,7 @@ fn users_without_root_run_libvirt_clusters_through_polkit_and_their_own_daemon()
     );
     assert!(!env2.running(), "a refused up leaves no state");
     // Its own daemon serves it.
-    let out = env2.testbed(&[
-        "test",
-        "--backend",
-        "libvirt",
-        "--connect",
-        "qemu:///session",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let all = text(&out.stdout) + &text(&out.stderr);
-    assert!(all.contains("1 passed, 0 failed"), "{all}");
-    assert!(!env2.running());
-    assert!(
-        !domains("qemu:///session", &outsider.name).contains("virtses"),
-        "a domain left"
-    );
+    passes_on(&env2, "qemu:///session", &outsider, "virtses");
 
     // 3. Nothing of theirs runs but libvirt's session daemons, stopped here.
     for who in [&user, &outsider] {

@@ -60,13 +60,11 @@ subtest("a partition cuts a node off until healed", || {
 });
 "#;
 
-/// A user account: its name, id, home and groups, and the folder of its
-/// own the test gives it (its store, state and runtime folders).
+/// A user account (its id, home and groups) and the folder of its own
+/// the test gives it (its store, state and runtime folders).
 struct User {
     name: &'static str,
-    uid: u32,
-    home: PathBuf,
-    groups: Vec<String>,
+    account: support::Account,
     mine: PathBuf,
 }
 
@@ -83,23 +81,8 @@ impl User {
         chown_tree(&mine, name);
         User {
             name,
-            uid: account.uid,
-            home: account.home,
-            groups: account.groups,
+            account,
             mine,
-        }
-    }
-
-    /// No root, no sudo.
-    fn check_unprivileged(&self) {
-        assert_ne!(self.uid, 0);
-        for group in ["root", "sudo", "wheel", "adm"] {
-            assert!(
-                !self.groups.iter().any(|g| g == group),
-                "{} is in {group}: {:?}",
-                self.name,
-                self.groups
-            );
         }
     }
 
@@ -109,7 +92,7 @@ impl User {
     fn run(&self, env: &Env, program: &Path, store: &Path, cwd: &Path, args: &[&str]) -> Output {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", self.name, "--", "env", "-i"])
-            .arg(format!("HOME={}", self.home.display()))
+            .arg(format!("HOME={}", self.account.home.display()))
             .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .arg("NO_COLOR=1")
             .arg(format!(
@@ -137,21 +120,6 @@ impl User {
         )
     }
 
-    /// The user's processes, but zombies: an ended process that waits
-    /// for init to collect it (what `up` leaves is a daemon whose parent
-    /// is init, which collects it in its own time here).
-    fn processes(&self) -> String {
-        let out = Command::new("ps")
-            .args(["-u", self.name, "-o", "stat=,pid=,args="])
-            .output()
-            .expect("ps");
-        text(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim_start().starts_with('Z'))
-            .map(|l| format!("{l}\n"))
-            .collect()
-    }
-
     /// Files the user owns under the host's temporary and runtime
     /// folders, besides the test's own folder.
     fn files_outside(&self, place: &Path) -> Vec<PathBuf> {
@@ -169,7 +137,7 @@ impl User {
                 let Ok(meta) = path.symlink_metadata() else {
                     continue;
                 };
-                if std::os::unix::fs::MetadataExt::uid(&meta) == self.uid {
+                if std::os::unix::fs::MetadataExt::uid(&meta) == self.account.uid {
                     found.push(path);
                 } else if meta.is_dir() {
                     dirs.push(path);
@@ -188,7 +156,7 @@ impl User {
             .args(["-KILL", "-u", self.name])
             .status();
         wait_until(Duration::from_secs(10), || {
-            self.processes().trim().is_empty().then_some(())
+            self.account.processes(&[]).trim().is_empty().then_some(())
         });
         for path in self.files_outside(place) {
             let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
@@ -197,15 +165,7 @@ impl User {
 
     /// No process, no file outside `place`, nothing in its state folder.
     fn check_nothing_left(&self, place: &Path) {
-        let gone = wait_until(Duration::from_secs(30), || {
-            self.processes().trim().is_empty().then_some(())
-        });
-        assert!(
-            gone.is_some(),
-            "{}'s processes left: {}",
-            self.name,
-            self.processes()
-        );
+        self.account.check_no_processes(&[]);
         let files = self.files_outside(place);
         assert!(files.is_empty(), "{}'s files left: {files:?}", self.name);
         let state: Vec<_> = std::fs::read_dir(self.mine.join("run"))
@@ -309,8 +269,8 @@ fn users_without_root_build_the_slurm_example_as_root_does_and_share_it() {
     let place = Place::new();
     let first = User::new("testbed-user", place.path());
     let second = User::new("testbed-user2", place.path());
-    first.check_unprivileged();
-    second.check_unprivileged();
+    first.account.check_unprivileged(&[]);
+    second.account.check_unprivileged(&[]);
     first.reset(place.path());
     second.reset(place.path());
     let first_store = first.mine.join("store");
@@ -390,7 +350,7 @@ fn users_without_root_build_the_slurm_example_as_root_does_and_share_it() {
         let meta = std::fs::metadata(first_store.join(key).join("rootfs.erofs")).unwrap();
         assert_eq!(
             std::os::unix::fs::MetadataExt::uid(&meta),
-            first.uid,
+            first.account.uid,
             "{role}: the outputs belong to the user, not to a subordinate id"
         );
     }

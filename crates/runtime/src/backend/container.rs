@@ -508,10 +508,7 @@ fn died_events(
 /// answers, and systemd can run in its containers here.
 pub fn docker_check() -> Option<HostCheck> {
     let engine = crate::container::Engine::Docker;
-    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(engine.program()).is_file())
-    });
-    if !on_path {
+    if !crate::container::on_path(engine.program()) {
         return None;
     }
     Some(match crate::container::detect(Some(engine)) {
