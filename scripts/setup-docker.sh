@@ -34,13 +34,8 @@ fi
 # Debian's client, whatever else is first on PATH.
 docker=/usr/bin/docker
 
-if [[ $(stat -f -c %T /sys/fs/cgroup) != cgroup2fs ]]; then
-    if ! grep -qE '^[^ ]+ [^ ]+ [^ ]+ [^ ]+ /sys/fs/cgroup/systemd .* - cgroup [^ ]+ [^ ]*name=systemd' /proc/self/mountinfo; then
-        mkdir -p /sys/fs/cgroup/systemd
-        mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
-        echo "setup-docker: mounted the name=systemd cgroup hierarchy at /sys/fs/cgroup/systemd" >&2
-    fi
-else
+"$(dirname "${BASH_SOURCE[0]}")/mount-systemd-cgroup.sh"
+if [[ $(stat -f -c %T /sys/fs/cgroup) == cgroup2fs ]]; then
     echo "setup-docker: this host has cgroup v2, where docker cannot give systemd in a container a cgroup it may write without --privileged (docs/containers.md): --backend docker will refuse; use --backend podman" >&2
 fi
 

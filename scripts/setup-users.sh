@@ -25,13 +25,25 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-for user in testbed-user testbed-user2 testbed-podman; do
-    if ! id "$user" >/dev/null 2>&1; then
+# NAME exists (no password: it cannot log in; a home; a group of its own).
+ensure_user() {
+    if ! id "$1" >/dev/null 2>&1; then
         # useradd gives a new user a free block of subordinate ids
         # (SUB_UID_MIN.. in /etc/login.defs) when /etc/subuid is managed.
-        useradd --create-home --shell /bin/bash --user-group "$user"
-        echo "setup-users: added $user" >&2
+        useradd --create-home --shell /bin/bash --user-group "$1"
+        echo "setup-users: added $1" >&2
     fi
+}
+
+# USER is a member of GROUP.
+ensure_member() {
+    if ! id -nG "$1" | tr ' ' '\n' | grep -qx "$2"; then
+        usermod -aG "$2" "$1"
+    fi
+}
+
+for user in testbed-user testbed-user2 testbed-podman; do
+    ensure_user "$user"
     # A block nobody has: after the highest block in either file.
     top=$(cat /etc/subuid /etc/subgid 2>/dev/null | awk -F: '{ e = $2 + $3; if (e > m) m = e } END { print (m > 100000 ? m : 100000) }')
     if ! grep -q "^$user:" /etc/subuid 2>/dev/null; then
@@ -42,16 +54,6 @@ for user in testbed-user testbed-user2 testbed-podman; do
         usermod --add-subgids "$top-$((top + 65535))" "$user"
         echo "setup-users: gave $user subordinate group ids $top-$((top + 65535))" >&2
     fi
-    if getent group kvm >/dev/null && ! id -nG "$user" | tr ' ' '\n' | grep -qx kvm; then
-        usermod -aG kvm "$user"
-    fi
-    # The tests check that these users are not root in any way.
-    for group in sudo wheel root; do
-        if id -nG "$user" | tr ' ' '\n' | grep -qx "$group"; then
-            echo "setup-users: $user is in the group $group; the rootless tests need users without privileges" >&2
-            exit 1
-        fi
-    done
 done
 
 # testbed-podman runs rootless podman (crates/testbed/tests/containers.rs)
@@ -63,11 +65,8 @@ done
 # give it, 0666 (slirp4netns opens it for rootless networks).
 podman_uid=$(id -u testbed-podman)
 install -d -m 0700 -o testbed-podman -g testbed-podman "/run/user/$podman_uid"
+"$(dirname "${BASH_SOURCE[0]}")/mount-systemd-cgroup.sh"
 if [[ $(stat -f -c %T /sys/fs/cgroup) != cgroup2fs ]]; then
-    if ! grep -qE ' /sys/fs/cgroup/systemd .* - cgroup [^ ]+ [^ ]*name=systemd' /proc/self/mountinfo; then
-        mkdir -p /sys/fs/cgroup/systemd
-        mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd
-    fi
     mkdir -p /sys/fs/cgroup/systemd/testbed-podman
     chown -R testbed-podman:testbed-podman /sys/fs/cgroup/systemd/testbed-podman
 fi
@@ -78,37 +77,32 @@ fi
 # The libvirt tests' users (crates/testbed/tests/libvirt_users.rs):
 # testbed-virt is in testbed-libvirt, the group scripts/test.sh gives
 # qemu:///system through polkit (setup-libvirt.sh --polkit-group);
-# testbed-novirt is not, and must be refused.
+# testbed-novirt is not, and must be refused. testbed-podman is in it
+# too: its doctor shows every backend a user without root can have usable
+# at once (docker's group aside, which is root's).
 groupadd -f testbed-libvirt
-for user in testbed-virt testbed-novirt; do
-    if ! id "$user" >/dev/null 2>&1; then
-        useradd --create-home --shell /bin/bash --user-group "$user"
-        echo "setup-users: added $user" >&2
-    fi
-    if getent group kvm >/dev/null && ! id -nG "$user" | tr ' ' '\n' | grep -qx kvm; then
-        usermod -aG kvm "$user"
-    fi
-done
-# testbed-podman too: its doctor shows every backend a user without root
-# can have usable at once (docker's group aside, which is root's).
-for user in testbed-virt testbed-podman; do
-    if ! id -nG "$user" | tr ' ' '\n' | grep -qx testbed-libvirt; then
-        usermod -aG testbed-libvirt "$user"
-    fi
-done
+ensure_user testbed-virt
+ensure_user testbed-novirt
+ensure_member testbed-virt testbed-libvirt
+ensure_member testbed-podman testbed-libvirt
 
+users=(testbed-user testbed-user2 testbed-podman testbed-virt testbed-novirt)
 if getent group docker >/dev/null; then
-    if ! id testbed-docker >/dev/null 2>&1; then
-        useradd --create-home --shell /bin/bash --user-group testbed-docker
-        echo "setup-users: added testbed-docker" >&2
+    ensure_user testbed-docker
+    ensure_member testbed-docker docker
+    users+=(testbed-docker)
+fi
+
+for user in "${users[@]}"; do
+    # What a user needs for KVM (the tests work on TCG where KVM does not).
+    if getent group kvm >/dev/null && [[ $user != testbed-docker ]]; then
+        ensure_member "$user" kvm
     fi
-    if ! id -nG testbed-docker | tr ' ' '\n' | grep -qx docker; then
-        usermod -aG docker testbed-docker
-    fi
+    # The tests check that these users are not root in any way.
     for group in sudo wheel root; do
-        if id -nG testbed-docker | tr ' ' '\n' | grep -qx "$group"; then
-            echo "setup-users: testbed-docker is in the group $group; the docker tests need a user whose only privilege is the docker group" >&2
+        if id -nG "$user" | tr ' ' '\n' | grep -qx "$group"; then
+            echo "setup-users: $user is in the group $group; the tests as users need users without privileges" >&2
             exit 1
         fi
     done
-fi
+done
