@@ -90,7 +90,7 @@ fn serve_stdio(agent: &Arc<Agent>) -> ExitCode {
         }
     };
     match session::serve(agent, reader, writer) {
-        End::Closed => ExitCode::SUCCESS,
+        End::Closed | End::Idle => ExitCode::SUCCESS,
         End::Broken(reason) => {
             log(&format!("session ended: {reason}"));
             ExitCode::FAILURE
@@ -136,22 +136,23 @@ fn serve_port(agent: &Arc<Agent>, path: &Path) -> ExitCode {
         let opened = OpenOptions::new()
             .read(true)
             .write(true)
-            .open(device.as_deref().unwrap_or(path))
-            .and_then(|file| Ok((file.try_clone()?, file)));
+            .open(device.as_deref().unwrap_or(path));
         match opened {
-            Ok((reader, mut writer)) => {
+            Ok(mut port) => {
                 reported = false;
                 if !announced {
                     announced = true;
-                    if let Err(e) = testbed_proto::frame::write_magic(&mut writer) {
+                    if let Err(e) = testbed_proto::frame::write_magic(&mut port) {
                         log(&format!("cannot announce on {}: {e}", path.display()));
                     }
                 }
-                if let End::Broken(reason) = next_host(agent, reader, writer, NO_HOST_PAUSE) {
+                let writer = || port.try_clone();
+                if let End::Broken(reason) = next_host(agent, &port, writer, NO_HOST_PAUSE) {
                     log(&format!("session on {} ended: {reason}", path.display()));
                 }
                 // Closed here, after its session: the host sees the port
                 // close (a snapshot's maker waits for that).
+                drop(port);
                 std::thread::sleep(Duration::from_millis(200));
             }
             Err(e) => {
@@ -175,25 +176,39 @@ const NO_HOST_PAUSE: Duration = Duration::from_millis(200);
 /// reopened it after each end-of-file lost the first bytes of a host that
 /// connected in between, and never answered its hello (a node restored
 /// from a role snapshot, whose agent is in this wait, stayed "booting").
+///
+/// For the same reason, bytes that start no session (what a host sent the
+/// agent process before this one, then hung up: it is about to connect
+/// again and say hello to this one) are skipped on the same open port.
+/// Each session writes through its own `writer()`.
 fn next_host<R: Read, W: Write + Send + 'static>(
     agent: &Arc<Agent>,
     mut reader: R,
-    writer: W,
+    mut writer: impl FnMut() -> std::io::Result<W>,
     pause: Duration,
 ) -> End {
-    let mut first = vec![0u8; 4096];
     loop {
-        match reader.read(&mut first) {
-            Ok(0) => std::thread::sleep(pause),
-            Ok(n) => {
-                first.truncate(n);
-                break;
+        let mut first = vec![0u8; 4096];
+        loop {
+            match reader.read(&mut first) {
+                Ok(0) => std::thread::sleep(pause),
+                Ok(n) => {
+                    first.truncate(n);
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return End::Broken(format!("cannot read the port: {e}")),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return End::Broken(format!("cannot read the port: {e}")),
+        }
+        let out = match writer() {
+            Ok(out) => out,
+            Err(e) => return End::Broken(format!("cannot write the port: {e}")),
+        };
+        match session::serve(agent, std::io::Cursor::new(first).chain(&mut reader), out) {
+            End::Idle => {}
+            end => return end,
         }
     }
-    session::serve(agent, std::io::Cursor::new(first).chain(reader), writer)
 }
 
 #[cfg(test)]
@@ -204,21 +219,36 @@ mod tests {
     use testbed_proto::client::{Client, ClientOptions};
 
     /// A port as the guest sees it before a host connects: its first reads
-    /// return end-of-file although the host's bytes may be on their way.
-    /// Dropping it closes it, which in the guest discards what arrived.
+    /// (`script`: an empty one is end-of-file) come before the host's bytes
+    /// on `stream`, which may be on their way. Dropping it closes it, which
+    /// in the guest discards what arrived.
     struct Port {
         stream: UnixStream,
-        eofs: usize,
+        script: std::collections::VecDeque<Vec<u8>>,
         closed: Arc<AtomicBool>,
+    }
+
+    impl Port {
+        fn new(stream: &UnixStream, script: Vec<Vec<u8>>) -> (Port, Arc<AtomicBool>) {
+            let closed = Arc::new(AtomicBool::new(false));
+            let port = Port {
+                stream: stream.try_clone().expect("clone"),
+                script: script.into(),
+                closed: Arc::clone(&closed),
+            };
+            (port, closed)
+        }
     }
 
     impl Read for Port {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            if self.eofs > 0 {
-                self.eofs -= 1;
-                return Ok(0);
+            match self.script.pop_front() {
+                Some(bytes) => {
+                    buf[..bytes.len()].copy_from_slice(&bytes);
+                    Ok(bytes.len())
+                }
+                None => self.stream.read(buf),
             }
-            self.stream.read(buf)
         }
     }
 
@@ -233,15 +263,17 @@ mod tests {
         let root = tempfile::tempdir().expect("tmp");
         let agent = Arc::new(Agent::new(root.path().to_path_buf()));
         let (guest, host) = UnixStream::pair().expect("pair");
-        let closed = Arc::new(AtomicBool::new(false));
-        let port = Port {
-            stream: guest.try_clone().expect("clone"),
-            eofs: 3,
-            closed: Arc::clone(&closed),
-        };
+        let (port, closed) = Port::new(&guest, vec![Vec::new(); 3]);
         let agent_side = std::thread::spawn({
             let agent = Arc::clone(&agent);
-            move || next_host(&agent, port, guest, Duration::from_millis(10))
+            move || {
+                next_host(
+                    &agent,
+                    port,
+                    || guest.try_clone(),
+                    Duration::from_millis(10),
+                )
+            }
         });
         // The host's hello is sent at once, while the agent still reads
         // end-of-file; it must not be lost to a close of the port.
@@ -270,6 +302,56 @@ mod tests {
             closed.load(Ordering::SeqCst),
             "the port is closed after the session"
         );
+    }
+
+    /// An agent that started again while a host was connected to its
+    /// predecessor: the host's last frames (the cancel of the request the
+    /// killed process was serving) reach the new process, then the host
+    /// hangs up and connects again at once. Those frames start no session;
+    /// the port stays open, and the new host's hello is answered (it used
+    /// to be lost to a close of the port: the reconnect timed out).
+    #[test]
+    fn frames_meant_for_an_earlier_agent_process_do_not_close_the_port() {
+        let root = tempfile::tempdir().expect("tmp");
+        let agent = Arc::new(Agent::new(root.path().to_path_buf()));
+        let (guest, host) = UnixStream::pair().expect("pair");
+        let mut stale = Vec::new();
+        testbed_proto::frame::write_frame(
+            &mut stale,
+            7,
+            testbed_proto::frame::FrameKind::Control,
+            br#"{"type":"cancel"}"#,
+        )
+        .expect("frame");
+        // The stale frame, the old host's hang-up, no host for a while.
+        let (port, closed) = Port::new(&guest, vec![stale, Vec::new(), Vec::new()]);
+        let agent_side = std::thread::spawn({
+            let agent = Arc::clone(&agent);
+            move || {
+                next_host(
+                    &agent,
+                    port,
+                    || guest.try_clone(),
+                    Duration::from_millis(10),
+                )
+            }
+        });
+        let options = ClientOptions {
+            node: "n".to_owned(),
+            hello_timeout: Duration::from_secs(20),
+            ..ClientOptions::default()
+        };
+        let hangup = host.try_clone().expect("clone");
+        let client = Client::with_options(host.try_clone().expect("clone"), host, options)
+            .expect("the new agent answers the hello");
+        assert!(!closed.load(Ordering::SeqCst), "the port was closed");
+        assert!(!client.agent_info().software.is_empty());
+        drop(client);
+        hangup.shutdown(std::net::Shutdown::Both).expect("shutdown");
+        assert!(matches!(
+            agent_side.join().expect("agent thread"),
+            End::Closed
+        ));
     }
 
     #[test]

@@ -118,6 +118,11 @@ fn lock(channels: &Channels) -> MutexGuard<'_, HashMap<u32, Sender<Inbound>>> {
 pub enum End {
     /// The host closed the stream.
     Closed,
+    /// The stream ended before any session began: bytes that were no
+    /// preamble (frames a host sent to an earlier agent process on the same
+    /// port, such as the cancel of a request that process was serving),
+    /// then end-of-file. Nobody was talking to this agent.
+    Idle,
     /// The stream broke or desynchronized; the message says how.
     Broken(String),
 }
@@ -150,7 +155,7 @@ pub fn serve<R: Read, W: Write + Send + 'static>(agent: &Arc<Agent>, reader: R, 
                 }
             }
         }
-        Ok(None) => End::Closed,
+        Ok(None) => End::Idle,
         Err(e) => End::Broken(e.to_string()),
     };
     let open: Vec<Sender<Inbound>> = lock(&channels).values().cloned().collect();

@@ -173,7 +173,13 @@ impl Shared {
         lock(&self.channels)
     }
 
+    /// Nothing is written once the session has ended: on a stream where a
+    /// new agent process announced itself, frames for the old one (the
+    /// cancels of the requests it took with it) would reach the new one.
     fn write(&self, channel: u32, kind: FrameKind, payload: &[u8]) -> io::Result<()> {
+        if let Some(reason) = &self.channels().closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, reason.clone()));
+        }
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         frame::write_frame(&mut *writer, channel, kind, payload)
     }

@@ -100,13 +100,18 @@ fn a_silent_agent_times_out_the_hello() {
 /// still holds: the request the old process was serving fails at once
 /// with that reason (it would otherwise wait for a reply that never
 /// comes), and `wait_closed` says the agent restarted. The same
-/// announcement before the welcome is the new agent saying hello.
+/// announcement before the welcome is the new agent saying hello. Nothing
+/// more is written on that stream: the cancel of the failed request would
+/// reach the new agent (which took it for a session that then ended, and
+/// closed its port under the next host's hello).
 #[test]
 fn an_agent_that_starts_again_fails_the_request_in_flight_and_says_so() {
     let (host, guest) = UnixStream::pair().unwrap();
     let (got_request, request_seen) = std::sync::mpsc::channel();
+    let (heard, new_agent_heard) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut writer = guest.try_clone().unwrap();
+        let mut listen = guest.try_clone().unwrap();
         // The agent's announcement, written when it opens its port.
         frame::write_magic(&mut writer).unwrap();
         let mut reader = FrameReader::new(guest);
@@ -122,6 +127,12 @@ fn an_agent_that_starts_again_fails_the_request_in_flight_and_says_so() {
         let _request = reader.next_frame().unwrap().unwrap();
         got_request.send(()).unwrap();
         frame::write_magic(&mut writer).unwrap();
+        // What the new agent hears from this host within 2 s.
+        listen
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let _ = heard.send(std::io::Read::read(&mut listen, &mut buf).map_err(|e| e.kind()));
         std::thread::sleep(Duration::from_secs(30));
         drop(writer);
     });
@@ -140,6 +151,11 @@ fn an_agent_that_starts_again_fails_the_request_in_flight_and_says_so() {
     );
     let closed = client.wait_closed();
     assert!(closed.restarted, "{closed:?}");
+    assert_eq!(
+        new_agent_heard.recv().unwrap(),
+        Err(std::io::ErrorKind::WouldBlock),
+        "bytes for the dead agent reached the new one"
+    );
 }
 
 #[test]

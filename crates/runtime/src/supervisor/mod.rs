@@ -60,9 +60,15 @@ use crate::switch::{FaultEvent, LinkRule};
 /// report that its machine ended too, before it is opened again.
 const MACHINE_END_GRACE: Duration = Duration::from_secs(2);
 
+/// How long opening a new session with a node that stayed up may take
+/// (its channel and the agent's hello).
+pub(super) const RECONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long a request waits for a new session with an agent that started
-/// again.
-const RECONNECT_WAIT: Duration = Duration::from_secs(60);
+/// again: longer than the reconnect may take, so that the request gets its
+/// outcome (a new session, or a failed node) rather than a guess.
+const RECONNECT_WAIT: Duration =
+    Duration::from_secs(MACHINE_END_GRACE.as_secs() + RECONNECT_TIMEOUT.as_secs() + 5);
 
 /// How long file transfers and small agent requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -1065,7 +1071,11 @@ fn watch_agent(
             shared.log(&format!("{name}: {}; connecting again", closed.reason));
             close();
             let result = saves::reconnect(&shared, &name, generation, false);
-            shared.set(&name, generation, |n| n.reconnecting = false);
+            // A new session cleared the mark itself (and its own watcher
+            // may have set it again since: an agent that died once more).
+            if !matches!(result, Ok(true)) {
+                shared.set(&name, generation, |n| n.reconnecting = false);
+            }
             match result {
                 Ok(true) => shared.log(&format!("{name}: agent connected again")),
                 // The machine stopped meanwhile (its agent went with it).

@@ -242,7 +242,7 @@ pub(super) fn reconnect(
     let Some(spec) = shared.spec.node(name) else {
         return Err("not in the cluster".to_owned());
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + super::RECONNECT_TIMEOUT;
     let current = || {
         lock(&shared.nodes)
             .get(name)
@@ -278,6 +278,9 @@ pub(super) fn reconnect(
         n.close = Some(Arc::clone(&close));
         n.attached = Some(Instant::now());
         n.message = None;
+        // In the same step: a watcher of this new session may mark it
+        // reconnecting again as soon as it exists.
+        n.reconnecting = false;
     });
     if kept {
         super::watch_agent(shared, name, generation, &client, closed_by_us);
