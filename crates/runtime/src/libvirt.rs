@@ -292,6 +292,120 @@ pub struct LibvirtHost {
     conn: Arc<Connect>,
 }
 
+/// The suffix of the empty volume whose creator uploads an entry.
+const UPLOADING: &str = ".uploading";
+/// The suffix of the empty volume that says an entry is complete.
+const COMPLETE: &str = ".complete";
+/// How long an upload may show no progress before a waiter takes it over.
+const UPLOAD_STALE: std::time::Duration = std::time::Duration::from_secs(120);
+/// How often a waiter looks at another process's upload.
+const UPLOAD_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// A new volume's XML. World-readable: QEMU runs as its own user
+/// (libvirt-qemu) and only reads these files; nothing in them is secret (no
+/// per-node data is ever in an image).
+fn volume_xml(name: &str, size: u64) -> String {
+    format!(
+        "<volume>\n  <name>{}</name>\n  <capacity unit='bytes'>{size}</capacity>\n  <allocation unit='bytes'>0</allocation>\n  <target>\n    <format type='raw'/>\n    <permissions>\n      <mode>0644</mode>\n    </permissions>\n  </target>\n</volume>\n",
+        escape(name)
+    )
+}
+
+/// One store entry's volumes in a host's pool.
+struct Entry<'a> {
+    host: &'a LibvirtHost,
+    pool: &'a StoragePool,
+    key: &'a str,
+}
+
+impl Entry<'_> {
+    /// The volume of `file` (a boot file, or a suffix such as
+    /// [`COMPLETE`]).
+    fn name(&self, file: &str) -> String {
+        if file.starts_with('.') {
+            format!("{}{file}", self.key)
+        } else {
+            format!("{}-{file}", self.key)
+        }
+    }
+
+    fn lookup(&self, name: &str) -> Result<Option<StorageVol>, LibvirtError> {
+        match self.pool.lookup_storage_vol_by_name(name) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(None),
+            Err(e) => Err(self.host.storage_err(&format!("volume {name}"), "look up")(
+                e,
+            )),
+        }
+    }
+
+    /// The paths of the boot files when the entry is complete, with each
+    /// volume of its local file's size.
+    fn complete(&self, sizes: &[u64]) -> Result<Option<Vec<String>>, LibvirtError> {
+        let what = format!("storage pool {POOL_NAME}");
+        self.pool
+            .refresh(0)
+            .map_err(self.host.storage_err(&what, "refresh"))?;
+        if self.lookup(&self.name(COMPLETE))?.is_none() {
+            return Ok(None);
+        }
+        let mut paths = Vec::new();
+        for (file, size) in IMAGE_FILES.iter().zip(sizes) {
+            let name = self.name(file);
+            let Some(vol) = self.lookup(&name)? else {
+                return Ok(None);
+            };
+            let what = format!("volume {name}");
+            let info = vol.info().map_err(self.host.storage_err(&what, "query"))?;
+            if info.capacity != *size {
+                return Ok(None);
+            }
+            paths.push(vol.path().map_err(self.host.storage_err(&what, "query"))?);
+        }
+        Ok(Some(paths))
+    }
+
+    /// What changes while an upload goes on: which volumes of the entry
+    /// exist, and how much of each boot file is written.
+    fn progress(&self) -> Result<Vec<Option<u64>>, LibvirtError> {
+        let mut seen = Vec::new();
+        for file in [UPLOADING, COMPLETE].into_iter().chain(IMAGE_FILES) {
+            let name = self.name(file);
+            let vol = self.lookup(&name)?;
+            seen.push(vol.map(|v| v.info().map(|i| i.allocation).unwrap_or(u64::MAX)));
+        }
+        Ok(seen)
+    }
+
+    /// Deletes whatever is there of the entry (but the lock) and uploads
+    /// it; the boot files' paths.
+    fn upload(&self, dir: &Path, sizes: &[u64]) -> Result<Vec<String>, LibvirtError> {
+        let names =
+            std::iter::once(self.name(COMPLETE)).chain(IMAGE_FILES.iter().map(|f| self.name(f)));
+        for name in names {
+            if let Some(vol) = self.lookup(&name)? {
+                vol.delete(0).map_err(
+                    self.host
+                        .storage_err(&format!("volume {name}"), "delete leftover"),
+                )?;
+            }
+        }
+        let mut paths = Vec::new();
+        for (file, size) in IMAGE_FILES.iter().zip(sizes) {
+            let name = self.name(file);
+            let vol = self.host.create_volume(self.pool, &name, *size)?;
+            self.host.upload(&vol, &name, &dir.join(file), *size)?;
+            paths.push(
+                vol.path()
+                    .map_err(self.host.storage_err(&format!("volume {name}"), "query"))?,
+            );
+        }
+        self.host
+            .create_volume(self.pool, &self.name(COMPLETE), 0)?;
+        Ok(paths)
+    }
+}
+
 fn is(e: &VirtError, code: ErrorNumber) -> bool {
     e.code().is(code)
 }
@@ -408,22 +522,37 @@ impl LibvirtHost {
     /// created only after all three uploads finished, and the files count
     /// as present only when it exists and each volume has the local file's
     /// size. Otherwise whatever exists of the entry is deleted and uploaded
-    /// again. One process should upload a given entry to a host at a time
-    /// (the supervisor does its hosts' uploads one after the other).
+    /// again.
+    ///
+    /// Several clusters, of one user or of several, on this machine or on
+    /// others, may want the same entry on the same host at once. The one
+    /// that creates the empty volume `<key>.uploading` (libvirt creates a
+    /// name once) uploads; the others wait for `<key>.complete`. An
+    /// uploader that died leaves its `.uploading` behind: when neither it
+    /// nor the entry's volumes changed for [`UPLOAD_STALE`], a waiter
+    /// removes it and takes over.
     pub fn ensure_images(&self, key: &str, dir: &Path) -> Result<HostImage, LibvirtError> {
-        let image_err = |reason: String| LibvirtError::Image {
-            uri: self.uri.clone(),
-            what: format!("image {key}"),
-            reason,
-        };
+        self.ensure_images_within(key, dir, UPLOAD_STALE)
+    }
+
+    /// [`ensure_images`](Self::ensure_images), where an upload that
+    /// shows no progress for `stale` is taken over (tests use seconds).
+    pub fn ensure_images_within(
+        &self,
+        key: &str,
+        dir: &Path,
+        stale: std::time::Duration,
+    ) -> Result<HostImage, LibvirtError> {
         if key.is_empty()
             || !key
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(image_err(
-                "a store key is made of letters, digits, - and _".into(),
-            ));
+            return Err(LibvirtError::Image {
+                uri: self.uri.clone(),
+                what: format!("image {key}"),
+                reason: "a store key is made of letters, digits, - and _".into(),
+            });
         }
         let mut sizes = Vec::new();
         for file in IMAGE_FILES {
@@ -432,67 +561,61 @@ impl LibvirtHost {
             sizes.push(meta.len());
         }
         let pool = self.pool()?;
-        let pool_what = format!("storage pool {POOL_NAME}");
-        pool.refresh(0)
-            .map_err(self.storage_err(&pool_what, "refresh"))?;
-        let marker = format!("{key}.complete");
-        let lookup = |name: &str| -> Result<Option<StorageVol>, LibvirtError> {
-            match pool.lookup_storage_vol_by_name(name) {
-                Ok(v) => Ok(Some(v)),
-                Err(e) if is(&e, ErrorNumber::NoStorageVolume) => Ok(None),
-                Err(e) => Err(self.storage_err(&format!("volume {name}"), "look up")(e)),
-            }
+        let entry = Entry {
+            host: self,
+            pool: &pool,
+            key,
         };
-        let mut complete = lookup(&marker)?.is_some();
-        let mut paths = Vec::new();
-        for (file, size) in IMAGE_FILES.iter().zip(&sizes) {
-            let name = format!("{key}-{file}");
-            match lookup(&name)? {
-                Some(vol) if complete => {
-                    let what = format!("volume {name}");
-                    let info = vol.info().map_err(self.storage_err(&what, "query"))?;
-                    if info.capacity != *size {
-                        complete = false;
-                    }
-                    paths.push(vol.path().map_err(self.storage_err(&what, "query"))?);
+        // What the waiter saw last, and since when.
+        let mut seen: Option<(Vec<Option<u64>>, std::time::Instant)> = None;
+        loop {
+            if let Some(paths) = entry.complete(&sizes)? {
+                return Ok(HostImage {
+                    kernel: PathBuf::from(&paths[0]),
+                    initramfs: PathBuf::from(&paths[1]),
+                    rootfs: PathBuf::from(&paths[2]),
+                    uploaded: false,
+                });
+            }
+            let lock = entry.name(UPLOADING);
+            let xml = volume_xml(&lock, 0);
+            match StorageVol::create_xml(&pool, &xml, 0) {
+                Ok(lock_vol) => {
+                    let uploaded = entry.upload(dir, &sizes);
+                    // Whatever happened: a waiter must not wait for it.
+                    let unlocked = lock_vol
+                        .delete(0)
+                        .map_err(self.storage_err(&format!("volume {lock}"), "delete"));
+                    let paths = uploaded?;
+                    unlocked?;
+                    return Ok(HostImage {
+                        kernel: PathBuf::from(&paths[0]),
+                        initramfs: PathBuf::from(&paths[1]),
+                        rootfs: PathBuf::from(&paths[2]),
+                        uploaded: true,
+                    });
                 }
-                _ => complete = false,
+                Err(e) if is(&e, ErrorNumber::StorageVolExist) => {
+                    let now = entry.progress()?;
+                    match &seen {
+                        Some((then, since)) if *then == now && since.elapsed() >= stale => {
+                            // Its uploader is gone: take over (if another
+                            // waiter did first, the next round sees it).
+                            if let Some(vol) = entry.lookup(&lock)? {
+                                let _ = vol.delete(0);
+                            }
+                            seen = None;
+                        }
+                        Some((then, _)) if *then == now => {}
+                        _ => seen = Some((now, std::time::Instant::now())),
+                    }
+                    std::thread::sleep(UPLOAD_POLL);
+                }
+                Err(e) => {
+                    return Err(self.storage_err(&format!("volume {lock}"), "create")(e));
+                }
             }
         }
-        if complete {
-            return Ok(HostImage {
-                kernel: PathBuf::from(&paths[0]),
-                initramfs: PathBuf::from(&paths[1]),
-                rootfs: PathBuf::from(&paths[2]),
-                uploaded: false,
-            });
-        }
-        // Whatever is there of this entry is a leftover: start over.
-        let names =
-            std::iter::once(marker.clone()).chain(IMAGE_FILES.iter().map(|f| format!("{key}-{f}")));
-        for name in names {
-            if let Some(vol) = lookup(&name)? {
-                vol.delete(0)
-                    .map_err(self.storage_err(&format!("volume {name}"), "delete leftover"))?;
-            }
-        }
-        let mut paths = Vec::new();
-        for (file, size) in IMAGE_FILES.iter().zip(&sizes) {
-            let name = format!("{key}-{file}");
-            let vol = self.create_volume(&pool, &name, *size)?;
-            self.upload(&vol, &name, &dir.join(file), *size)?;
-            paths.push(
-                vol.path()
-                    .map_err(self.storage_err(&format!("volume {name}"), "query"))?,
-            );
-        }
-        self.create_volume(&pool, &marker, 0)?;
-        Ok(HostImage {
-            kernel: PathBuf::from(&paths[0]),
-            initramfs: PathBuf::from(&paths[1]),
-            rootfs: PathBuf::from(&paths[2]),
-            uploaded: true,
-        })
     }
 
     /// Deletes the volumes of the store entry `key` from testbed's pool on
@@ -521,13 +644,7 @@ impl LibvirtHost {
         name: &str,
         size: u64,
     ) -> Result<StorageVol, LibvirtError> {
-        // World-readable: QEMU runs as its own user (libvirt-qemu) and only
-        // reads these files; nothing in them is secret (no per-node data
-        // is ever in an image).
-        let xml = format!(
-            "<volume>\n  <name>{}</name>\n  <capacity unit='bytes'>{size}</capacity>\n  <allocation unit='bytes'>0</allocation>\n  <target>\n    <format type='raw'/>\n    <permissions>\n      <mode>0644</mode>\n    </permissions>\n  </target>\n</volume>\n",
-            escape(name)
-        );
+        let xml = volume_xml(name, size);
         StorageVol::create_xml(pool, &xml, 0)
             .map_err(self.storage_err(&format!("volume {name}"), "create"))
     }

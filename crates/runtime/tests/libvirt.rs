@@ -38,8 +38,9 @@ const SYSTEM: &str = "qemu:///system";
 /// 10-60 s on a busy 2-core host.
 const BOOT: Duration = Duration::from_secs(600);
 
-/// The tests share one daemon and one pool; uploads of the same entry
-/// must not race (see `ensure_images`), so they run one at a time.
+/// The tests that boot share one daemon and one image; they run one at a
+/// time (the uploads themselves may race: see
+/// `two_clusters_wanting_one_entry_at_once_upload_it_once`).
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -313,4 +314,75 @@ fn an_upload_without_its_completion_marker_is_redone() {
     assert!(pool
         .lookup_storage_vol_by_name(&format!("{key}-kernel"))
         .is_err());
+}
+
+/// The files of a small fake store entry; the rootfs `rootfs_mib` MiB.
+fn fake_entry(rootfs_mib: usize) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (file, size) in [
+        ("kernel", 1000),
+        ("initramfs", 2000),
+        ("rootfs.erofs", rootfs_mib << 20),
+    ] {
+        let mut f = std::fs::File::create(tmp.path().join(file)).expect("create");
+        f.write_all(&vec![5u8; size]).expect("write");
+    }
+    tmp
+}
+
+/// Two clusters (two connections, as two supervisors have) want the same
+/// entry on the same host at once: one uploads, the other waits for it,
+/// and both get the same complete volumes. (They used to both upload: the
+/// second deleted the first one's half-written volumes.)
+#[test]
+fn two_clusters_wanting_one_entry_at_once_upload_it_once() {
+    let tmp = fake_entry(64);
+    let key = format!("race-test-{}", std::process::id());
+    let (a, b) = (connect(SYSTEM), connect(SYSTEM));
+    let dir = tmp.path();
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| a.ensure_images(&key, dir));
+        let second = s.spawn(|| b.ensure_images(&key, dir));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let (first, second) = (first.expect("first"), second.expect("second"));
+    assert_eq!(
+        u8::from(first.uploaded) + u8::from(second.uploaded),
+        1,
+        "one upload: {first:?} {second:?}"
+    );
+    assert_eq!(first.rootfs, second.rootfs);
+    let uploaded = std::fs::read(&first.rootfs).expect("volume");
+    assert!(uploaded.len() == 64 << 20 && uploaded.iter().all(|b| *b == 5));
+    a.remove_images(&key).expect("remove_images");
+}
+
+/// An uploader that died leaves its lock volume: a cluster that wants the
+/// entry waits while nothing moves for the staleness bound, then uploads
+/// it itself.
+#[test]
+fn an_upload_whose_uploader_died_is_taken_over() {
+    let tmp = fake_entry(1);
+    let key = format!("stale-test-{}", std::process::id());
+    let host = connect(SYSTEM);
+    let conn = virt::connect::Connect::open(Some(SYSTEM)).expect("connect");
+    let pool = conn.lookup_storage_pool_by_name(POOL_NAME).expect("pool");
+    let xml =
+        format!("<volume><name>{key}.uploading</name><capacity unit='bytes'>0</capacity></volume>");
+    virt::storage_vol::StorageVol::create_xml(&pool, &xml, 0).expect("a dead uploader's lock");
+    let started = std::time::Instant::now();
+    let image = host
+        .ensure_images_within(&key, tmp.path(), Duration::from_secs(2))
+        .expect("taken over");
+    assert!(image.uploaded);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited for the uploader first"
+    );
+    assert!(
+        pool.lookup_storage_vol_by_name(&format!("{key}.uploading"))
+            .is_err(),
+        "the lock is gone"
+    );
+    host.remove_images(&key).expect("remove_images");
 }

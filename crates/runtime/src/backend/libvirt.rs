@@ -290,12 +290,20 @@ impl LibvirtBackend {
         let image = host.ensure_images(key, dir).map_err(|e| {
             BackendError::Failed(format!("copying image {key} to {}: {e}", host.uri()))
         })?;
+        let took = start.elapsed().as_secs_f64();
         if image.uploaded {
             self.events.log(&format!(
-                "uploaded image {} to {} in {:.1}s",
+                "uploaded image {} to {} in {took:.1}s",
                 &key[..key.len().min(12)],
                 host.uri(),
-                start.elapsed().as_secs_f64()
+            ));
+        } else if took >= 1.0 {
+            // Another cluster was uploading it (libvirt.md, "One upload
+            // at a time, across processes").
+            self.events.log(&format!(
+                "image {} was being uploaded to {} by another cluster: waited {took:.1}s for it",
+                &key[..key.len().min(12)],
+                host.uri(),
             ));
         }
         images.insert((h, key.to_owned()), image.clone());
