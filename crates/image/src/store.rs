@@ -397,7 +397,7 @@ impl Store {
 
     /// A fresh build directory in `.tmp`, tagged with our pid so a later
     /// build can tell whether its owner is still alive.
-    pub(crate) fn temp_dir(&self, label: &str) -> Result<PathBuf> {
+    pub fn temp_dir(&self, label: &str) -> Result<PathBuf> {
         let base = self.root.join(TMP);
         let pid = std::process::id();
         for n in 0u32.. {
@@ -418,7 +418,7 @@ impl Store {
     /// Moves a finished build into place as `key`. If another process
     /// finished the same key first, its entry wins (it is identical by
     /// construction) and ours is discarded.
-    pub(crate) fn commit(&self, tmp: &Path, key: &str) -> Result<PathBuf> {
+    pub fn commit(&self, tmp: &Path, key: &str) -> Result<PathBuf> {
         let dest = self.root.join(key);
         // Entries are read by whoever boots them (other users of a shared
         // store, libvirt's QEMU user), whatever the builder's umask.

@@ -25,6 +25,7 @@ pub mod examples;
 pub mod net;
 pub mod poll;
 pub mod process;
+pub mod registry;
 pub mod robustness;
 pub mod snapshot;
 pub mod sshd;
@@ -34,6 +35,7 @@ pub use examples::{copy_example, repo_root};
 pub use net::free_tcp_port;
 pub use poll::{eventually, wait_until};
 pub use process::{is_alive, output_within, run_ok, text};
+pub use registry::Registry;
 pub use robustness::{
     count_from_env, flip_bytes, fuzz_cases, record_robustness, replace_file, Fuzz, SeededRng,
     FUZZ_CASES_VAR,

@@ -245,6 +245,24 @@ enum StoreCommand {
     },
     /// Remove entries and cached packages that no existing lock file references
     Gc,
+    /// Push the composition's images (built) to an OCI registry, one artifact per image tagged with its store key (docs/cache.md)
+    Push {
+        /// [PATH] REPOSITORY: the composition (a testbed.toml or its folder) [default: ./testbed.toml], and the repository, e.g. 127.0.0.1:5000/team/slurm
+        #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull the composition's images from an OCI registry into the store, each checked by digest before it is used (docs/cache.md)
+    Pull {
+        /// [PATH] REPOSITORY: the composition (a testbed.toml or its folder) [default: ./testbed.toml], and the repository, e.g. 127.0.0.1:5000/team/slurm
+        #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+        args: Vec<String>,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -299,6 +317,12 @@ fn main() -> ExitCode {
         Command::Verify { comp } => cmd::image::verify(comp.path.as_deref()),
         Command::Store(StoreCommand::Ls { json }) => cmd::image::store_ls(json),
         Command::Store(StoreCommand::Gc) => cmd::image::store_gc(),
+        Command::Store(StoreCommand::Push { args, json }) => {
+            cmd::cache::transfer(cmd::cache::Direction::Push, &args, json)
+        }
+        Command::Store(StoreCommand::Pull { args, json }) => {
+            cmd::cache::transfer(cmd::cache::Direction::Pull, &args, json)
+        }
         Command::Up { comp, scale, args } => {
             cmd::cluster::up(comp.path.as_deref(), &scale.scale, &args)
         }

@@ -55,7 +55,7 @@ pub fn lock_note(n: LockNote) {
     note(&n.to_string());
 }
 
-fn failure(e: ImageError) -> Failure {
+pub(crate) fn failure(e: ImageError) -> Failure {
     e.into()
 }
 
@@ -373,7 +373,10 @@ fn short(key: &str) -> &str {
 
 /// The composition and its specs; with the agent unless `for_lock` (the
 /// lock does not depend on it, so locking works without one).
-fn load(path: Option<&Path>, for_lock: bool) -> Result<(Composition, Vec<ImageSpec>), Failure> {
+pub(crate) fn load(
+    path: Option<&Path>,
+    for_lock: bool,
+) -> Result<(Composition, Vec<ImageSpec>), Failure> {
     let path = testbed_model::resolve_path(path);
     let comp = testbed_model::load(&path)?;
     let specs = if for_lock {

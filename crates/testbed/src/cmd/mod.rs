@@ -31,6 +31,7 @@ macro_rules! value_enum {
     };
 }
 
+pub mod cache;
 pub mod check;
 pub mod cluster;
 pub mod doctor;
