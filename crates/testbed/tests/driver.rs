@@ -3,6 +3,12 @@
 //! names its failing line and leaves every node's console log in the
 //! artifacts directory. Boots the example once with `--scale compute=2`
 //! (4 nodes) under TCG here, so this takes minutes.
+//!
+//! The cluster boots from images that went through a registry: built (or
+//! found) in the tests' shared store, pushed with `testbed store push` to
+//! a test-owned `docker-registry`, pulled with `testbed store pull` into an
+//! empty store, whose entries must equal the shared store's; nothing is
+//! built into that store (its package cache stays empty).
 
 mod support;
 
@@ -10,17 +16,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{attr, python, secrets, start_tag, Env};
-use testbed_test_support::text;
+use testbed_test_support::{text, Registry};
 
 #[test]
 fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
-    let env = &Env::example("slurm");
+    let registry = Registry::start();
+    let pulled = tempfile::tempdir().unwrap();
+    let env = &through_a_registry(Env::example("slurm"), &registry, pulled.path());
 
     // One boot for both runs (CI time): `testbed test` on a running
     // cluster uses it and leaves it running. Bringing a cluster up and
     // down around a test is shown by the other examples' tests.
     let out = env.testbed(&["up", "--scale", "compute=2"]);
     assert!(out.status.success(), "up: {}", text(&out.stderr));
+    nothing_built(env);
 
     // A failing script: exit 1, the failing line, the artifacts.
     let bad = env.comp.join("bad.rhai");
@@ -111,6 +120,41 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
     assert!(!env.running());
 }
 
+/// The example's images, built in the shared store, pushed to `registry`
+/// and pulled into the empty store `pulled`: the environment, with that
+/// store. The pulled entries are the shared store's, file for file.
+fn through_a_registry(env: Env, registry: &Registry, pulled: &Path) -> Env {
+    let out = env.testbed(&["build"]);
+    assert!(out.status.success(), "build: {}", text(&out.stderr));
+    let repository = format!("{}/examples/slurm", registry.address());
+    let out = env.testbed(&["store", "push", &repository]);
+    assert!(out.status.success(), "push: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 3, "one line per role");
+    let env = env.with_store(pulled);
+    let out = env.testbed(&["store", "pull", &repository, "--json"]);
+    assert!(out.status.success(), "pull: {}", text(&out.stderr));
+    let roles: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(roles.len(), 3, "{roles:?}");
+    for role in &roles {
+        let key = role["key"].as_str().expect("key");
+        for file in ["manifest.json", "rootfs.erofs", "kernel", "initramfs"] {
+            let ours = std::fs::read(pulled.join(key).join(file)).expect("pulled");
+            let theirs = std::fs::read(support::store().join(key).join(file)).expect("built");
+            assert!(ours == theirs, "{file} of {} differs", role["role"]);
+        }
+    }
+    env
+}
+
+/// Nothing was built into the pulled store: no package was fetched into
+/// its cache.
+fn nothing_built(env: &Env) {
+    let out = env.testbed(&["store", "ls", "--json"]);
+    let ls: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(ls["packages"]["count"], 0, "{ls}");
+    assert_eq!(ls["entries"].as_array().map(Vec::len), Some(3), "{ls}");
+}
+
 /// The secrets scan (`docs/security.md`), on the cluster that just ran a
 /// failing and a passing test: its munge key and SSH private keys are in
 /// none of the store's files (images, role snapshots), the artifacts, the
@@ -149,7 +193,12 @@ fn secrets_stay_secret(env: &Env) {
         .collect();
     entries.sort();
     entries.dedup();
-    entries.push(support::store().join(".snapshots"));
+    entries.push(
+        env.store
+            .clone()
+            .unwrap_or_else(support::store)
+            .join(".snapshots"),
+    );
     let mut scan = secrets::Scan::default();
     for entry in &entries {
         scan.add(needles.scan(entry, &[]));
