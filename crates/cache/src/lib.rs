@@ -418,21 +418,7 @@ impl Registry {
             reference: self.reference(key),
             reason,
         };
-        if artifact.artifact_type.as_deref() != Some(ARTIFACT_TYPE)
-            || artifact.config.media_type != CONFIG_TYPE
-        {
-            return Err(refuse(format!(
-                "it is not a testbed store entry (artifact type {:?}, config {})",
-                artifact.artifact_type, artifact.config.media_type
-            )));
-        }
-        let named = artifact
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(KEY_ANNOTATION));
-        if named.map(String::as_str) != Some(key) {
-            return Err(refuse(format!("its annotations name key {named:?}")));
-        }
+        check_artifact(key, &artifact).map_err(refuse)?;
         if store.lookup(key).is_some() {
             return Ok(Transfer {
                 key: key.to_owned(),
@@ -445,16 +431,7 @@ impl Registry {
         }
         // The config: the entry's manifest, which must be of this key.
         let config = self.fetch(&reference, &artifact.config, CONFIG_LIMIT, key)?;
-        let manifest: Manifest = serde_json::from_slice(&config)
-            .map_err(|e| refuse(format!("its manifest.json does not parse: {e}")))?;
-        if manifest.key != key || manifest.inputs.key() != key {
-            return Err(refuse(format!(
-                "its manifest.json is of key {} (its inputs hash to {})",
-                manifest.key,
-                manifest.inputs.key()
-            )));
-        }
-        let plan = plan_layers(&manifest, &artifact.layers).map_err(refuse)?;
+        let (manifest, plan) = plan(key, &artifact, &config).map_err(refuse)?;
         let tmp = store.temp_dir("pull")?;
         let result = self.unpack(&reference, key, &manifest, &plan, &tmp, progress);
         let (moved, bytes) = match result {
@@ -488,7 +465,7 @@ impl Registry {
         reference: &Reference,
         key: &str,
         manifest: &Manifest,
-        plan: &[(String, Vec<OciDescriptor>)],
+        plan: &Plan,
         tmp: &Path,
         progress: &mut dyn FnMut(CacheEvent),
     ) -> Result<(usize, u64)> {
@@ -594,15 +571,59 @@ const CONFIG_LIMIT: u64 = 16 << 20;
 const LAYER_LIMIT: u64 = PART + (PART >> 7) + (1 << 20);
 
 fn parts_of(size: u64) -> usize {
-    size.div_ceil(PART).max(1) as usize
+    usize::try_from(size.div_ceil(PART).max(1)).unwrap_or(usize::MAX)
+}
+
+/// Each output file of an entry with its layers, in order.
+pub type Plan = Vec<(String, Vec<OciDescriptor>)>;
+
+/// Whether `artifact`, the manifest the registry gave for `key`, is a
+/// testbed store entry of that key.
+pub fn check_artifact(key: &str, artifact: &OciImageManifest) -> std::result::Result<(), String> {
+    if artifact.artifact_type.as_deref() != Some(ARTIFACT_TYPE)
+        || artifact.config.media_type != CONFIG_TYPE
+    {
+        return Err(format!(
+            "it is not a testbed store entry (artifact type {:?}, config {})",
+            artifact.artifact_type, artifact.config.media_type
+        ));
+    }
+    let named = artifact
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(KEY_ANNOTATION));
+    if named.map(String::as_str) != Some(key) {
+        return Err(format!("its annotations name key {named:?}"));
+    }
+    Ok(())
+}
+
+/// What a pull of `key` will write, from what the registry said before
+/// any file is fetched: `artifact` (checked by [`check_artifact`]) and its
+/// `config` blob (checked against its digest). The entry's manifest, and
+/// each output file's layers in order; or why not.
+pub fn plan(
+    key: &str,
+    artifact: &OciImageManifest,
+    config: &[u8],
+) -> std::result::Result<(Manifest, Plan), String> {
+    check_artifact(key, artifact)?;
+    let manifest: Manifest = serde_json::from_slice(config)
+        .map_err(|e| format!("its manifest.json does not parse: {e}"))?;
+    if manifest.key != key || manifest.inputs.key() != key {
+        return Err(format!(
+            "its manifest.json is of key {} (its inputs hash to {})",
+            manifest.key,
+            manifest.inputs.key()
+        ));
+    }
+    let layers = plan_layers(&manifest, &artifact.layers)?;
+    Ok((manifest, layers))
 }
 
 /// The layers of each output file of `manifest`, in order; every file
 /// has its parts 0..n and nothing else is there.
-fn plan_layers(
-    manifest: &Manifest,
-    layers: &[OciDescriptor],
-) -> std::result::Result<Vec<(String, Vec<OciDescriptor>)>, String> {
+fn plan_layers(manifest: &Manifest, layers: &[OciDescriptor]) -> std::result::Result<Plan, String> {
     let mut plan: Vec<(String, Vec<OciDescriptor>)> = Vec::new();
     for (file, info) in &manifest.outputs {
         let plain = !file.is_empty()
@@ -631,11 +652,13 @@ fn plan_layers(
         }
         parts.sort_by_key(|(n, _)| *n);
         let numbers: Vec<usize> = parts.iter().map(|(n, _)| *n).collect();
-        if numbers != (0..parts_of(info.size)).collect::<Vec<_>>() {
+        // Compared, not built: a size from the registry may be absurd.
+        let expected = parts_of(info.size);
+        if numbers.len() != expected || numbers.iter().enumerate().any(|(i, n)| i != *n) {
             return Err(format!(
                 "{file} ({} bytes) should have parts 0 to {}, it has {numbers:?}",
                 info.size,
-                parts_of(info.size) - 1
+                expected - 1
             ));
         }
         plan.push((file.clone(), parts.into_iter().map(|(_, l)| l).collect()));
