@@ -258,25 +258,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_host_that_connects_while_the_port_reads_end_of_file_is_served_on_the_same_open_port() {
+    /// An agent serving a port whose first reads are `script`, and a
+    /// host that says hello on it: the host's client, its end of the
+    /// stream (to hang up), whether the port was closed, the agent's
+    /// thread.
+    fn served(
+        script: Vec<Vec<u8>>,
+    ) -> (
+        Client,
+        UnixStream,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<End>,
+    ) {
         let root = tempfile::tempdir().expect("tmp");
         let agent = Arc::new(Agent::new(root.path().to_path_buf()));
         let (guest, host) = UnixStream::pair().expect("pair");
-        let (port, closed) = Port::new(&guest, vec![Vec::new(); 3]);
-        let agent_side = std::thread::spawn({
-            let agent = Arc::clone(&agent);
-            move || {
-                next_host(
-                    &agent,
-                    port,
-                    || guest.try_clone(),
-                    Duration::from_millis(10),
-                )
-            }
+        let (port, closed) = Port::new(&guest, script);
+        let agent_side = std::thread::spawn(move || {
+            let _root = root;
+            next_host(
+                &agent,
+                port,
+                || guest.try_clone(),
+                Duration::from_millis(10),
+            )
         });
-        // The host's hello is sent at once, while the agent still reads
-        // end-of-file; it must not be lost to a close of the port.
         let options = ClientOptions {
             node: "n".to_owned(),
             hello_timeout: Duration::from_secs(20),
@@ -285,6 +291,14 @@ mod tests {
         let hangup = host.try_clone().expect("clone");
         let client = Client::with_options(host.try_clone().expect("clone"), host, options)
             .expect("the agent answers the hello");
+        (client, hangup, closed, agent_side)
+    }
+
+    #[test]
+    fn a_host_that_connects_while_the_port_reads_end_of_file_is_served_on_the_same_open_port() {
+        // The host's hello is sent at once, while the agent still reads
+        // end-of-file; it must not be lost to a close of the port.
+        let (client, hangup, closed, agent_side) = served(vec![Vec::new(); 3]);
         assert!(
             !closed.load(Ordering::SeqCst),
             "the port was closed while waiting"
@@ -312,9 +326,6 @@ mod tests {
     /// to be lost to a close of the port: the reconnect timed out).
     #[test]
     fn frames_meant_for_an_earlier_agent_process_do_not_close_the_port() {
-        let root = tempfile::tempdir().expect("tmp");
-        let agent = Arc::new(Agent::new(root.path().to_path_buf()));
-        let (guest, host) = UnixStream::pair().expect("pair");
         let mut stale = Vec::new();
         testbed_proto::frame::write_frame(
             &mut stale,
@@ -324,26 +335,7 @@ mod tests {
         )
         .expect("frame");
         // The stale frame, the old host's hang-up, no host for a while.
-        let (port, closed) = Port::new(&guest, vec![stale, Vec::new(), Vec::new()]);
-        let agent_side = std::thread::spawn({
-            let agent = Arc::clone(&agent);
-            move || {
-                next_host(
-                    &agent,
-                    port,
-                    || guest.try_clone(),
-                    Duration::from_millis(10),
-                )
-            }
-        });
-        let options = ClientOptions {
-            node: "n".to_owned(),
-            hello_timeout: Duration::from_secs(20),
-            ..ClientOptions::default()
-        };
-        let hangup = host.try_clone().expect("clone");
-        let client = Client::with_options(host.try_clone().expect("clone"), host, options)
-            .expect("the new agent answers the hello");
+        let (client, hangup, closed, agent_side) = served(vec![stale, Vec::new(), Vec::new()]);
         assert!(!closed.load(Ordering::SeqCst), "the port was closed");
         assert!(!client.agent_info().software.is_empty());
         drop(client);

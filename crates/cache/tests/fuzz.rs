@@ -9,32 +9,21 @@
 //! The target records its number of cases in `target/tmp/robustness.txt`;
 //! `TESTBED_FUZZ_CASES` runs more (`docs/testing.md`, "Fuzzing").
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use oci_client::manifest::{OciDescriptor, OciImageManifest};
 use proptest::prelude::*;
 use testbed_cache::{plan, ARTIFACT_TYPE, CONFIG_TYPE, PART, PART_TYPE};
-use testbed_image::manifest::{KeyInputs, OutputInfo};
+use testbed_image::manifest::OutputInfo;
 use testbed_image::Manifest;
 use testbed_test_support::{flip_bytes, Fuzz};
 
 const TMP: &str = env!("CARGO_TARGET_TMPDIR");
 
 fn valid_manifest() -> Manifest {
-    let inputs = KeyInputs {
-        builder: "test".into(),
-        vendor: "debian".into(),
-        suite: "bookworm".into(),
-        mirror: None,
-        architecture: "amd64".into(),
-        kernel: "k".into(),
-        always: vec![],
-        source_date_epoch: 0,
-        packages: vec![],
-        debconf: vec![],
-        files: vec![],
-        agent: None,
-    };
+    let inputs = common::inputs("k");
     let outputs = BTreeMap::from([
         (
             "kernel".to_owned(),

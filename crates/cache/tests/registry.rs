@@ -5,11 +5,13 @@
 //! an unreachable registry are refused with their reason, and leave nothing
 //! in the store.
 
+mod common;
+
 use std::io::Write as _;
 use std::path::Path;
 
 use testbed_cache::{CacheError, CacheEvent, Registry, PART};
-use testbed_image::manifest::{KeyInputs, MANIFEST};
+use testbed_image::manifest::MANIFEST;
 use testbed_image::{Manifest, Store};
 use testbed_test_support::{free_tcp_port, Registry as TestRegistry};
 
@@ -17,20 +19,7 @@ use testbed_test_support::{free_tcp_port, Registry as TestRegistry};
 /// file system of two parts (more than [`PART`] bytes). Its key.
 fn store_with_entry(root: &Path, seed: u8) -> (Store, String) {
     let store = Store::open(root).expect("store");
-    let inputs = KeyInputs {
-        builder: "test".into(),
-        vendor: "debian".into(),
-        suite: "bookworm".into(),
-        mirror: None,
-        architecture: "amd64".into(),
-        kernel: format!("k{seed}"),
-        always: vec![],
-        source_date_epoch: 0,
-        packages: vec![],
-        debconf: vec![],
-        files: vec![],
-        agent: None,
-    };
+    let inputs = common::inputs(&format!("k{seed}"));
     let tmp = store.temp_dir("test").expect("tmp");
     std::fs::write(tmp.join("kernel"), vec![seed; 1000]).unwrap();
     // Not all alike, so that compression has work to do.

@@ -1,12 +1,10 @@
 //! An OCI registry owned by the test.
 
-use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::net::free_tcp_port;
-use crate::poll::eventually;
+use crate::net::{free_tcp_port, listening};
 
 /// Debian's `docker-registry` (the CNCF distribution registry) serving a
 /// temporary folder on a free loopback port, without authentication;
@@ -44,15 +42,9 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let mut registry = Registry { child, port, dir };
-        let mut exited = false;
-        let listening = eventually(Duration::from_secs(30), || {
-            TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() || {
-                exited = registry.child.try_wait().ok().flatten().is_some();
-                exited
-            }
-        });
+        let up = listening(&mut registry.child, port, Duration::from_secs(30));
         assert!(
-            listening && !exited,
+            up,
             "docker-registry did not listen on port {port}: {}",
             registry.log()
         );

@@ -1,12 +1,10 @@
 //! An `sshd` owned by the test.
 
-use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::net::free_tcp_port;
-use crate::poll::eventually;
+use crate::net::{free_tcp_port, listening};
 use crate::process::run_ok;
 
 /// An `sshd` owned by the test: its own host key, authorized key and
@@ -62,15 +60,9 @@ impl Sshd {
             .spawn()
             .expect("start sshd");
         let mut sshd = Sshd { child, port, dir };
-        let mut exited = false;
-        let listening = eventually(Duration::from_secs(30), || {
-            TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() || {
-                exited = sshd.child.try_wait().ok().flatten().is_some();
-                exited
-            }
-        });
+        let up = listening(&mut sshd.child, port, Duration::from_secs(30));
         assert!(
-            listening && !exited,
+            up,
             "sshd did not listen on port {port}: {}",
             std::fs::read_to_string(sshd.dir.path().join("sshd.log")).unwrap_or_default()
         );
