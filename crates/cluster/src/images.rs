@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use testbed_image::lock::RoleLock;
 use testbed_image::{
-    BuildOptions, BuiltImage, ImageError, ImageSpec, LockOptions, Lockfile, PackageSources,
+    BuildOptions, BuiltImage, Event, ImageError, ImageSpec, LockOptions, Lockfile, PackageSources,
     Progress, StaticFile, Store,
 };
 use testbed_model::{Composition, ConfineError, FileKind, Snapshot};
@@ -264,9 +264,155 @@ pub fn build(
     let specs = specs(comp, Some(agent))?;
     let lock = ensure_lock(comp, &specs, packages, progress, notes)?;
     let (store, options) = store_and_options(comp, packages)?;
-    Ok(testbed_image::build(
-        &store, &specs, &lock, &options, progress,
-    )?)
+    let cache = CacheSetting::from_env().map(|setting| {
+        let keys = testbed_image::keys(&specs, &lock, &lock_path(comp));
+        (setting, keys)
+    });
+    if let Some((setting, Ok(keys))) = &cache {
+        pull_missing(&store, &specs, keys, setting, progress);
+    }
+    let built = testbed_image::build(&store, &specs, &lock, &options, progress)?;
+    if let Some((setting, Ok(keys))) = &cache {
+        if setting.push {
+            push_missing(&store, &specs, keys, setting, progress);
+        }
+    }
+    Ok(built)
+}
+
+/// Where images are pulled from before they are built, and pushed to
+/// after (docs/cache.md): `TESTBED_CACHE` names a repository of an OCI
+/// registry, `TESTBED_CACHE_PUSH=1` pushes what it lacks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSetting {
+    /// `HOST[:PORT]/PATH`.
+    pub repository: String,
+    /// Whether images the registry lacks are pushed after the build.
+    pub push: bool,
+}
+
+impl CacheSetting {
+    /// The setting of this process's environment, if any.
+    pub fn from_env() -> Option<CacheSetting> {
+        let repository = std::env::var("TESTBED_CACHE")
+            .ok()
+            .filter(|r| !r.trim().is_empty())?;
+        let push = std::env::var("TESTBED_CACHE_PUSH")
+            .is_ok_and(|v| matches!(v.as_str(), "1" | "yes" | "true"));
+        Some(CacheSetting { repository, push })
+    }
+}
+
+/// Each image the store lacks, pulled from the cache if it has it. A
+/// cache that cannot be used is a warning: the build goes on locally.
+fn pull_missing(
+    store: &Store,
+    specs: &[ImageSpec],
+    keys: &[String],
+    setting: &CacheSetting,
+    progress: &dyn Progress,
+) {
+    let say = |role: &str, message: String| {
+        progress.event(Event::Cache {
+            role: role.to_owned(),
+            message,
+        })
+    };
+    let mut seen = BTreeSet::new();
+    let missing: Vec<(&ImageSpec, &String)> = specs
+        .iter()
+        .zip(keys)
+        .filter(|(_, key)| store.lookup(key).is_none() && seen.insert(key.as_str()))
+        .collect();
+    let Some((first, _)) = missing.first() else {
+        return;
+    };
+    let registry = match testbed_cache::Registry::open(&setting.repository) {
+        Ok(registry) => registry,
+        Err(e) => {
+            say(
+                &first.role,
+                format!("cache not used ({e}); building locally"),
+            );
+            return;
+        }
+    };
+    for (spec, key) in missing {
+        match registry.pull(store, key, &mut |_| {}) {
+            Ok(t) => say(
+                &spec.role,
+                format!(
+                    "pulled {} from the cache ({:.1} MiB)",
+                    t.reference,
+                    t.bytes as f64 / (1024.0 * 1024.0)
+                ),
+            ),
+            Err(testbed_cache::CacheError::NotInRegistry { reference }) => say(
+                &spec.role,
+                format!("not in the cache ({reference}); building it"),
+            ),
+            Err(e) => {
+                say(
+                    &spec.role,
+                    format!("cache not used ({e}); building locally"),
+                );
+                // The same registry will fail the same way for the rest.
+                if matches!(e, testbed_cache::CacheError::Registry { .. }) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Each image of the composition the cache lacks, pushed; a failure is a
+/// warning (the images are built, the cluster can start).
+fn push_missing(
+    store: &Store,
+    specs: &[ImageSpec],
+    keys: &[String],
+    setting: &CacheSetting,
+    progress: &dyn Progress,
+) {
+    let say = |role: &str, message: String| {
+        progress.event(Event::Cache {
+            role: role.to_owned(),
+            message,
+        })
+    };
+    let registry = match testbed_cache::Registry::open(&setting.repository) {
+        Ok(registry) => registry,
+        Err(e) => {
+            if let Some(spec) = specs.first() {
+                say(&spec.role, format!("not pushed to the cache: {e}"));
+            }
+            return;
+        }
+    };
+    let mut seen = BTreeSet::new();
+    for (spec, key) in specs.iter().zip(keys) {
+        if !seen.insert(key.as_str()) {
+            continue;
+        }
+        let pushed = registry.has(key).and_then(|has| {
+            if has {
+                Ok(None)
+            } else {
+                registry.push(store, key, &mut |_| {}).map(Some)
+            }
+        });
+        match pushed {
+            Ok(Some(t)) => say(
+                &spec.role,
+                format!(
+                    "pushed {} to the cache ({} of {} blobs sent)",
+                    t.reference, t.moved, t.blobs
+                ),
+            ),
+            Ok(None) => {}
+            Err(e) => say(&spec.role, format!("not pushed to the cache: {e}")),
+        }
+    }
 }
 
 /// The files of each role's image, as the cluster spec names them.

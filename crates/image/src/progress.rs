@@ -75,6 +75,14 @@ pub enum Event {
         /// Its name inside the store.
         name: String,
     },
+    /// A registry cache pulled or pushed a role's image, or could not
+    /// (docs/cache.md); `message` says which, whole.
+    Cache {
+        /// The role concerned.
+        role: String,
+        /// What happened.
+        message: String,
+    },
 }
 
 /// The steps of one image build, in order.

@@ -102,6 +102,7 @@ fn describe(event: &Event) -> String {
             elapsed.as_secs_f64()
         ),
         Event::CleanedStale { name } => format!("removed {name}, left by an interrupted build"),
+        Event::Cache { role, message } => format!("{role}: {message}"),
         Event::PackagesFrom { origin, packages } => from_line(origin, packages),
         Event::Downloading { origin, count } => {
             format!(
@@ -309,6 +310,7 @@ impl Progress for Spinners {
                 format!("built {} in {:.1}s", short(&key), elapsed.as_secs_f64()),
             ),
             event @ (Event::CleanedStale { .. }
+            | Event::Cache { .. }
             | Event::PackagesFrom { .. }
             | Event::Downloading { .. }) => {
                 let _ = self.multi.println(describe(&event));
@@ -606,13 +608,17 @@ pub fn vendor(path: Option<&Path>, dir: &Path, json: bool) -> Outcome {
 }
 
 pub fn build(path: Option<&Path>, json: bool, packages: &PackageArgs) -> Outcome {
-    let (comp, specs) = load(path, false)?;
+    let comp = testbed_model::load(&testbed_model::resolve_path(path))?;
     let progress = Reporter::new();
     let packages = packages.options();
-    let lock = images::ensure_lock(&comp, &specs, &packages, &progress, &mut lock_note)?;
-    let (store, options) = images::store_and_options(&comp, &packages)?;
-    let built =
-        testbed_image::build(&store, &specs, &lock, &options, &progress).map_err(failure)?;
+    // What `up` builds, the cache included (docs/cache.md).
+    let built = images::build(
+        &comp,
+        &packages,
+        &agent_binary()?,
+        &progress,
+        &mut lock_note,
+    )?;
     drop(progress);
     if json {
         let v: Vec<serde_json::Value> = built

@@ -78,6 +78,8 @@ pub struct Env {
     /// The store of every command, if not the one the tests share
     /// ([`store`]; see [`Env::with_store`]).
     pub store: Option<PathBuf>,
+    /// More environment variables of every command ([`Env::with_var`]).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -102,6 +104,7 @@ impl Env {
             printed: std::sync::Mutex::new(Vec::new()),
             user: None,
             store: None,
+            vars: Vec::new(),
         }
     }
 
@@ -117,6 +120,7 @@ impl Env {
             printed: std::sync::Mutex::new(Vec::new()),
             user: None,
             store: None,
+            vars: Vec::new(),
         }
     }
 
@@ -134,7 +138,8 @@ impl Env {
         let Some(user) = &self.user else {
             let mut cmd = testbed_command(args, &self.comp);
             cmd.env("TESTBED_STORE", &store)
-                .env("TESTBED_STATE_DIR", &self.state);
+                .env("TESTBED_STATE_DIR", &self.state)
+                .envs(self.vars.iter().map(|(k, v)| (k, v)));
             return self.run_echoed("testbed", args, &mut cmd, limit(args));
         };
         // As the user, with a clean environment: its home, its cache
@@ -153,7 +158,8 @@ impl Env {
             .arg("NO_COLOR=1")
             .arg(format!("XDG_CACHE_HOME={}", tmp.join(".cache").display()))
             .arg(format!("TESTBED_STORE={}", store.display()))
-            .arg(format!("TESTBED_STATE_DIR={}", self.state.display()));
+            .arg(format!("TESTBED_STATE_DIR={}", self.state.display()))
+            .args(self.vars.iter().map(|(k, v)| format!("{k}={v}")));
         // What a login session gives the user where the administrator set
         // it up (scripts/setup-users.sh): its runtime folder, and the
         // cgroup delegated to it (on a cgroup v1 host, in the name=systemd
@@ -171,6 +177,14 @@ impl Env {
             .args(args)
             .current_dir(&self.comp);
         self.run_echoed(&format!("(as {user}) testbed"), args, &mut cmd, limit(args))
+    }
+
+    /// This environment with `name=value` in the environment of every
+    /// later command (replacing an earlier value of `name`).
+    pub fn with_var(mut self, name: &str, value: &str) -> Env {
+        self.vars.retain(|(k, _)| k != name);
+        self.vars.push((name.to_owned(), value.to_owned()));
+        self
     }
 
     /// This environment with `store` as the store of every command.
