@@ -16,6 +16,7 @@
 pub mod composition;
 pub mod confine;
 pub mod diag;
+pub mod graph;
 pub mod net;
 pub mod plan;
 pub mod raw;

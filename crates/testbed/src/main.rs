@@ -66,6 +66,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Draw the topology a composition expands to (nodes, roles, networks, addresses) as SVG, or as Graphviz DOT
+    Graph {
+        #[command(flatten)]
+        comp: CompositionArg,
+        #[command(flatten)]
+        scale: ScaleArgs,
+        /// svg (a standalone picture) or dot (for Graphviz)
+        #[arg(long, value_parser = ["svg", "dot"], default_value = "svg")]
+        format: String,
+    },
     /// Print the JSON Schema of testbed.toml, for editors
     Schema,
     /// Check this host for what testbed needs (QEMU, KVM, memory, store, libvirt, podman) and say what to fix
@@ -295,6 +305,11 @@ fn main() -> ExitCode {
         Command::Plan { comp, scale, json } => {
             cmd::plan::run(comp.path.as_deref(), &scale.scale, json)
         }
+        Command::Graph {
+            comp,
+            scale,
+            format,
+        } => cmd::plan::graph(comp.path.as_deref(), &scale.scale, &format),
         Command::Lock {
             comp,
             update,

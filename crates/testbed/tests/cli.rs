@@ -62,6 +62,62 @@ fn plan_scale_and_folder_argument() {
     );
 }
 
+/// `testbed graph`: the example's topology as a standalone SVG (every
+/// node in its box with its role, every network with its subnet, every
+/// address where a node meets a network), the same bytes every time, and
+/// as DOT with an edge per interface.
+#[test]
+fn graph_draws_the_topology_as_svg_and_dot() {
+    let root = repo_root();
+    let svg = testbed(&["graph", "examples/slurm", "--scale", "compute=2"], &root);
+    assert!(svg.status.success(), "{}", text(&svg.stderr));
+    let picture = text(&svg.stdout);
+    assert!(
+        picture.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"")
+            && picture.ends_with("</svg>\n"),
+        "{picture}"
+    );
+    assert!(picture.contains("<title>cluster slurm (debian/bookworm): 4 nodes, 1 networks</title>"));
+    assert!(picture.contains("<g class=\"network\" id=\"net-lan\">"));
+    assert!(picture.contains(">10.44.0.0/24</text>"));
+    for (node, role, ip) in [
+        ("ctl", "ctl", "10.44.0.11"),
+        ("nfs", "nfs", "10.44.0.12"),
+        ("compute1", "compute", "10.44.0.13"),
+        ("compute2", "compute", "10.44.0.14"),
+    ] {
+        assert!(picture.contains(&format!("id=\"node-{node}\"")), "{node}");
+        assert!(picture.contains(&format!(">{node}</text>")), "{node}");
+        assert!(picture.contains(&format!(">role {role}</text>")), "{role}");
+        assert!(picture.contains(&format!(">{ip}</text>")), "{ip}");
+    }
+    assert!(!picture.contains("compute3"));
+    // Every element closed: as many `<g` as `</g>`, tags balanced.
+    assert_eq!(
+        picture.matches("<g ").count(),
+        picture.matches("</g>").count()
+    );
+    let again = testbed(&["graph", "examples/slurm", "--scale", "compute=2"], &root);
+    assert_eq!(again.stdout, svg.stdout, "the same plan, the same picture");
+
+    let dot = testbed(&["graph", "examples/slurm", "--format", "dot"], &root);
+    assert!(dot.status.success(), "{}", text(&dot.stderr));
+    let graph = text(&dot.stdout);
+    assert!(graph.starts_with("graph \"slurm\" {"), "{graph}");
+    assert!(
+        graph.contains("\"net:lan\" [shape=ellipse, label=\"lan\\n10.44.0.0/24\"];"),
+        "{graph}"
+    );
+    assert!(
+        graph.contains("\"node:compute4\" -- \"net:lan\" [label=\"10.44.0.16\"];"),
+        "{graph}"
+    );
+    assert_eq!(graph.matches(" -- ").count(), 6, "{graph}");
+
+    let bad = testbed(&["graph", "examples/slurm", "--format", "png"], &root);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad.stderr));
+}
+
 #[test]
 fn usage_and_input_errors_exit_2() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -304,9 +360,10 @@ fn a_closed_stdout_ends_every_verb_quietly_with_the_sigpipe_status() {
     // `testbed plan --json | head -1`: the reader is gone before the first
     // write. Every verb ends at once, says nothing, and exits 141 (128 +
     // SIGPIPE), as a shell reports for `ls | head`.
-    let verbs: [&[&str]; 5] = [
+    let verbs: [&[&str]; 6] = [
         &["plan", "examples/slurm", "--json"],
         &["plan", "examples/slurm"],
+        &["graph", "examples/slurm", "--scale", "compute=64"],
         &["check", "examples/slurm", "--json"],
         &["schema"],
         &["--help"],

@@ -23,6 +23,19 @@ pub fn run(path: Option<&Path>, scale: &[ScaleArg], json: bool) -> Outcome {
     Ok(())
 }
 
+/// `testbed graph`: the plan's topology as SVG or DOT on stdout.
+pub fn graph(path: Option<&Path>, scale: &[ScaleArg], format: &str) -> Outcome {
+    let path = testbed_model::resolve_path(path);
+    let scale: Scale = scale.iter().cloned().collect();
+    let (_, plan) = testbed_model::check(&path, &scale)?;
+    let picture = match format {
+        "dot" => testbed_model::graph::dot(&plan),
+        _ => testbed_model::graph::svg(&plan),
+    };
+    out!("{picture}");
+    Ok(())
+}
+
 fn memory(mib: u64) -> String {
     if mib % 1024 == 0 {
         format!("{}GiB", mib / 1024)
