@@ -35,13 +35,14 @@ cargo test --locked --workspace --no-run
 # testbed package in one; podman, libvirt, the image builds, every other
 # crate and the benchmarks in the other (the podman and libvirt tests list
 # the engines' global names, so they stay in one lane; `packages`, which
-# builds into a store of its own, is in the first for balance: measured
+# builds into a store of its own, and `cache` (builds, a registry, no VM)
+# are in the first for balance: measured
 # on 2026-12-07 from a fresh clone (commit 5390fd0), the first lane took
 # 47 min, the second 50 with docker, the users' tests and the benchmarks). A test file
 # not named here goes to the second lane. Each lane's lines are prefixed
 # with its name. Every invocation selects `--workspace`, so features are
 # unified as in the build above and nothing is compiled again.
-qemu_tests=(chaos_vms cli cluster driver example_dask example_etcd example_gridengine packages python rootless snapshots test_verb)
+qemu_tests=(cache chaos_vms cli cluster driver example_dask example_etcd example_gridengine packages python rootless snapshots test_verb)
 mapfile -t other_tests < <(cargo metadata --locked --no-deps --format-version 1 | python3 -c '
 import json, sys
 qemu = set(sys.argv[1:])
