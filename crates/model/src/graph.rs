@@ -10,23 +10,7 @@
 use std::fmt::Write as _;
 
 use crate::plan::Plan;
-
-/// Escapes text for XML (SVG).
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if c.is_control() => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::xml::escape;
 
 /// Escapes text for DOT's double-quoted strings.
 fn quote(text: &str) -> String {
@@ -224,9 +208,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_keeps_markup_and_dot_strings_intact() {
-        assert_eq!(escape("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&apos;");
-        assert_eq!(escape("x\u{7}y"), "xy");
+    fn dot_strings_keep_quotes_and_backslashes_escaped() {
         assert_eq!(quote("a\"b\\c"), "a\\\"b\\\\c");
+        assert_eq!(quote("x\u{7}y"), "xy");
     }
 }

@@ -24,6 +24,7 @@ pub mod schema;
 pub mod template;
 pub mod units;
 pub mod validate;
+pub mod xml;
 
 use std::path::{Path, PathBuf};
 
