@@ -264,20 +264,38 @@ pub fn build(
     let specs = specs(comp, Some(agent))?;
     let lock = ensure_lock(comp, &specs, packages, progress, notes)?;
     let (store, options) = store_and_options(comp, packages)?;
-    let cache = CacheSetting::from_env().map(|setting| {
-        let keys = testbed_image::keys(&specs, &lock, &lock_path(comp));
-        (setting, keys)
+    let cache = CacheSetting::from_env().and_then(|setting| {
+        let keys = testbed_image::keys(&specs, &lock, &lock_path(comp)).ok()?;
+        let registry = match testbed_cache::Registry::open(&setting.repository) {
+            Ok(registry) => registry,
+            Err(e) => {
+                let role = specs.first().map_or("", |s| s.role.as_str());
+                cache_note(
+                    progress,
+                    role,
+                    format!("cache not used ({e}); building locally"),
+                );
+                return None;
+            }
+        };
+        Some((setting.push, registry, keys))
     });
-    if let Some((setting, Ok(keys))) = &cache {
-        pull_missing(&store, &specs, keys, setting, progress);
+    if let Some((_, registry, keys)) = &cache {
+        pull_missing(registry, &store, &specs, keys, progress);
     }
     let built = testbed_image::build(&store, &specs, &lock, &options, progress)?;
-    if let Some((setting, Ok(keys))) = &cache {
-        if setting.push {
-            push_missing(&store, &specs, keys, setting, progress);
-        }
+    if let Some((true, registry, keys)) = &cache {
+        push_missing(registry, &store, &specs, keys, progress);
     }
     Ok(built)
+}
+
+/// Tells what the cache did for `role`'s image (a progress line).
+fn cache_note(progress: &dyn Progress, role: &str, message: String) {
+    progress.event(Event::Cache {
+        role: role.to_owned(),
+        message,
+    });
 }
 
 /// Where images are pulled from before they are built, and pushed to
@@ -306,56 +324,30 @@ impl CacheSetting {
 /// Each image the store lacks, pulled from the cache if it has it. A
 /// cache that cannot be used is a warning: the build goes on locally.
 fn pull_missing(
+    registry: &testbed_cache::Registry,
     store: &Store,
     specs: &[ImageSpec],
     keys: &[String],
-    setting: &CacheSetting,
     progress: &dyn Progress,
 ) {
-    let say = |role: &str, message: String| {
-        progress.event(Event::Cache {
-            role: role.to_owned(),
-            message,
-        })
-    };
     let mut seen = BTreeSet::new();
-    let missing: Vec<(&ImageSpec, &String)> = specs
+    let missing = specs
         .iter()
         .zip(keys)
-        .filter(|(_, key)| store.lookup(key).is_none() && seen.insert(key.as_str()))
-        .collect();
-    let Some((first, _)) = missing.first() else {
-        return;
-    };
-    let registry = match testbed_cache::Registry::open(&setting.repository) {
-        Ok(registry) => registry,
-        Err(e) => {
-            say(
-                &first.role,
-                format!("cache not used ({e}); building locally"),
-            );
-            return;
-        }
-    };
+        .filter(|(_, key)| store.lookup(key).is_none() && seen.insert(key.as_str()));
     for (spec, key) in missing {
+        let say = |message| cache_note(progress, &spec.role, message);
         match registry.pull(store, key, &mut |_| {}) {
-            Ok(t) => say(
-                &spec.role,
-                format!(
-                    "pulled {} from the cache ({:.1} MiB)",
-                    t.reference,
-                    t.bytes as f64 / (1024.0 * 1024.0)
-                ),
-            ),
-            Err(testbed_cache::CacheError::NotInRegistry { reference }) => say(
-                &spec.role,
-                format!("not in the cache ({reference}); building it"),
-            ),
+            Ok(t) => say(format!(
+                "pulled {} from the cache ({:.1} MiB)",
+                t.reference,
+                t.bytes as f64 / (1024.0 * 1024.0)
+            )),
+            Err(testbed_cache::CacheError::NotInRegistry { reference }) => {
+                say(format!("not in the cache ({reference}); building it"))
+            }
             Err(e) => {
-                say(
-                    &spec.role,
-                    format!("cache not used ({e}); building locally"),
-                );
+                say(format!("cache not used ({e}); building locally"));
                 // The same registry will fail the same way for the rest.
                 if matches!(e, testbed_cache::CacheError::Registry { .. }) {
                     return;
@@ -368,27 +360,12 @@ fn pull_missing(
 /// Each image of the composition the cache lacks, pushed; a failure is a
 /// warning (the images are built, the cluster can start).
 fn push_missing(
+    registry: &testbed_cache::Registry,
     store: &Store,
     specs: &[ImageSpec],
     keys: &[String],
-    setting: &CacheSetting,
     progress: &dyn Progress,
 ) {
-    let say = |role: &str, message: String| {
-        progress.event(Event::Cache {
-            role: role.to_owned(),
-            message,
-        })
-    };
-    let registry = match testbed_cache::Registry::open(&setting.repository) {
-        Ok(registry) => registry,
-        Err(e) => {
-            if let Some(spec) = specs.first() {
-                say(&spec.role, format!("not pushed to the cache: {e}"));
-            }
-            return;
-        }
-    };
     let mut seen = BTreeSet::new();
     for (spec, key) in specs.iter().zip(keys) {
         if !seen.insert(key.as_str()) {
@@ -401,16 +378,14 @@ fn push_missing(
                 registry.push(store, key, &mut |_| {}).map(Some)
             }
         });
+        let say = |message| cache_note(progress, &spec.role, message);
         match pushed {
-            Ok(Some(t)) => say(
-                &spec.role,
-                format!(
-                    "pushed {} to the cache ({} of {} blobs sent)",
-                    t.reference, t.moved, t.blobs
-                ),
-            ),
+            Ok(Some(t)) => say(format!(
+                "pushed {} to the cache ({} of {} blobs sent)",
+                t.reference, t.moved, t.blobs
+            )),
             Ok(None) => {}
-            Err(e) => say(&spec.role, format!("not pushed to the cache: {e}")),
+            Err(e) => say(format!("not pushed to the cache: {e}")),
         }
     }
 }
