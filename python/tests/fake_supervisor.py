@@ -100,6 +100,7 @@ class FakeSupervisor:
         self.snapshots: Dict[str, Json] = {}
         self.stopped = threading.Event()
         self._server: Optional[socket.socket] = None
+        self._socket_ino: Optional[int] = None
         self._threads: List[threading.Thread] = []
 
     # -- life ------------------------------------------------------------
@@ -128,6 +129,7 @@ class FakeSupervisor:
         (self.state_dir / "spec.json").write_text(json.dumps(spec))
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(str(self.socket_path))
+        self._socket_ino = self.socket_path.stat().st_ino
         server.listen(64)
         server.settimeout(0.1)
         self._server = server
@@ -143,8 +145,12 @@ class FakeSupervisor:
             self._server = None
         for t in self._threads:
             t.join(timeout=2)
+        # Only our own socket: after a ``down`` (which removed the state
+        # folder) the next ``up`` of the same cluster may already have
+        # bound its socket at the same path.
         try:
-            self.socket_path.unlink()
+            if self.socket_path.stat().st_ino == self._socket_ino:
+                self.socket_path.unlink()
         except FileNotFoundError:
             pass
 
