@@ -1,7 +1,8 @@
 //! A composition's images: its roles as image specs (with the guest agent
 //! every image carries), where packages may come from, the lock beside the
 //! composition (created when missing, upgraded from an older format with a
-//! note), and the build `up` does before booting.
+//! note), and the build `up` does before booting, with the registry cache
+//! of [`CacheSetting::resolve`] (docs/cache.md).
 //!
 //! Progress goes to a [`Progress`] (the builder's events) and notes about
 //! the lock file to a [`LockNote`] callback; nothing here prints.
@@ -15,7 +16,7 @@ use testbed_image::{
     BuildOptions, BuiltImage, Event, ImageError, ImageSpec, LockOptions, Lockfile, PackageSources,
     Progress, StaticFile, Store,
 };
-use testbed_model::{Composition, ConfineError, FileKind, Snapshot};
+use testbed_model::{Composition, ConfineError, FileKind, ImageCache, Snapshot};
 use testbed_runtime::spec::ImageFiles;
 
 use crate::Error;
@@ -261,18 +262,21 @@ pub fn build(
     progress: &dyn Progress,
     notes: &mut dyn FnMut(LockNote),
 ) -> Result<Vec<BuiltImage>, Error> {
+    // First, so that a broken config file stops the build before any work.
+    let setting = CacheSetting::resolve(comp)?;
     let specs = specs(comp, Some(agent))?;
     let lock = ensure_lock(comp, &specs, packages, progress, notes)?;
     let (store, options) = store_and_options(comp, packages)?;
-    let cache = CacheSetting::from_env().and_then(|setting| {
+    let first_role = specs.first().map_or("", |s| s.role.as_str());
+    let cache = setting.and_then(|setting| {
         let keys = testbed_image::keys(&specs, &lock, &lock_path(comp)).ok()?;
+        cache_note(progress, first_role, setting.to_string());
         let registry = match testbed_cache::Registry::open(&setting.repository) {
             Ok(registry) => registry,
             Err(e) => {
-                let role = specs.first().map_or("", |s| s.role.as_str());
                 cache_note(
                     progress,
-                    role,
+                    first_role,
                     format!("cache not used ({e}); building locally"),
                 );
                 return None;
@@ -299,25 +303,150 @@ fn cache_note(progress: &dyn Progress, role: &str, message: String) {
 }
 
 /// Where images are pulled from before they are built, and pushed to
-/// after (docs/cache.md): `TESTBED_CACHE` names a repository of an OCI
-/// registry, `TESTBED_CACHE_PUSH=1` pushes what it lacks.
+/// after (docs/cache.md), and which setting said so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheSetting {
     /// `HOST[:PORT]/PATH`.
     pub repository: String,
     /// Whether images the registry lacks are pushed after the build.
     pub push: bool,
+    /// Where `repository` came from.
+    pub source: CacheSource,
+}
+
+/// Where a [`CacheSetting`]'s repository came from, most specific first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheSource {
+    /// The environment variable `TESTBED_CACHE`.
+    Environment,
+    /// `[cluster] cache` of the composition.
+    Composition,
+    /// `[cache] repository` of the user's config file, at this path.
+    ConfigFile(PathBuf),
+}
+
+impl fmt::Display for CacheSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CacheSource::Environment => f.write_str("TESTBED_CACHE"),
+            CacheSource::Composition => f.write_str("the composition"),
+            CacheSource::ConfigFile(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The progress line that says which cache a build uses.
+impl fmt::Display for CacheSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cache {} (from {})", self.repository, self.source)?;
+        if self.push {
+            f.write_str(", pushing the images it lacks")?;
+        }
+        Ok(())
+    }
+}
+
+/// The environment variables of the cache, as set (`None`: unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheEnv {
+    /// `TESTBED_CACHE`: a repository, or `off`.
+    pub cache: Option<String>,
+    /// `TESTBED_CACHE_PUSH`: `1`, `true`, `yes`, or `0`, `false`, `no`.
+    pub push: Option<String>,
+}
+
+impl CacheEnv {
+    /// The variables of this process's environment.
+    pub fn from_process() -> CacheEnv {
+        CacheEnv {
+            cache: std::env::var("TESTBED_CACHE").ok(),
+            push: std::env::var("TESTBED_CACHE_PUSH").ok(),
+        }
+    }
+
+    /// `TESTBED_CACHE_PUSH` as a choice; unset or empty is none.
+    fn push(&self) -> Result<Option<bool>, Error> {
+        let Some(value) = self
+            .push
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        else {
+            return Ok(None);
+        };
+        match value.to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" => Ok(Some(true)),
+            "0" | "false" | "no" => Ok(Some(false)),
+            _ => Err(Error::Usage(format!(
+                "TESTBED_CACHE_PUSH is \"{value}\": set it to 1 to push the images the cache lacks, 0 not to, or unset it"
+            ))),
+        }
+    }
 }
 
 impl CacheSetting {
-    /// The setting of this process's environment, if any.
-    pub fn from_env() -> Option<CacheSetting> {
-        let repository = std::env::var("TESTBED_CACHE")
-            .ok()
-            .filter(|r| !r.trim().is_empty())?;
-        let push = std::env::var("TESTBED_CACHE_PUSH")
-            .is_ok_and(|v| matches!(v.as_str(), "1" | "yes" | "true"));
-        Some(CacheSetting { repository, push })
+    /// The setting for a build of `comp`, from this process's environment,
+    /// the composition and the user's config file
+    /// ([`crate::config::default_path`]); see [`CacheSetting::resolve_from`].
+    pub fn resolve(comp: &Composition) -> Result<Option<CacheSetting>, Error> {
+        CacheSetting::resolve_from(
+            &CacheEnv::from_process(),
+            comp.cluster.cache.as_ref(),
+            crate::config::default_path().as_deref(),
+        )
+    }
+
+    /// The setting, most specific first: `TESTBED_CACHE` (`off`: no cache,
+    /// whatever the files say), then the composition's `[cluster] cache`,
+    /// then `[cache]` of the config file at `config` (read here; a missing
+    /// file is no setting). Pushing goes with the repository chosen (a
+    /// config file's `push` never pushes to the composition's cache), and
+    /// `TESTBED_CACHE_PUSH` overrides it whichever that is.
+    ///
+    /// The config file is read and checked whatever else is set, so that
+    /// a mistake in it shows at once; a broken one is an error with its
+    /// location ([`Error::Composition`]), as is a `TESTBED_CACHE_PUSH` that
+    /// is neither yes nor no ([`Error::Usage`]). `TESTBED_CACHE` itself is
+    /// not checked here: a repository the cache client refuses is a
+    /// warning at the build, which goes on locally.
+    pub fn resolve_from(
+        env: &CacheEnv,
+        composition: Option<&ImageCache>,
+        config: Option<&Path>,
+    ) -> Result<Option<CacheSetting>, Error> {
+        let from_file = match config {
+            Some(path) => crate::config::read(path)?
+                .and_then(|c| c.cache)
+                .map(|c| (path, c)),
+            None => None,
+        };
+        let push_override = env.push()?;
+        let from_env = env.cache.as_deref().filter(|v| !v.trim().is_empty());
+        let chosen = match from_env {
+            Some(off) if off.trim() == "off" => return Ok(None),
+            Some(repository) => CacheSetting {
+                repository: repository.to_owned(),
+                push: false,
+                source: CacheSource::Environment,
+            },
+            None => match (composition, from_file) {
+                (Some(c), _) => CacheSetting {
+                    repository: c.repository.clone(),
+                    push: c.push,
+                    source: CacheSource::Composition,
+                },
+                (None, Some((path, c))) => CacheSetting {
+                    repository: c.repository,
+                    push: c.push,
+                    source: CacheSource::ConfigFile(path.to_path_buf()),
+                },
+                (None, None) => return Ok(None),
+            },
+        };
+        Ok(Some(CacheSetting {
+            push: push_override.unwrap_or(chosen.push),
+            ..chosen
+        }))
     }
 }
 
@@ -482,6 +611,163 @@ mod tests {
         std::fs::remove_file(&link).expect("rm");
         let err = specs(&comp, None).expect_err("gone");
         assert!(matches!(err, Error::ReadFile { .. }), "{err:?}");
+    }
+
+    /// An environment with `TESTBED_CACHE` and `TESTBED_CACHE_PUSH` as given.
+    fn env(cache: Option<&str>, push: Option<&str>) -> CacheEnv {
+        CacheEnv {
+            cache: cache.map(str::to_owned),
+            push: push.map(str::to_owned),
+        }
+    }
+
+    /// A config file in a temporary folder with `text`.
+    fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write");
+        (dir, path)
+    }
+
+    fn setting(repository: &str, push: bool, source: CacheSource) -> Option<CacheSetting> {
+        Some(CacheSetting {
+            repository: repository.to_owned(),
+            push,
+            source,
+        })
+    }
+
+    #[test]
+    fn the_environment_wins_then_the_composition_then_the_config_file() {
+        let (_dir, file) =
+            config_file("[cache]\nrepository = \"localhost:5000/mine\"\npush = true\n");
+        let comp = ImageCache {
+            repository: "127.0.0.1:5000/team/slurm".into(),
+            push: false,
+        };
+        let none = env(None, None);
+        let resolve = |env: &CacheEnv, comp: Option<&ImageCache>, file: Option<&Path>| {
+            CacheSetting::resolve_from(env, comp, file).expect("resolves")
+        };
+        // Nothing anywhere (no file, or one that is not there): no cache.
+        assert_eq!(resolve(&none, None, None), None);
+        assert_eq!(
+            resolve(&none, None, Some(&file.with_file_name("absent.toml"))),
+            None
+        );
+        // The config file alone.
+        assert_eq!(
+            resolve(&none, None, Some(&file)),
+            setting(
+                "localhost:5000/mine",
+                true,
+                CacheSource::ConfigFile(file.clone())
+            )
+        );
+        // The composition over the config file; the file's push does not
+        // follow to the composition's repository.
+        assert_eq!(
+            resolve(&none, Some(&comp), Some(&file)),
+            setting("127.0.0.1:5000/team/slurm", false, CacheSource::Composition)
+        );
+        // TESTBED_CACHE over both; an empty one is unset.
+        let over = env(Some("registry.example/ci"), None);
+        assert_eq!(
+            resolve(&over, Some(&comp), Some(&file)),
+            setting("registry.example/ci", false, CacheSource::Environment)
+        );
+        assert_eq!(
+            resolve(&env(Some(" "), None), Some(&comp), Some(&file)),
+            setting("127.0.0.1:5000/team/slurm", false, CacheSource::Composition)
+        );
+        // TESTBED_CACHE=off: no cache, whatever the files say.
+        assert_eq!(
+            resolve(&env(Some("off"), Some("1")), Some(&comp), Some(&file)),
+            None
+        );
+        // TESTBED_CACHE_PUSH overrides the push of whichever repository
+        // was chosen, either way; empty is unset.
+        assert_eq!(
+            resolve(&env(None, Some("1")), Some(&comp), None),
+            setting("127.0.0.1:5000/team/slurm", true, CacheSource::Composition)
+        );
+        assert_eq!(
+            resolve(&env(None, Some("0")), None, Some(&file)),
+            setting(
+                "localhost:5000/mine",
+                false,
+                CacheSource::ConfigFile(file.clone())
+            )
+        );
+        assert_eq!(
+            resolve(&env(Some("registry.example/ci"), Some("TRUE")), None, None),
+            setting("registry.example/ci", true, CacheSource::Environment)
+        );
+        assert_eq!(
+            resolve(&env(None, Some("")), None, Some(&file)),
+            setting(
+                "localhost:5000/mine",
+                true,
+                CacheSource::ConfigFile(file.clone())
+            )
+        );
+        // Pushing with nowhere to push to is no cache, as before.
+        assert_eq!(resolve(&env(None, Some("1")), None, None), None);
+    }
+
+    #[test]
+    fn a_broken_config_file_or_push_variable_is_an_error_whatever_else_is_set() {
+        let (_dir, file) = config_file("[cache]\nrepository = \"localhost:5000/x\"\npush = 1\n");
+        for env in [
+            env(None, None),
+            env(Some("off"), None),
+            env(Some("localhost/y"), None),
+        ] {
+            let err = CacheSetting::resolve_from(&env, None, Some(&file)).expect_err("broken file");
+            assert!(err.is_usage(), "{err:?}");
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!(
+                    "{}:3:8: invalid type: integer `1`, expected a boolean",
+                    file.display()
+                )),
+                "{text}"
+            );
+        }
+        let err = CacheSetting::resolve_from(&env(Some("localhost/y"), Some("on")), None, None)
+            .expect_err("neither yes nor no");
+        assert!(err.is_usage(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "TESTBED_CACHE_PUSH is \"on\": set it to 1 to push the images the cache lacks, 0 not to, or unset it"
+        );
+    }
+
+    #[test]
+    fn the_progress_line_names_the_cache_and_where_it_came_from() {
+        let line = |push, source| {
+            CacheSetting {
+                repository: "127.0.0.1:5000/x".into(),
+                push,
+                source,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            line(false, CacheSource::Composition),
+            "cache 127.0.0.1:5000/x (from the composition)"
+        );
+        assert_eq!(
+            line(true, CacheSource::Environment),
+            "cache 127.0.0.1:5000/x (from TESTBED_CACHE), pushing the images it lacks"
+        );
+        assert_eq!(
+            line(
+                false,
+                CacheSource::ConfigFile("/home/u/.config/testbed/config.toml".into())
+            ),
+            "cache 127.0.0.1:5000/x (from /home/u/.config/testbed/config.toml)"
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   (`testbed_runtime::backend::timeouts`), the images ([`images`]), the
 //!   spec, the supervisor process, and the wait, failing fast; a cluster
 //!   that did not come up is an [`Error::NotReady`] naming every node.
+//! - [`images::CacheSetting::resolve`]: the registry cache of a build, from
+//!   the environment, the composition or the user's config file
+//!   ([`config`]).
 //! - [`down`]: through the supervisor, or by hand when it is gone.
 //! - [`snapshots`]: snapshots of the whole cluster, saved, restored,
 //!   listed and removed (`up` starts from one with [`UpOptions::from`]).
@@ -19,6 +22,7 @@
 //! which say whether the user's input is at fault ([`Error::is_usage`]).
 
 pub mod backend;
+pub mod config;
 mod down;
 mod error;
 pub mod images;
@@ -31,7 +35,7 @@ mod up;
 pub use backend::{AccelChoice, BackendKind, BackendOptions};
 pub use down::{down, DownOutcome, DownReport};
 pub use error::Error;
-pub use images::{LockNote, PackageOptions};
+pub use images::{CacheSetting, CacheSource, LockNote, PackageOptions};
 pub use summary::NotReady;
 pub use target::{locate, Located, Target};
 pub use up::{connect, reply_error, running, status, up, UpEvent, UpOptions};

@@ -70,6 +70,22 @@ pub struct Cluster {
     /// the mirror no longer has; `None` when the key is absent, which leaves
     /// the choice to the image builder (its default, or `TESTBED_SNAPSHOT`).
     pub snapshot: Option<Snapshot>,
+    /// `[cluster] cache` and `cache_push`: the registry images are pulled
+    /// from before they are built (and pushed to after); `None` when the
+    /// key is absent, which leaves the choice to the environment and the
+    /// user's config file (`testbed_cluster::images::CacheSetting`).
+    pub cache: Option<ImageCache>,
+}
+
+/// `[cluster] cache`: a repository of an OCI registry that holds images
+/// built from compositions (docs/cache.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageCache {
+    /// `HOST[:PORT]/PATH`, checked by [`crate::units::check_repository`].
+    pub repository: String,
+    /// `cache_push`: whether images the registry lacks are pushed to it
+    /// after the build.
+    pub push: bool,
 }
 
 /// `[cluster] snapshot`: where image builds fetch a locked package that the

@@ -29,8 +29,8 @@ pub mod xml;
 use std::path::{Path, PathBuf};
 
 pub use composition::{
-    Cluster, Composition, Distro, FileKind, FileSpec, Host, Network, Role, Secret, Snapshot,
-    TestSpec,
+    Cluster, Composition, Distro, FileKind, FileSpec, Host, ImageCache, Network, Role, Secret,
+    Snapshot, TestSpec,
 };
 pub use confine::{ConfineError, Confinement};
 pub use diag::{Diagnostic, Diagnostics, Location, SourceFile};

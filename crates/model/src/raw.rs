@@ -95,6 +95,22 @@ pub struct RawCluster {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub allow_paths_outside: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A repository of an OCI registry (`HOST[:PORT]/PATH`, no scheme, tag
+    /// or digest, e.g. `"127.0.0.1:5000/team/slurm"`) that `testbed build`
+    /// and `testbed up` pull every image the store lacks from before
+    /// building it. The environment variable `TESTBED_CACHE` overrides it
+    /// (`TESTBED_CACHE=off` turns the cache off); it overrides the user's
+    /// config file (`~/.config/testbed/config.toml`). A cache that cannot be
+    /// reached is a warning: images are built locally.
+    #[serde(default)]
+    #[schemars(with = "String")]
+    pub cache: Option<Spanned<String>>,
+    /// Whether `build` and `up` push every image of the composition that
+    /// `cache` lacks after building (default `false`); needs `cache`. The
+    /// environment variable `TESTBED_CACHE_PUSH` (`1` or `0`) overrides it.
+    #[serde(default)]
+    #[schemars(with = "bool")]
+    pub cache_push: Option<Spanned<bool>>,
 }
 
 /// `[roles.NAME]` and `[defaults]`.

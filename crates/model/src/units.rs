@@ -266,6 +266,122 @@ pub(crate) fn check_package(text: &str) -> Result<(), Invalid> {
     Err(invalid(format!("bad package name \"{text}\""), help))
 }
 
+/// What a registry cache repository looks like, for the help of every
+/// problem with one.
+const REPOSITORY_HELP: &str = "write HOST[:PORT]/PATH without a scheme, tag or digest, e.g. \"127.0.0.1:5000/team/slurm\": the host has a '.' or a ':' (or is localhost), the path is lowercase letters and digits separated by '.', '_', '__' or '-', in components separated by '/'";
+
+/// Checks the repository of a registry cache (`[cluster] cache`, and the
+/// user's config file): `HOST[:PORT]/PATH`, with no scheme, tag or digest.
+///
+/// This is the syntax `testbed_cache::Registry::open` accepts (its own
+/// checks, then the OCI distribution reference grammar of `oci-spec`),
+/// written out here because the model stays pure and light: it cannot
+/// depend on the cache crate (an HTTP client, an async runtime, TLS) to
+/// validate a string. Whatever this accepts, the cache client accepts too,
+/// so a composition that passes `testbed check` never fails to open its
+/// cache for its syntax; the only inputs the client takes that this
+/// refuses are hosts with a '_' (which its grammar lets through when
+/// it reads the host as a path component, and which no host name has).
+pub fn check_repository(text: &str) -> Result<(), Invalid> {
+    let bad = |reason: &str| {
+        invalid(
+            format!("bad cache repository \"{text}\": {reason}"),
+            REPOSITORY_HELP,
+        )
+    };
+    if text.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if text.contains("://") {
+        return Err(bad("a repository has no scheme (a registry on this machine is spoken to in plain HTTP, any other over HTTPS)"));
+    }
+    if text.contains('@') {
+        return Err(bad("a repository has no digest"));
+    }
+    let Some((host, path)) = text.split_once('/') else {
+        return Err(bad("it names no registry host"));
+    };
+    if !(host.contains('.') || host.contains(':') || host == "localhost") {
+        return Err(bad(
+            "its first part must be a registry host, such as 127.0.0.1:5000",
+        ));
+    }
+    if host.starts_with('[') {
+        return Err(bad(
+            "the registry cannot be an IPv6 address (the OCI reference grammar has none); use a host name or an IPv4 address",
+        ));
+    }
+    let (name, port) = match host.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    if let Some(port) = port {
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(&format!("bad registry port \"{port}\"")));
+        }
+    }
+    // Host labels: letters, digits and '-' inside (IPv4 addresses too).
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(bad(&format!("bad registry host \"{name}\"")));
+    }
+    if path.is_empty() {
+        return Err(bad("it has no path after the host"));
+    }
+    if path.contains(':') {
+        return Err(bad(
+            "a repository has no tag: the store key of each image is its tag",
+        ));
+    }
+    if path.len() > 255 {
+        return Err(bad("its path is longer than 255 characters"));
+    }
+    for component in path.split('/') {
+        if !is_path_component(component) {
+            let shown = if component.is_empty() {
+                "an empty path component".to_string()
+            } else {
+                format!("bad path component \"{component}\"")
+            };
+            return Err(bad(&shown));
+        }
+    }
+    Ok(())
+}
+
+/// One component of a repository's path, as the OCI distribution grammar
+/// has it: `[a-z0-9]+` runs joined by one '.', one or two '_', or any
+/// number of '-'.
+fn is_path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|x| x == b'-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
 /// The debconf types `debconf-set-selections` accepts.
 const DEBCONF_TYPES: &[&str] = &[
     "boolean",
@@ -365,6 +481,51 @@ pub(crate) fn check_guest_path(text: &str) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_repositories_are_host_and_lowercase_path_without_tag() {
+        for good in [
+            "127.0.0.1:5000/team/slurm",
+            "localhost/x",
+            "localhost:5000/a/b/c",
+            "registry.example.org/team/slurm",
+            "ghcr.io/some-org/a.b_c__d---e",
+            "registry-1.example:443/x0",
+        ] {
+            assert_eq!(check_repository(good), Ok(()), "{good}");
+        }
+        for (bad, reason) in [
+            ("", "it is empty"),
+            ("http://127.0.0.1:5000/x", "a repository has no scheme"),
+            ("slurm", "it names no registry host"),
+            ("team/slurm", "its first part must be a registry host"),
+            ("127.0.0.1:5000/slurm:v1", "a repository has no tag"),
+            ("127.0.0.1:5000/x@sha256:00", "a repository has no digest"),
+            ("127.0.0.1:5000/", "it has no path after the host"),
+            ("127.0.0.1:50a0/x", "bad registry port \"50a0\""),
+            ("127.0.0.1:/x", "bad registry port \"\""),
+            ("-bad.example/x", "bad registry host \"-bad.example\""),
+            ("[::1]:5000/x", "the registry cannot be an IPv6 address"),
+            ("127.0.0.1:5000/Team/slurm", "bad path component \"Team\""),
+            ("127.0.0.1:5000/team//slurm", "an empty path component"),
+            ("127.0.0.1:5000/team/slurm/", "an empty path component"),
+            ("127.0.0.1:5000/a..b", "bad path component \"a..b\""),
+            ("127.0.0.1:5000/a___b", "bad path component \"a___b\""),
+            ("127.0.0.1:5000/-a", "bad path component \"-a\""),
+            ("127.0.0.1:5000/a b", "bad path component \"a b\""),
+        ] {
+            let e = check_repository(bad).expect_err(bad);
+            assert!(
+                e.message
+                    .starts_with(&format!("bad cache repository \"{bad}\": {reason}")),
+                "{bad}: {}",
+                e.message
+            );
+            assert!(e.help.contains("HOST[:PORT]/PATH"), "{}", e.help);
+        }
+        let long = format!("localhost/{}", "a".repeat(256));
+        assert!(check_repository(&long).is_err());
+    }
 
     #[test]
     fn delays_take_fractions_and_small_units() {

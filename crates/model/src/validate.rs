@@ -352,6 +352,7 @@ fn cluster(
     if let Some(list) = raw.and_then(|c| c.allow_paths_outside.as_ref()) {
         allow_paths_outside(cx, list);
     }
+    let cache = image_cache(cx, raw);
     Cluster {
         name,
         distro: Distro {
@@ -361,7 +362,32 @@ fn cluster(
         kernel,
         mirror,
         snapshot,
+        cache,
     }
+}
+
+/// `[cluster] cache` and `cache_push`: a repository with the syntax the
+/// cache client accepts; `cache_push` means nothing without it.
+fn image_cache(cx: &mut Ctx<'_>, raw: Option<&RawCluster>) -> Option<ImageCache> {
+    let push = raw.and_then(|c| c.cache_push.as_ref());
+    let Some(repository) = raw.and_then(|c| c.cache.as_ref()) else {
+        if let Some(push) = push {
+            cx.err(
+                push.span(),
+                format!("cache_push = {} without a cache", push.get_ref()),
+                Some(
+                    "name the repository to push to with cache = \"HOST[:PORT]/PATH\" under [cluster], or remove cache_push"
+                        .to_string(),
+                ),
+            );
+        }
+        return None;
+    };
+    cx.check(repository, units::check_repository)
+        .then(|| ImageCache {
+            repository: repository.get_ref().clone(),
+            push: push.is_some_and(|p| *p.get_ref()),
+        })
 }
 
 /// `[cluster] allow_paths_outside`: every entry must exist; each widens

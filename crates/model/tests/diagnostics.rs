@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use testbed_model::{check, Diagnostics, Scale, Snapshot};
+use testbed_model::{check, Diagnostics, ImageCache, Scale, Snapshot};
 
 struct Case {
     name: &'static str,
@@ -456,6 +456,69 @@ const CASES: &[Case] = &[
         help: "defined hosts: host1",
     },
     Case {
+        name: "a cache with a scheme",
+        toml: "[cluster]\nname = \"c\"\ncache = \"http://127.0.0.1:5000/team/slurm\"\n[roles.n]\n",
+        files: &[],
+        message: "bad cache repository \"http://127.0.0.1:5000/team/slurm\": a repository has no scheme",
+        line: 3,
+        column: 9,
+        help: "write HOST[:PORT]/PATH without a scheme, tag or digest, e.g. \"127.0.0.1:5000/team/slurm\"",
+    },
+    Case {
+        name: "a cache with a tag",
+        toml: "[cluster]\ncache = \"127.0.0.1:5000/team/slurm:v1\"\n[roles.n]\n",
+        files: &[],
+        message: "bad cache repository \"127.0.0.1:5000/team/slurm:v1\": a repository has no tag",
+        line: 2,
+        column: 9,
+        help: "HOST[:PORT]/PATH",
+    },
+    Case {
+        name: "a cache without a registry host",
+        toml: "[cluster]\ncache = \"team/slurm\"\n[roles.n]\n",
+        files: &[],
+        message: "bad cache repository \"team/slurm\": its first part must be a registry host, such as 127.0.0.1:5000",
+        line: 2,
+        column: 9,
+        help: "the host has a '.' or a ':' (or is localhost)",
+    },
+    Case {
+        name: "a cache with an uppercase path",
+        toml: "[cluster]\ncache = \"localhost:5000/Team/slurm\"\n[roles.n]\n",
+        files: &[],
+        message: "bad cache repository \"localhost:5000/Team/slurm\": bad path component \"Team\"",
+        line: 2,
+        column: 9,
+        help: "the path is lowercase letters and digits",
+    },
+    Case {
+        name: "cache_push without a cache",
+        toml: "[cluster]\nname = \"c\"\ncache_push = true\n[roles.n]\n",
+        files: &[],
+        message: "cache_push = true without a cache",
+        line: 3,
+        column: 14,
+        help: "name the repository to push to with cache = \"HOST[:PORT]/PATH\" under [cluster], or remove cache_push",
+    },
+    Case {
+        name: "cache_push that is not a boolean",
+        toml: "[cluster]\ncache = \"localhost:5000/x\"\ncache_push = \"yes\"\n[roles.n]\n",
+        files: &[],
+        message: "invalid type: string \"yes\", expected a boolean",
+        line: 3,
+        column: 14,
+        help: "",
+    },
+    Case {
+        name: "cache that is not a string",
+        toml: "[cluster]\ncache = true\n[roles.n]\n",
+        files: &[],
+        message: "invalid type: boolean `true`, expected a string",
+        line: 2,
+        column: 9,
+        help: "",
+    },
+    Case {
         name: "an unknown key in [[hosts]]",
         toml: "[[hosts]]\nuri = \"qemu:///system\"\nurl = \"x\"\n[roles.ctl]\n",
         files: &[],
@@ -631,6 +694,73 @@ fn snapshot_is_off_or_a_url_without_its_trailing_slash() {
         let d = r.expect_err(bad);
         assert_eq!(first(&d).message, format!("bad snapshot \"{bad}\""));
     }
+}
+
+#[test]
+fn cache_is_a_repository_and_cache_push_defaults_to_false() {
+    let parse = |toml: &str| {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("testbed.toml");
+        std::fs::write(
+            &path,
+            format!("[cluster]\nname = \"cached\"\n{toml}[roles.n]\n"),
+        )
+        .expect("write");
+        check(&path, &Scale::default()).expect("valid")
+    };
+    let (comp, plain) = parse("");
+    assert_eq!(comp.cluster.cache, None);
+    let (comp, _) = parse("cache = \"127.0.0.1:5000/team/slurm\"\n");
+    assert_eq!(
+        comp.cluster.cache,
+        Some(ImageCache {
+            repository: "127.0.0.1:5000/team/slurm".into(),
+            push: false
+        })
+    );
+    let (comp, plan) = parse("cache = \"registry.example/team/slurm\"\ncache_push = true\n");
+    assert_eq!(
+        comp.cluster.cache,
+        Some(ImageCache {
+            repository: "registry.example/team/slurm".into(),
+            push: true
+        })
+    );
+    // Where images come from never changes the plan.
+    assert_eq!(
+        serde_json::to_string(&plan).expect("json"),
+        serde_json::to_string(&plain).expect("json")
+    );
+    let (comp, _) = parse("cache = \"localhost/x\"\ncache_push = false\n");
+    assert_eq!(comp.cluster.cache.map(|c| c.push), Some(false));
+}
+
+#[test]
+fn a_bad_cache_is_one_problem_and_a_lone_cache_push_is_refused_even_false() {
+    // cache_push has its cache (a bad one): only the repository is wrong.
+    let (_dir, r) = run(
+        "[cluster]\ncache = \"Registry/x\"\ncache_push = true\n[roles.n]\n",
+        &[],
+        &Scale::default(),
+    );
+    let d = r.expect_err("bad cache");
+    assert_eq!(d.len(), 1, "{d}");
+    assert!(
+        first(&d).message.starts_with(
+            "bad cache repository \"Registry/x\": its first part must be a registry host"
+        ),
+        "{d}"
+    );
+    // Without a cache, cache_push means nothing, whatever its value.
+    let (_dir, r) = run(
+        "[cluster]\nname = \"c\"\ncache_push = false\n[roles.n]\n",
+        &[],
+        &Scale::default(),
+    );
+    let d = r.expect_err("lone cache_push");
+    let loc = first(&d).location.clone().expect("location");
+    assert_eq!(first(&d).message, "cache_push = false without a cache");
+    assert_eq!((loc.line, loc.column, loc.width), (3, 14, 5));
 }
 
 #[test]

@@ -53,6 +53,8 @@ const KEYS: &[&str] = &[
     "host",
     "uri",
     "allow_paths_outside",
+    "cache",
+    "cache_push",
     "a",
     "b",
     "lan",
@@ -85,6 +87,8 @@ const STRINGS: &[&str] = &[
     "off",
     "http://127.0.0.1:8080/",
     "file://",
+    "127.0.0.1:5000/team/slurm",
+    "127.0.0.1:5000/Team/x:v1",
 ];
 
 fn leaf() -> impl Strategy<Value = toml::Value> {

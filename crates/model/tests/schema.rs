@@ -52,9 +52,22 @@ fn schema_knows_every_cluster_key_and_describes_snapshot() {
             "kernel",
             "mirror",
             "snapshot",
-            "allow_paths_outside"
+            "allow_paths_outside",
+            "cache",
+            "cache_push"
         ]
     );
+    let cache = &cluster["properties"]["cache"];
+    assert_eq!(cache["type"], "string");
+    let described = cache["description"].as_str().unwrap_or_default();
+    assert!(
+        described.contains("TESTBED_CACHE") && described.contains("config.toml"),
+        "{described}"
+    );
+    let push = &cluster["properties"]["cache_push"];
+    assert_eq!(push["type"], "boolean");
+    let described = push["description"].as_str().unwrap_or_default();
+    assert!(described.contains("TESTBED_CACHE_PUSH"), "{described}");
     let allow = &cluster["properties"]["allow_paths_outside"];
     assert_eq!(allow["type"], "array");
     assert!(allow["description"]

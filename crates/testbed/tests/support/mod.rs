@@ -36,7 +36,7 @@ use testbed_test_support::{agent_binary, copy_example, output_within, text};
 /// build of an example's images with a slow mirror, and TCG), the others
 /// 5 (a reboot under TCG takes about one).
 pub fn limit(args: &[&str]) -> Duration {
-    let long = ["up", "test", "build", "lock"];
+    let long = ["up", "test", "build", "lock", "ci"];
     let verb = args.iter().find(|a| !a.starts_with('-')).copied();
     if verb.is_some_and(|v| long.contains(&v)) {
         Duration::from_secs(20 * 60)
@@ -137,8 +137,10 @@ impl Env {
         let store = self.store.clone().unwrap_or_else(store);
         let Some(user) = &self.user else {
             let mut cmd = testbed_command(args, &self.comp);
+            // The user's config file (docs/cache.md) is not the tests'.
             cmd.env("TESTBED_STORE", &store)
                 .env("TESTBED_STATE_DIR", &self.state)
+                .env("XDG_CONFIG_HOME", self._tmp.path().join(".config"))
                 .envs(self.vars.iter().map(|(k, v)| (k, v)));
             return self.run_echoed("testbed", args, &mut cmd, limit(args));
         };
@@ -157,6 +159,7 @@ impl Env {
             .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .arg("NO_COLOR=1")
             .arg(format!("XDG_CACHE_HOME={}", tmp.join(".cache").display()))
+            .arg(format!("XDG_CONFIG_HOME={}", tmp.join(".config").display()))
             .arg(format!("TESTBED_STORE={}", store.display()))
             .arg(format!("TESTBED_STATE_DIR={}", self.state.display()))
             .args(self.vars.iter().map(|(k, v)| format!("{k}={v}")));
