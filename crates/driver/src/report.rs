@@ -8,10 +8,10 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Where in the script something happened (1-based line and column).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
     pub file: PathBuf,
     pub line: usize,
@@ -25,7 +25,7 @@ impl fmt::Display for Location {
 }
 
 /// A script error (syntax or runtime) with the place it points at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptError {
     pub message: String,
     pub location: Option<Location>,
@@ -43,7 +43,7 @@ impl fmt::Display for ScriptError {
 impl std::error::Error for ScriptError {}
 
 /// One entry of a case's captured output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Captured {
     /// A `log(...)` or `print(...)` line.
@@ -61,7 +61,7 @@ pub enum Captured {
         status: String,
         stdout: String,
         stderr: String,
-        #[serde(serialize_with = "secs")]
+        #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
         duration: Duration,
     },
     /// A power change, fault, wait or copy.
@@ -70,7 +70,7 @@ pub enum Captured {
         node: Option<String>,
         action: String,
         error: Option<String>,
-        #[serde(serialize_with = "secs")]
+        #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
         duration: Duration,
     },
 }
@@ -79,11 +79,18 @@ fn secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
 }
 
+/// Seconds as written by [`secs`]; what is not a finite, non-negative
+/// number is an error, not a panic.
+fn from_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let secs = f64::deserialize(d)?;
+    Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+}
+
 /// One subtest (or the script itself).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestCase {
     pub name: String,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub duration: Duration,
     pub passed: bool,
     /// Why it failed, with the script location.
@@ -92,7 +99,7 @@ pub struct TestCase {
 }
 
 /// The outcome of one script run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestReport {
     /// The suite's name: the cluster's.
     pub name: String,
@@ -102,7 +109,7 @@ pub struct TestReport {
     pub timeout_factor: f64,
     /// Seconds since the Unix epoch.
     pub started_at: f64,
-    #[serde(serialize_with = "secs")]
+    #[serde(serialize_with = "secs", deserialize_with = "from_secs")]
     pub duration: Duration,
     pub passed: bool,
     /// The error that ended the script, if any.
@@ -254,5 +261,46 @@ mod tests {
             }),
         };
         assert_eq!(e.to_string(), "t.rhai:3:7: boom");
+    }
+
+    #[test]
+    fn a_report_reads_back_from_its_json() {
+        let report = TestReport {
+            name: "c".into(),
+            script: "t.rhai".into(),
+            accel: "tcg".into(),
+            timeout_factor: 5.0,
+            started_at: 1.5,
+            duration: Duration::from_millis(2500),
+            passed: false,
+            failure: Some(ScriptError {
+                message: "boom".into(),
+                location: None,
+            }),
+            cases: vec![TestCase {
+                name: "one".into(),
+                duration: Duration::from_millis(1250),
+                passed: false,
+                failure: Some("exit status 1".into()),
+                output: vec![
+                    Captured::Log {
+                        at: 0.5,
+                        message: "hi".into(),
+                    },
+                    Captured::Action {
+                        at: 1.0,
+                        node: Some("n".into()),
+                        action: "crash".into(),
+                        error: None,
+                        duration: Duration::from_millis(3),
+                    },
+                ],
+            }],
+            output: Vec::new(),
+        };
+        let back: TestReport = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(back, report);
+        let negative = report.to_json().replace("2.5", "-2.5");
+        assert!(serde_json::from_str::<TestReport>(&negative).is_err());
     }
 }
