@@ -19,8 +19,13 @@
 //! - the suite's robustness figures ([`robustness`]): [`Fuzz`] (a fuzz
 //!   target's case count), [`record_robustness`], [`fuzz_cases`],
 //!   [`flip_bytes`] to damage a valid file and [`replace_file`] to write
-//!   each case's.
+//!   each case's;
+//! - pages as a browser shows them ([`chromium`], headless Chromium):
+//!   [`chromium::dump_dom`], [`chromium::screenshot`] and
+//!   [`chromium::Picture`] to read it, [`chromium::check_report`] for a
+//!   `testbed ci` HTML report.
 
+pub mod chromium;
 pub mod examples;
 pub mod net;
 pub mod poll;

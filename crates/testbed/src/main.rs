@@ -214,6 +214,8 @@ enum Command {
         #[command(flatten)]
         args: cmd::test::TestArgs,
     },
+    /// Run the test of every composition under a folder: images built once, passing results cached, one JUnit/JSON/HTML report (docs/ci.md)
+    Ci(cmd::ci::CiArgs),
     /// Save the running cluster whole, restore it, list or remove its snapshots (docs/snapshots.md)
     #[command(subcommand)]
     Snapshot(cmd::snapshot::SnapshotCommand),
@@ -358,6 +360,7 @@ fn main() -> ExitCode {
         Command::Test { comp, scale, args } => {
             cmd::test::run(comp.path.as_deref(), &scale.scale, &args)
         }
+        Command::Ci(args) => cmd::ci::run(&args),
         Command::Snapshot(command) => cmd::snapshot::run(&command),
         Command::Down { comp } => cmd::cluster::down(comp.path.as_deref()),
         Command::Supervise { dir } => cmd::cluster::supervise(&dir),

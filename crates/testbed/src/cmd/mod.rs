@@ -33,6 +33,7 @@ macro_rules! value_enum {
 
 pub mod cache;
 pub mod check;
+pub mod ci;
 pub mod cluster;
 pub mod doctor;
 pub mod fault;

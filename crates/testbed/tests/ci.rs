@@ -1,0 +1,210 @@
+//! `testbed ci` as a CI job runs it (docs/ci.md): a folder of two small
+//! compositions on podman, one whose test passes and one whose test
+//! fails. The first run tests both, writes JUnit, JSON and the HTML
+//! report (checked in headless Chromium) and exits 1; the second, with
+//! nothing changed, reruns only the failed one (twice: `--repeat 2`) and
+//! says why the other is skipped; after a template of the passing one changed, the third reruns
+//! it (two tests at once, `-j 2`), and appends GitHub's step summary.
+//!
+//! On podman (a container starts in seconds) and in the lane of the
+//! other container tests (scripts/test.sh): the engine's names are
+//! global.
+
+mod support;
+
+use std::path::Path;
+
+use serde_json::Value;
+use support::Env;
+use testbed_test_support::{chromium, text};
+
+const COMPOSITION: &str = r#"
+[cluster]
+name = "NAME"
+distro = "debian/bookworm"
+
+[defaults]
+memory = "256MiB"
+
+[roles.node]
+files."/etc/motd".template = "motd.j2"
+
+[networks.lan]
+subnet = "10.N.0.0/24"
+
+[test]
+script = "test.rhai"
+"#;
+
+const PASSES: &str = r#"
+start_all();
+subtest("the template is rendered", || { node.succeed("grep -q 'hello from node' /etc/motd"); });
+subtest("systemd is up", || { node.wait_for_unit("multi-user.target"); });
+"#;
+
+const FAILS: &str = r#"
+start_all();
+subtest("this one passes", || { node.succeed("true"); });
+subtest("this one fails", || { node.succeed("test -e /no/such/file"); });
+"#;
+
+fn write(dir: &Path, name: &str, n: u8, script: &str) {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("testbed.toml"),
+        COMPOSITION
+            .replace("NAME", &format!("ci{name}"))
+            .replace("10.N.", &format!("10.{n}.")),
+    )
+    .unwrap();
+    std::fs::write(folder.join("motd.j2"), "hello from {{ node.name }}\n").unwrap();
+    std::fs::write(folder.join("test.rhai"), script).unwrap();
+}
+
+/// `testbed ci` with `extra` arguments; its exit code, its summary (the
+/// `--json` on stdout) and its stderr.
+fn ci(env: &Env, extra: &[&str]) -> (Option<i32>, Value, String) {
+    let mut args = vec!["ci", ".", "--backend", "podman", "--json"];
+    args.extend_from_slice(extra);
+    let out = env.testbed(&args);
+    let said = text(&out.stderr);
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{}\n{said}", text(&out.stdout)));
+    (out.status.code(), summary, said)
+}
+
+fn entry<'a>(summary: &'a Value, name: &str) -> &'a Value {
+    summary["entries"]
+        .as_array()
+        .and_then(|es| es.iter().find(|e| e["name"] == name))
+        .unwrap_or_else(|| panic!("no entry {name}: {summary:#}"))
+}
+
+#[test]
+fn ci_tests_each_composition_caches_the_passing_one_and_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tmp.path().join("suite");
+    write(&suite, "pass", 83, PASSES);
+    write(&suite, "fail", 84, FAILS);
+    let out = tmp.path().join("out");
+    let results = tmp.path().join("results");
+    let (out_s, results_s) = (out.display().to_string(), results.display().to_string());
+    let env = Env::at(tmp, suite.clone());
+    let dirs = ["--out", out_s.as_str(), "--results", results_s.as_str()];
+
+    // 1: both run; the failure fails the run.
+    let (code, summary, said) = ci(&env, &dirs);
+    assert_eq!(code, Some(1), "{said}");
+    let pass = entry(&summary, "pass");
+    let fail = entry(&summary, "fail");
+    assert_eq!(pass["status"], "passed", "{pass:#}");
+    assert_eq!(fail["status"], "failed", "{fail:#}");
+    let cases = &fail["attempts"][0]["report"]["cases"];
+    assert_eq!(cases[1]["name"], "this one fails", "{cases:#}");
+    assert_eq!(cases[1]["passed"], false, "{cases:#}");
+    assert!(
+        fail["attempts"][0]["artifacts"]
+            .as_array()
+            .is_some_and(|a| a
+                .iter()
+                .any(|f| f.as_str().is_some_and(|f| f.ends_with("console.log")))),
+        "the failure's artifacts are in the report: {fail:#}"
+    );
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(
+        junit.contains(
+            "<testsuites name=\"testbed ci\" tests=\"4\" failures=\"1\" errors=\"0\" skipped=\"0\""
+        ),
+        "{junit}"
+    );
+    assert!(
+        junit.contains("<testcase name=\"this one fails\" classname=\"fail\""),
+        "{junit}"
+    );
+    let on_disk: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, summary, "summary.json is what --json printed");
+    chromium::check_report(
+        &out.join("index.html"),
+        &[("fail", "failed"), ("pass", "passed")],
+    );
+
+    // 2: nothing changed: only the failed one runs again, twice
+    // (`--repeat`, for flaky tests).
+    let mut args = dirs.to_vec();
+    args.extend(["--repeat", "2"]);
+    let (code, summary, said) = ci(&env, &args);
+    assert_eq!(code, Some(1), "{said}");
+    let pass = entry(&summary, "pass");
+    assert_eq!(pass["status"], "cached", "{pass:#}");
+    assert!(
+        pass["attempts"].as_array().is_some_and(Vec::is_empty),
+        "{pass:#}"
+    );
+    assert!(
+        said.contains("pass: skipped: passed at ") && said.contains("with the same inputs"),
+        "{said}"
+    );
+    let fail = entry(&summary, "fail");
+    assert_eq!(fail["status"], "failed", "{fail:#}");
+    let attempts = fail["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{fail:#}");
+    assert!(attempts.iter().all(|a| a["status"] == "failed"), "{fail:#}");
+    assert_eq!(
+        fail["reason"],
+        Value::Null,
+        "failing every time is not flaky: {fail:#}"
+    );
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains("skipped=\"1\""), "{junit}");
+    assert!(
+        junit.contains("<testsuite name=\"fail (attempt 2)\""),
+        "{junit}"
+    );
+    chromium::check_report(
+        &out.join("index.html"),
+        &[("fail", "failed"), ("pass", "cached")],
+    );
+
+    // 3: a template of the passing one changed: it runs again (beside
+    // the failing one, -j 2); GitHub's step summary is appended to.
+    std::fs::write(
+        suite.join("pass/motd.j2"),
+        "hello from {{ node.name }}, again\n",
+    )
+    .unwrap();
+    let step_summary = env.comp.parent().unwrap().join("step-summary.md");
+    std::fs::write(&step_summary, "# earlier steps\n").unwrap();
+    let env = env.with_var("GITHUB_STEP_SUMMARY", &step_summary.display().to_string());
+    let mut args = dirs.to_vec();
+    args.extend(["-j", "2"]);
+    let (code, summary, said) = ci(&env, &args);
+    assert_eq!(code, Some(1), "{said}");
+    let pass = entry(&summary, "pass");
+    assert_eq!(pass["status"], "passed", "{pass:#}");
+    assert_eq!(
+        pass["attempts"].as_array().map(Vec::len),
+        Some(1),
+        "{pass:#}"
+    );
+    assert_ne!(
+        pass["key"],
+        Value::Null,
+        "a passing test has a result key: {pass:#}"
+    );
+    let md = std::fs::read_to_string(&step_summary).unwrap();
+    assert!(
+        md.starts_with("# earlier steps\n## ❌ testbed ci: ."),
+        "{md}"
+    );
+    assert!(
+        md.contains("| pass | passed | 2 passed, 0 failed |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| fail | failed | 1 passed, 1 failed |"),
+        "{md}"
+    );
+    assert!(!env.running(), "no cluster left running");
+}
