@@ -389,22 +389,31 @@ fn report_html(report: &TestReport) -> String {
         }
         let _ = writeln!(
             h,
-            "<details class=\"output\"{}><summary>output of {} ({} entries)</summary><pre>{}</pre></details>",
+            "<details class=\"output\"{}><summary>output of {} ({})</summary><pre>{}</pre></details>",
             if case.passed { "" } else { " open" },
             escape(&case.name),
-            case.output.len(),
+            entries(case.output.len()),
             escape(&render_output(&case.output))
         );
     }
     if !report.output.is_empty() {
         let _ = writeln!(
             h,
-            "<details class=\"output\"><summary>output outside subtests ({} entries)</summary><pre>{}</pre></details>",
-            report.output.len(),
+            "<details class=\"output\"><summary>output outside subtests ({})</summary><pre>{}</pre></details>",
+            entries(report.output.len()),
             escape(&render_output(&report.output))
         );
     }
     h
+}
+
+/// `1 entry`, `2 entries`.
+fn entries(n: usize) -> String {
+    if n == 1 {
+        "1 entry".to_owned()
+    } else {
+        format!("{n} entries")
+    }
 }
 
 /// A link from an entry's page to a file given relative to the output
@@ -511,6 +520,7 @@ mod tests {
             started_at: 1_714_566_896.7,
             duration: 75.0,
             repeat: 1,
+            interrupted: false,
             entries,
         }
     }

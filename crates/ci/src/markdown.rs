@@ -82,6 +82,7 @@ mod tests {
             started_at: 0.0,
             duration: 12.0,
             repeat: 1,
+            interrupted: false,
             entries: vec![
                 entry("a", Status::Cached, Some("passed at 2026\nmore")),
                 entry("b|<x>", Status::Error, Some("bad")),

@@ -6,6 +6,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use testbed_driver::TestReport;
@@ -39,6 +41,10 @@ pub struct Options {
     /// Arguments for `testbed test` (backend, accelerator); part of the
     /// result key.
     pub test_args: Vec<String>,
+    /// Set (by a signal handler of the caller's) to stop: the tests under
+    /// way are stopped and their clusters taken down, the others are not
+    /// started, and the reports say so.
+    pub stop: Arc<AtomicBool>,
 }
 
 /// Progress of a run, for the caller to show.
@@ -90,6 +96,18 @@ pub enum CiError {
     ForeignOut { path: PathBuf },
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+}
+
+/// The reason of what an interrupted run did not finish.
+const INTERRUPTED: &str = "not run to the end: the run was interrupted";
+
+/// Why a test was stopped.
+#[derive(Debug, Clone, Copy)]
+enum Stopped {
+    /// It ran past this limit.
+    TimedOut(Duration),
+    /// The run was interrupted.
+    Interrupted,
 }
 
 /// How long a test may take beyond its own time limit (bringing its
@@ -178,6 +196,7 @@ pub fn run(options: &Options, events: &dyn Fn(&CiEvent)) -> Result<Summary, CiEr
         started_at,
         duration: started.elapsed().as_secs_f64(),
         repeat: options.repeat,
+        interrupted: options.stop.load(Ordering::SeqCst),
         entries: jobs.into_iter().map(|j| j.entry).collect(),
     };
     write_reports(&options.out, &summary, events)?;
@@ -354,6 +373,11 @@ fn cached(options: &Options, job: &mut Job, events: &dyn Fn(&CiEvent)) -> bool {
 /// every image is then in the store, so that tests running at once do not
 /// build the same image twice.
 fn build(options: &Options, job: &mut Job, events: &dyn Fn(&CiEvent)) {
+    if options.stop.load(Ordering::SeqCst) {
+        job.entry.status = Status::Error;
+        job.entry.reason = Some(INTERRUPTED.to_owned());
+        return;
+    }
     let name = job.entry.name.clone();
     events(&CiEvent::Building { name: name.clone() });
     let start = Instant::now();
@@ -366,7 +390,21 @@ fn build(options: &Options, job: &mut Job, events: &dyn Fn(&CiEvent)) {
             .args(&options.build_args),
         &log,
     )
-    .and_then(|mut child| child.wait());
+    .and_then(|mut child| loop {
+        if let Some(status) = child.try_wait()? {
+            break Ok(status);
+        }
+        if options.stop.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            break child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    if options.stop.load(Ordering::SeqCst) {
+        job.entry.status = Status::Error;
+        job.entry.reason = Some(INTERRUPTED.to_owned());
+        return;
+    }
     match outcome {
         Ok(status) if status.success() => events(&CiEvent::Built {
             name,
@@ -418,6 +456,14 @@ fn test_all(options: &Options, jobs: &mut [Job], events: &dyn Fn(&CiEvent)) {
     let mut running: Vec<Running> = Vec::new();
     let mut told_waiting = None;
     loop {
+        if options.stop.load(Ordering::SeqCst) {
+            // Nothing more starts; what runs is stopped below.
+            for (i, n) in queue.drain(..) {
+                let mut attempt = failed_to_start(&jobs[i], n, INTERRUPTED.to_owned());
+                attempt.log = PathBuf::new();
+                finish(options, &mut jobs[i], attempt, events);
+            }
+        }
         while running.len() < options.jobs.max(1) {
             // The first waiting attempt whose cluster is not running: a
             // composition's attempts, and compositions of one cluster
@@ -461,11 +507,15 @@ fn test_all(options: &Options, jobs: &mut [Job], events: &dyn Fn(&CiEvent)) {
         while k < running.len() {
             let r = &mut running[k];
             let limit = jobs[r.job].limit;
+            let stopping = options.stop.load(Ordering::SeqCst);
             let status = match r.child.try_wait() {
-                Ok(Some(status)) => Some(Ok(status)),
-                Ok(None) if r.started.elapsed() > limit => {
-                    let _ = r.child.kill();
-                    let _ = r.child.wait();
+                Ok(Some(status)) if !stopping => Some(Ok(status)),
+                Ok(None) if !stopping && r.started.elapsed() <= limit => None,
+                waited => {
+                    if matches!(waited, Ok(None)) {
+                        let _ = r.child.kill();
+                        let _ = r.child.wait();
+                    }
                     // Its cluster may still run: take it down.
                     let _ = Command::new(&options.exe)
                         .arg("down")
@@ -474,10 +524,12 @@ fn test_all(options: &Options, jobs: &mut [Job], events: &dyn Fn(&CiEvent)) {
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
                         .status();
-                    Some(Err(limit))
+                    Some(Err(if stopping {
+                        Stopped::Interrupted
+                    } else {
+                        Stopped::TimedOut(limit)
+                    }))
                 }
-                Ok(None) => None,
-                Err(_) => Some(Err(limit)),
             };
             if let Some(status) = status {
                 let r = running.swap_remove(k);
@@ -549,7 +601,7 @@ fn failed_to_start(job: &Job, attempt: u32, why: String) -> Attempt {
 
 /// The attempt of a `testbed test` that ended (or was stopped after
 /// `limit`).
-fn ended(options: &Options, r: &Running, status: Result<ExitStatus, Duration>) -> Attempt {
+fn ended(options: &Options, r: &Running, status: Result<ExitStatus, Stopped>) -> Attempt {
     let abs = options.out.join(&r.folder);
     let log = r.folder.join("log.txt");
     let report: Option<TestReport> = fs::read_to_string(abs.join("report.json"))
@@ -561,7 +613,8 @@ fn ended(options: &Options, r: &Running, status: Result<ExitStatus, Duration>) -
         .then(|| r.folder.join("junit.xml"));
     let artifacts = files_under(&options.out, &abs.join("artifacts"));
     let (state, exit_code, reason) = match status {
-        Err(limit) => (
+        Err(Stopped::Interrupted) => (Status::Error, None, Some(INTERRUPTED.to_owned())),
+        Err(Stopped::TimedOut(limit)) => (
             Status::Error,
             None,
             Some(format!(
@@ -647,6 +700,9 @@ fn finish(options: &Options, job: &mut Job, attempt: Attempt, events: &dyn Fn(&C
 /// error if none ran its script. Several attempts that disagree are
 /// flaky, and the reason says so.
 fn outcome(all: &[Attempt]) -> (Status, Option<String>) {
+    if all.iter().any(|a| a.reason.as_deref() == Some(INTERRUPTED)) {
+        return (Status::Error, Some(INTERRUPTED.to_owned()));
+    }
     let passed = all.iter().filter(|a| a.status == Status::Passed).count();
     let status = if passed == all.len() {
         Status::Passed
@@ -811,6 +867,14 @@ mod tests {
             (Error, Some("no cluster".into()))
         );
         assert_eq!(outcome(&all(&[Error, Failed])), (Failed, None));
+        let mut stopped = all(&[Passed, Passed]);
+        stopped[1].status = Error;
+        stopped[1].reason = Some(INTERRUPTED.into());
+        assert_eq!(
+            outcome(&stopped),
+            (Error, Some(INTERRUPTED.into())),
+            "an interrupted run is not a flaky test"
+        );
     }
 
     #[test]

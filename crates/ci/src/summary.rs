@@ -104,6 +104,10 @@ pub struct Summary {
     pub duration: f64,
     /// Attempts per test (`--repeat`).
     pub repeat: u32,
+    /// Whether the run was stopped before its end (a signal): what had
+    /// not finished is an error saying so.
+    #[serde(default)]
+    pub interrupted: bool,
     pub entries: Vec<Entry>,
 }
 
@@ -115,7 +119,7 @@ impl Summary {
 
     /// Whether every test passed or was cached.
     pub fn passed(&self) -> bool {
-        self.entries.iter().all(|e| e.status.is_ok())
+        !self.interrupted && self.entries.iter().all(|e| e.status.is_ok())
     }
 
     /// The summary as pretty JSON.

@@ -188,6 +188,7 @@ fn the_report_renders_in_a_browser_with_its_entries_and_topologies() {
         started_at: 1_714_566_896.0,
         duration: 30.0,
         repeat: 1,
+        interrupted: false,
         entries: vec![passed, failed, cached],
     };
     let written = html::write(out, &summary).expect("write the report");

@@ -39,7 +39,7 @@ pub mod workspace_bins;
 pub use examples::{copy_example, repo_root};
 pub use net::free_tcp_port;
 pub use poll::{eventually, wait_until};
-pub use process::{is_alive, output_within, run_ok, text};
+pub use process::{is_alive, output_within, run_ok, text, wait_within};
 pub use registry::Registry;
 pub use robustness::{
     count_from_env, flip_bytes, fuzz_cases, record_robustness, replace_file, Fuzz, SeededRng,

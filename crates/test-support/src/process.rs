@@ -1,7 +1,7 @@
 //! Commands and processes.
 
 use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `cmd` and returns its standard output; fails the test, with the
@@ -25,12 +25,19 @@ pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
 /// had printed by then, after killing it. A hang then fails a test within
 /// minutes, with the output so far, instead of running into CI's limit.
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output, Output> {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    wait_within(child, limit)
+}
+
+/// [`output_within`] for a process already started (with its output
+/// piped, or what it printed is not in the result): waits at most
+/// `limit` from now.
+pub fn wait_within(mut child: Child, limit: Duration) -> Result<Output, Output> {
     let drain = |pipe: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();

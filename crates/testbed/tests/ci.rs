@@ -13,10 +13,12 @@
 mod support;
 
 use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::Env;
-use testbed_test_support::{chromium, text};
+use testbed_test_support::{chromium, eventually, text, wait_within};
 
 const COMPOSITION: &str = r#"
 [cluster]
@@ -207,4 +209,61 @@ fn ci_tests_each_composition_caches_the_passing_one_and_reports() {
         "{md}"
     );
     assert!(!env.running(), "no cluster left running");
+
+    // 4: Ctrl-C while a test runs: its cluster is taken down, the
+    // reports are still written, the exit status is 130.
+    interrupted(&env, &dirs);
+}
+
+/// `testbed ci` interrupted (SIGINT to it alone, as a cancelled CI job's
+/// SIGTERM would be) once its test's cluster is coming up.
+fn interrupted(env: &Env, dirs: &[&str]) {
+    let mut args = vec!["ci", ".", "--backend", "podman", "--rerun"];
+    args.extend_from_slice(dirs);
+    let child = support::testbed_command(&args, &env.comp)
+        .env("TESTBED_STORE", support::store())
+        .env("TESTBED_STATE_DIR", &env.state)
+        .env("XDG_CONFIG_HOME", env.comp.join(".config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The supervisor's API socket: a cluster is coming up.
+    let up = eventually(Duration::from_secs(300), || {
+        std::fs::read_dir(&env.state)
+            .is_ok_and(|d| d.flatten().any(|d| d.path().join("api.sock").exists()))
+    });
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = wait_within(child, Duration::from_secs(300))
+        .unwrap_or_else(|out| panic!("ci did not stop:\n{}", text(&out.stderr)));
+    let said = text(&out.stderr);
+    assert!(up, "no cluster came up within 300 s:\n{said}");
+    assert_eq!(out.status.code(), Some(130), "{said}");
+    assert!(
+        said.contains(
+            "interrupted: the tests under way were stopped and their clusters taken down"
+        ),
+        "{said}"
+    );
+    let written = env.comp.parent().unwrap().join("out/summary.json");
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(written).unwrap()).unwrap();
+    assert_eq!(summary["interrupted"], true, "{summary:#}");
+    let entries = summary["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["status"] == "error"
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("interrupted"))),
+        "{summary:#}"
+    );
+    assert!(
+        !env.running(),
+        "the interrupted test's cluster was taken down"
+    );
+    assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }

@@ -5,6 +5,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -98,6 +100,18 @@ pub fn run(args: &CiArgs) -> Outcome {
         })?,
     };
     let exe = std::env::current_exe().context("cannot find the testbed executable")?;
+    // Ctrl-C (which the tests under way get too), a CI job cancelled
+    // (SIGTERM), a closed terminal: the run stops its tests, takes their
+    // clusters down and still writes its reports.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install a signal handler")?;
+    }
     let options = Options {
         dir,
         out: args.out.clone(),
@@ -108,6 +122,7 @@ pub fn run(args: &CiArgs) -> Outcome {
         jobs: args.jobs as usize,
         build_args: build_args(&args.packages),
         test_args: test_args(&args.backend),
+        stop,
     };
     let summary =
         testbed_ci::run(&options, &|e| show(start, &args.out, e)).map_err(|e| match e {
@@ -123,6 +138,10 @@ pub fn run(args: &CiArgs) -> Outcome {
         outln!("{}", summary.to_json());
     } else {
         print_summary(&summary, &args.out);
+    }
+    if summary.interrupted {
+        errln!("interrupted: the tests under way were stopped and their clusters taken down");
+        return Err(Failure::Reported(130));
     }
     if summary.passed() {
         Ok(())
