@@ -267,3 +267,78 @@ fn interrupted(env: &Env, dirs: &[&str]) {
     );
     assert!(env.leftovers().is_empty(), "{:?}", env.leftovers());
 }
+
+/// What `testbed ci` says without running a cluster: a folder with no
+/// test is a usage error; a composition that does not load is an error
+/// entry pointing at its line (the run goes on and writes its reports);
+/// one without `[test]` is not a test; a `--out` that holds something
+/// else is refused and left as it was.
+#[test]
+fn ci_reports_broken_compositions_and_refuses_what_it_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let suite = tmp.path().join("suite");
+    std::fs::create_dir_all(suite.join("notest")).unwrap();
+    std::fs::write(
+        suite.join("notest/testbed.toml"),
+        "[cluster]\nname = \"quiet\"\n[roles.node]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let out_s = out.display().to_string();
+    let results = tmp.path().join("results").display().to_string();
+    let env = Env::at(tmp, suite.clone());
+    let args = ["ci", ".", "--out", &out_s, "--results", &results];
+
+    let run = env.testbed(&args);
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+    assert!(
+        text(&run.stderr).contains("no composition with a [test] under ."),
+        "{}",
+        text(&run.stderr)
+    );
+    assert!(
+        !out.exists(),
+        "nothing written when there is nothing to test"
+    );
+
+    std::fs::create_dir_all(suite.join("broken")).unwrap();
+    std::fs::write(
+        suite.join("broken/testbed.toml"),
+        "[cluster]\nname = \"broken\"\n[roles.node]\ncount = \"two\"\n[test]\nscript = \"t.rhai\"\n",
+    )
+    .unwrap();
+    let run = env.testbed(&args);
+    let said = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("1 test to consider (2 compositions found)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("broken: ERROR: invalid composition") && said.contains("testbed.toml:4:"),
+        "{said}"
+    );
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["entries"].as_array().map(Vec::len),
+        Some(1),
+        "{summary:#}"
+    );
+    assert_eq!(entry(&summary, "broken")["status"], "error");
+    let junit = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(junit.contains("errors=\"1\""), "{junit}");
+    assert!(out.join("broken/index.html").is_file());
+
+    let foreign = env.comp.parent().unwrap().join("precious");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let foreign_s = foreign.display().to_string();
+    let run = env.testbed(&["ci", ".", "--out", &foreign_s, "--results", &results]);
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("holds no earlier `testbed ci` output"));
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("notes.txt")).unwrap(),
+        "mine"
+    );
+}
