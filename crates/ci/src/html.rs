@@ -110,6 +110,9 @@ fn index_page(summary: &Summary) -> String {
         summary.repeat,
         escape(&summary.testbed_version),
     );
+    if summary.interrupted {
+        h.push_str("<p class=\"interrupted\" id=\"interrupted\">This run was interrupted: the tests under way were stopped and their clusters taken down; what did not finish is marked as an error.</p>\n");
+    }
     h.push_str("<h2>Tests</h2>\n");
     if summary.entries.is_empty() {
         h.push_str("<p class=\"missing\">No composition with a [test] was found.</p>\n");
@@ -647,6 +650,15 @@ mod tests {
         assert!(index.contains("invalid composition"));
         assert!(index.contains("<time>2024-05-01T12:34:56Z</time>"));
         assert!(index.contains("1 min 15 s"));
+        assert!(!index.contains("id=\"interrupted\""));
+        let mut stopped = s.clone();
+        stopped.interrupted = true;
+        let again = tempfile::tempdir().expect("tempdir");
+        write(again.path(), &stopped).expect("write");
+        let index = std::fs::read_to_string(again.path().join("index.html")).expect("index");
+        assert!(
+            index.contains("<p class=\"interrupted\" id=\"interrupted\">This run was interrupted")
+        );
         let page = std::fs::read_to_string(&written[1]).expect("cached page");
         assert!(page.contains("Not run: the same inputs passed before."));
         assert!(page.contains("The topology picture cached/topology.svg is missing"));

@@ -19,6 +19,9 @@ pub fn render(summary: &Summary) -> String {
         summary.count(Status::Cached),
         summary.duration
     );
+    if summary.interrupted {
+        out.push_str("**Interrupted**: what did not finish is marked as an error.\n\n");
+    }
     out.push_str("| composition | status | subtests | duration | note |\n");
     out.push_str("|---|---|---|---|---|\n");
     for e in &summary.entries {
