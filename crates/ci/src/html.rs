@@ -62,6 +62,7 @@ summary { cursor: pointer; }
 figure#topology { margin: 0.5rem 0; padding: 0.5rem; border: 1px solid #e2e8f0; display: inline-block; max-width: 100%; overflow-x: auto; }
 figure#topology svg { display: block; }
 .missing { color: #6b7280; font-style: italic; }
+.interrupted { background: #fef3c7; border: 1px solid #f59e0b; padding: 0.5rem; }
 .totals span { margin-right: 1.25rem; }
 section.attempt { border-top: 2px solid #e5e7eb; margin-top: 1.25rem; }
 code { font-size: 0.9em; }
