@@ -41,7 +41,8 @@ cargo test --locked --workspace --no-run
 # the users' tests, libvirt chaos and the benchmarks; `cache` was moved
 # to the first after. Of 325fecb (the `ci` test added to the second lane,
 # 109 s, and docker's moved to the first): the first 51.4 min, the second
-# 46.8, the whole suite 55.7; docker went back to the second after. A
+# 46.8, the whole suite 55.7; docker went back to the second after (of
+# c25704a: 46.3 and 47.6 min, the suite 51.3). A
 # test file not named here goes to the second lane. Each lane's lines are prefixed
 # with its name. Every invocation selects `--workspace`, so features are
 # unified as in the build above and nothing is compiled again.
