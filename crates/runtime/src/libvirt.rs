@@ -342,10 +342,18 @@ impl Entry<'_> {
     /// The paths of the boot files when the entry is complete, with each
     /// volume of its local file's size.
     fn complete(&self, sizes: &[u64]) -> Result<Option<Vec<String>>, LibvirtError> {
-        let what = format!("storage pool {POOL_NAME}");
-        self.pool
-            .refresh(0)
-            .map_err(self.host.storage_err(&what, "refresh"))?;
+        // A refresh sees what changed outside libvirt (a volume's file
+        // removed by hand). While a volume's upload finishes (another
+        // cluster's, often) libvirt refuses it: the pool is then in its own
+        // hands and its list of volumes is already current.
+        match self.pool.refresh(0) {
+            Ok(_) => {}
+            Err(e) if pool_busy(&e) => {}
+            Err(e) => {
+                let what = format!("storage pool {POOL_NAME}");
+                return Err(self.host.storage_err(&what, "refresh")(e));
+            }
+        }
         if self.lookup(&self.name(COMPLETE))?.is_none() {
             return Ok(None);
         }
@@ -408,6 +416,14 @@ impl Entry<'_> {
 
 fn is(e: &VirtError, code: ErrorNumber) -> bool {
     e.code().is(code)
+}
+
+/// libvirt's refusal to refresh a pool while one of its volumes has an
+/// asynchronous job (an upload's end) running. It has no error number of
+/// its own: an internal error with this message (libvirt's
+/// `storagePoolRefresh`).
+fn pool_busy(e: &VirtError) -> bool {
+    is(e, ErrorNumber::InternalError) && e.message().contains("asynchronous jobs")
 }
 
 impl LibvirtHost {

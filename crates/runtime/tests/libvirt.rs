@@ -13,7 +13,9 @@
 //!   (image upload, console, agent channel) runs over the network
 //!   transport;
 //! - an upload whose completion marker is missing is redone, never taken
-//!   as complete.
+//!   as complete; two clusters wanting one entry upload it once; an
+//!   uploader that died is taken over; an entry is found while another is
+//!   being uploaded (libvirt refuses to refresh a busy pool).
 //!
 //! The image is the Slurm example's `compute` role, built with the
 //! `testbed` CLI into the store the other VM tests share (so CI builds it
@@ -385,4 +387,71 @@ fn an_upload_whose_uploader_died_is_taken_over() {
         "the lock is gone"
     );
     host.remove_images(&key).expect("remove_images");
+}
+
+/// While one cluster uploads an entry (at the end of each volume's upload
+/// the pool has an asynchronous job running, and libvirt then refuses to
+/// refresh it), another finds its own, complete, entry without an error.
+/// (It used to fail with "pool 'testbed' has asynchronous jobs running".)
+#[test]
+fn an_entry_is_found_while_another_is_being_uploaded() {
+    let (busy, small) = (fake_entry(8), fake_entry(1));
+    let pid = std::process::id();
+    let small_key = format!("busy-small-{pid}");
+    let (a, b) = (connect(SYSTEM), connect(SYSTEM));
+    // What a failing round leaves in the pool goes too.
+    let _left = Leftovers(
+        (0..40)
+            .map(|round| format!("busy-{pid}-{round}"))
+            .chain([small_key.clone()])
+            .collect(),
+    );
+    assert!(
+        b.ensure_images(&small_key, small.path())
+            .expect("small")
+            .uploaded
+    );
+    let conn = virt::connect::Connect::open(Some(SYSTEM)).expect("connect");
+    let pool = conn.lookup_storage_pool_by_name(POOL_NAME).expect("pool");
+    // Looks that came right after a probe found the pool busy (the window
+    // lasts milliseconds: a few uploads of a small entry give some).
+    let mut in_window = 0;
+    for round in 0..40 {
+        let busy_key = format!("busy-{pid}-{round}");
+        std::thread::scope(|s| {
+            let upload = s.spawn(|| a.ensure_images(&busy_key, busy.path()));
+            while !upload.is_finished() {
+                let probe = pool.refresh(0);
+                let window = probe.is_err_and(|e| e.to_string().contains("asynchronous jobs"));
+                let found = b.ensure_images(&small_key, small.path());
+                let found = found.unwrap_or_else(|e| panic!("during another's upload: {e}"));
+                assert!(!found.uploaded);
+                in_window += u32::from(window);
+            }
+            assert!(upload.join().unwrap().expect("busy").uploaded);
+        });
+        a.remove_images(&busy_key).expect("remove busy");
+        if in_window >= 3 {
+            break;
+        }
+    }
+    assert!(
+        in_window > 0,
+        "no look came while the pool was busy: the test proved nothing"
+    );
+    b.remove_images(&small_key).expect("remove small");
+}
+
+/// Store keys whose volumes are removed from the system pool when dropped
+/// (a panicking test's too).
+struct Leftovers(Vec<String>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if let Ok(host) = LibvirtHost::connect(SYSTEM) {
+            for key in &self.0 {
+                let _ = host.remove_images(key);
+            }
+        }
+    }
 }
