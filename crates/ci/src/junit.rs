@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use testbed_driver::report::{escape, render_output};
+use testbed_driver::report::escape;
 
 use crate::summary::{Attempt, Entry, Status, Summary};
 
@@ -77,41 +77,9 @@ fn suite(out: &mut String, summary: &Summary, entry: &Entry, a: &Attempt) -> (us
     let (mut tests, mut failures, mut errors) = (0, 0, 0);
     match &a.report {
         Some(report) => {
-            for case in &report.cases {
-                tests += 1;
-                let _ = writeln!(
-                    cases,
-                    "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\">",
-                    escape(&case.name),
-                    escape(&name),
-                    case.duration.as_secs_f64()
-                );
-                if let Some(failure) = &case.failure {
-                    failures += 1;
-                    let first = failure.lines().next().unwrap_or_default();
-                    let _ = writeln!(
-                        cases,
-                        "      <failure message=\"{}\" type=\"failure\">{}</failure>",
-                        escape(first),
-                        escape(failure)
-                    );
-                }
-                if !case.output.is_empty() {
-                    let _ = writeln!(
-                        cases,
-                        "      <system-out>{}</system-out>",
-                        escape(&render_output(&case.output))
-                    );
-                }
-                cases.push_str("    </testcase>\n");
-            }
-            if !report.output.is_empty() {
-                let _ = writeln!(
-                    cases,
-                    "    <system-out>{}</system-out>",
-                    escape(&render_output(&report.output))
-                );
-            }
+            tests += report.cases.len();
+            failures += report.failures();
+            cases.push_str(&report.junit_cases(&name));
         }
         None => {
             tests += 1;

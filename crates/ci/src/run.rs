@@ -165,11 +165,11 @@ pub fn run(options: &Options, events: &dyn Fn(&CiEvent)) -> Result<Summary, CiEr
         write_topology(options, job)?;
         // A committed lock gives the key before any build: a cached test
         // costs no build.
-        settle_key(options, job, false);
+        settle_key(options, job, Moment::BeforeBuild);
         if pending(job) && !cached(options, job, events) {
             build(options, job, events);
             if job.entry.key.is_none() && pending(job) {
-                settle_key(options, job, true);
+                settle_key(options, job, Moment::AfterBuild);
                 if pending(job) {
                     cached(options, job, events);
                 }
@@ -308,10 +308,20 @@ fn memory(plan: &Plan) -> u64 {
         .sum()
 }
 
+/// When [`settle_key`] is asked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Moment {
+    /// Before any build: no key yet (no lock, a stale one) is no error.
+    BeforeBuild,
+    /// The images are built: a key must come out now, or the entry is in
+    /// error.
+    AfterBuild,
+}
+
 /// Sets the entry's result key when the images' keys can be known (a
-/// lock exists); `after_build`: a key must come out now, or the entry is
-/// in error.
-fn settle_key(options: &Options, job: &mut Job, after_build: bool) {
+/// lock exists).
+fn settle_key(options: &Options, job: &mut Job, moment: Moment) {
+    let after_build = moment == Moment::AfterBuild;
     let Some(comp) = &job.comp else { return };
     let keys = match key::image_keys(comp, &options.exe) {
         Ok(Some(keys)) => keys,

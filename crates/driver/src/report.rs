@@ -155,11 +155,24 @@ impl TestReport {
             ));
         }
         x.push_str("    </properties>\n");
+        x.push_str(&self.junit_cases(&self.name));
+        x.push_str("  </testsuite>\n</testsuites>\n");
+        x
+    }
+}
+
+impl TestReport {
+    /// The `testcase` elements of the subtests (their class named
+    /// `classname`) and the script's own output as the suite's
+    /// `system-out`: the body of a `testsuite`, here and in `testbed ci`'s
+    /// one file for a whole run.
+    pub fn junit_cases(&self, classname: &str) -> String {
+        let mut x = String::new();
         for case in &self.cases {
             x.push_str(&format!(
                 "    <testcase name=\"{}\" classname=\"{}\" time=\"{:.3}\">\n",
                 escape(&case.name),
-                escape(&self.name),
+                escape(classname),
                 case.duration.as_secs_f64()
             ));
             if let Some(failure) = &case.failure {
@@ -184,7 +197,6 @@ impl TestReport {
                 escape(&render_output(&self.output))
             ));
         }
-        x.push_str("  </testsuite>\n</testsuites>\n");
         x
     }
 }

@@ -163,25 +163,9 @@ impl DomainConfig {
     }
 }
 
-/// Escapes text for both XML character data and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Control characters other than tab and newline are not
-            // allowed in XML 1.0 at all, not even escaped; nothing testbed
-            // writes needs them.
-            c if c.is_control() && c != '\t' && c != '\n' => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// Escapes text for both XML character data and attribute values: the
+/// one escape of every XML file testbed writes.
+pub use testbed_model::xml::escape;
 
 fn path(p: &Path) -> String {
     escape(&p.to_string_lossy())
