@@ -12,7 +12,8 @@ use testbed_proto::{Activation, ActivationReport, Identity, ServiceFailure};
 use thiserror::Error;
 
 use crate::fsutil::{self, FsError};
-use crate::system::{self, SystemError};
+use crate::log::warning;
+use crate::system::{self, StartEnd, SystemError};
 
 #[derive(Debug, Error)]
 pub enum ActivationError {
@@ -243,38 +244,43 @@ pub fn apply(
     if writes_units {
         system::daemon_reload().map_err(system_error)?;
     }
-    // systemctl talks to systemd over D-Bus, which may not answer within
-    // its 25 s while systemd is busy (under TCG, with a node's units all
-    // starting): such a failure is asked again, a few times for the start
-    // (queueing the same start jobs again is harmless) and until the
-    // service deadline for the state.
-    let mut started = system::start_units(&activation.services);
+    // One blocking `systemctl start` of every unit: systemd orders them by
+    // their own dependencies and tells systemctl when each job is done,
+    // while nothing polls on the node's CPU. systemctl talks to systemd
+    // over D-Bus, which may not answer within its 25 s while systemd is
+    // busy (under TCG, with a node's units all starting): such a failure
+    // is asked again, a few times (queueing the same start jobs again is
+    // harmless). Past the service deadline, or once the jobs are done,
+    // each unit's state is read below.
+    let timeout = Duration::from_millis(activation.service_timeout_ms);
+    let start_deadline = Instant::now() + timeout;
+    let mut started = system::start_units_and_wait(&activation.services, start_deadline, cancelled);
     for _ in 0..2 {
         match &started {
-            Err(e) if e.to_string().contains("timed out") => {
-                started = system::start_units(&activation.services);
+            StartEnd::Done(Err(e)) if e.to_string().contains("timed out") => {
+                started =
+                    system::start_units_and_wait(&activation.services, start_deadline, cancelled);
             }
             _ => break,
         }
     }
-    if let Err(e) = started {
-        // Name the first unit systemd does not know, if that is the cause.
-        for unit in &activation.services {
-            if let Ok(status) = system::unit_status(unit) {
-                if status.has_failed() {
-                    return Err(ActivationError::Service {
-                        hostname,
-                        failure: failure(unit, &status),
-                    });
-                }
-            }
-        }
-        return Err(system_error(e));
+    match started {
+        StartEnd::Cancelled => return Err(ActivationError::Cancelled { hostname }),
+        // A job that failed (or could not be queued) is not the end: a
+        // service with `Restart=` may come up at its next try. Each unit's
+        // state below decides, as it does after the deadline.
+        StartEnd::Done(Err(e)) => warning!("{e}; waiting for each unit's own state"),
+        StartEnd::Done(Ok(())) | StartEnd::TimedOut => {}
     }
-    let timeout = Duration::from_millis(activation.service_timeout_ms);
-    for unit in &activation.services {
+    // The units seen up at once (the common case: one `systemctl show` for
+    // all); any other is watched below until it is up, skipped on purpose
+    // or failed, or its deadline.
+    let up_at_once: Vec<bool> = system::unit_statuses(&activation.services)
+        .map(|all| all.iter().map(system::UnitStatus::is_up).collect())
+        .unwrap_or_default();
+    for (i, unit) in activation.services.iter().enumerate() {
         let deadline = Instant::now() + timeout;
-        loop {
+        while !up_at_once.get(i).copied().unwrap_or(false) {
             let status = match system::unit_status(unit) {
                 Ok(status) => status,
                 Err(_) if Instant::now() < deadline => {
