@@ -669,5 +669,13 @@ mod tests {
         fs::write(dir.join(RAM_FILE), vec![0u8; 1024 * 1024]).unwrap();
         assert!(RoleSnapshot::find(tmp.path(), "k").is_some());
         assert!(RoleSnapshot::find(tmp.path(), "other").is_none());
+        // A complete entry under another key's name (its meta.json names
+        // "k"): a mismatch, not found.
+        let other = tmp.path().join("m");
+        fs::create_dir_all(&other).unwrap();
+        for file in [META_FILE, STATE_FILE, RAM_FILE] {
+            fs::copy(dir.join(file), other.join(file)).unwrap();
+        }
+        assert!(RoleSnapshot::find(tmp.path(), "m").is_none());
     }
 }
