@@ -96,14 +96,7 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
     let suite = start_tag(&xml, "testsuite").expect("a testsuite element");
     assert_eq!(attr(suite, "tests"), Some("6"), "{suite}");
     assert_eq!(attr(suite, "failures"), Some("0"), "{suite}");
-    for name in [
-        "every compute node is idle in sinfo",
-        "/home is shared over NFS",
-        "an array job spreads over every compute node",
-        "an MPI job runs across nodes",
-        "a crashed node goes down, its job is requeued, and it comes back",
-        "a partitioned node loses its controller until healed",
-    ] {
+    for name in support::SLURM_SUBTESTS {
         assert!(xml.contains(&format!("name=\"{name}\"")), "{name}: {xml}");
     }
     well_formed(&xml);

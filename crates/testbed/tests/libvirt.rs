@@ -24,16 +24,6 @@ use testbed_test_support::{text, Sshd};
 
 const SYSTEM: &str = "qemu:///system";
 
-/// The subtests of examples/slurm/test.rhai on a VM backend.
-const SLURM_SUBTESTS: [&str; 6] = [
-    "every compute node is idle in sinfo",
-    "/home is shared over NFS",
-    "an array job spreads over every compute node",
-    "an MPI job runs across nodes",
-    "a crashed node goes down, its job is requeued, and it comes back",
-    "a partitioned node loses its controller until healed",
-];
-
 fn virsh(args: &[&str]) -> String {
     let out = Command::new("virsh")
         .arg("-c")
@@ -97,7 +87,7 @@ fn the_slurm_example_passes_on_libvirt() {
         "{stderr}"
     );
     assert!(!env.running(), "the cluster is taken down after the test");
-    support::check_passed_reports(&junit, &json, "slurm", &SLURM_SUBTESTS);
+    support::check_passed_reports(&junit, &json, "slurm", &support::SLURM_SUBTESTS);
     let left: Vec<String> = domains()
         .into_iter()
         .filter(|d| d.starts_with("testbed-slurm-"))

@@ -358,6 +358,16 @@ pub fn attr<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
     Some(&attrs[start..end])
 }
 
+/// The subtests of `examples/slurm/test.rhai` on a VM backend, in order.
+pub const SLURM_SUBTESTS: [&str; 6] = [
+    "every compute node is idle in sinfo",
+    "/home is shared over NFS",
+    "an array job spreads over every compute node",
+    "an MPI job runs across nodes",
+    "a crashed node goes down, its job is requeued, and it comes back",
+    "a partitioned node loses its controller until healed",
+];
+
 /// Checks the reports `testbed test` wrote for an example that passed: a
 /// JUnit suite named `suite` whose test cases are `subtests`, in order,
 /// none failed, and a JSON report that says it passed, case by case.
