@@ -77,6 +77,7 @@ EOF
             mkdir -p /run/dbus
             rm -f /run/dbus/pid
             dbus-daemon --system --fork
+            bus_started=1
         fi
         if ! pgrep -x polkitd >/dev/null; then
             setsid /usr/lib/polkit-1/polkitd --no-debug >>/var/log/testbed-polkitd.log 2>&1 </dev/null &
@@ -86,6 +87,17 @@ EOF
             done
         fi
     fi
+fi
+
+# A libvirtd started before the system bus (an earlier run of this script
+# without --polkit-group) keeps failing every polkit check ("Unable to get
+# system bus connection"): stop it, so it starts again below, on the bus.
+if [ -n "${bus_started:-}" ] && pkill -x libvirtd; then
+    for _ in $(seq 1 100); do
+        pgrep -x libvirtd >/dev/null || break
+        sleep 0.1
+    done
+    rm -f /var/run/libvirtd.pid
 fi
 
 if [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ] && [ -n "$(pgrep -x virtlogd)" ] &&

@@ -208,6 +208,10 @@ fn a_foreign_network_of_the_same_name_is_reported_and_left_alone() {
     .unwrap();
     let env = Env::at(tmp, dir);
     let foreign = "testbed-twin-lan";
+    // This test's own network, left by a run of it that was killed.
+    let _ = std::process::Command::new("podman")
+        .args(["network", "rm", "-f", foreign])
+        .output();
     podman(&["network", "create", "--internal", foreign]);
     let out = env.testbed(&["up", "--backend", "podman"]);
     let said = text(&out.stderr);
