@@ -6,7 +6,8 @@
 #       (testbed's flags minus NICs and agent channel) until the serial
 #       console shows the `login:` prompt (getty, i.e. multi-user);
 #   (b) `testbed up --cold --scale compute=1` of a one-node composition (the
-#       example without its ctl role, so the same compute image) to all-ready;
+#       example without its ctl and nfs roles, so the same compute image) to
+#       all-ready;
 #   (b') the same `up` from the role's memory snapshot (docs/snapshots.md),
 #       and the restore itself (the supervisor log's "restored ... in Xs");
 #   (a), (b) and (b') alternate $BOOTS times and the medians are compared;
@@ -84,7 +85,7 @@ fi
 
 work=$(mktemp -d /tmp/tb-bench.XXXXXX)
 full=$work/full # the example as is: ctl + 4 compute
-one=$work/one   # the example without ctl: one compute node
+one=$work/one   # the example without ctl and nfs: one compute node
 bare_pid=
 sampler_pid=
 
@@ -144,11 +145,16 @@ phase() { echo "$1" >"$work/phase"; }
 # --- the two compositions ------------------------------------------------
 cp -r examples/slurm/. "$full"
 # Every file of the example (templates, scripts, the lock), then the ctl
-# role dropped: the compute role and everything else stay byte for byte,
+# and nfs roles dropped (compute mounts /home only on first use, which
+# nothing here makes): the compute role and everything else stay byte for byte,
 # so its image (a function of packages, files and the lock, never of role
 # names or counts) is the same store entry.
 cp -r examples/slurm/. "$one"
-awk '/^\[/ { skip = ($0 == "[roles.ctl]") } !skip' examples/slurm/testbed.toml |
+# (A line in brackets inside a """ string, such as a unit's [Mount], is
+# no table header.)
+awk '!instr && /^\[/ { skip = ($0 ~ /^\[roles\.(ctl|nfs)[].]/) }
+     !skip { print }
+     { if (gsub(/"""/, "&") % 2) instr = !instr }' examples/slurm/testbed.toml |
     sed 's/^name = "slurm"$/name = "slurm-one"/' >"$one/testbed.toml"
 # slurmd needs a SlurmctldHost; point it at the node itself.
 sed 's/roles\.ctl\[0\]/roles.compute[0]/g' examples/slurm/slurm.conf.j2 >"$one/slurm.conf.j2"
