@@ -198,14 +198,6 @@ pub fn daemon_reload() -> Result<(), SystemError> {
     run("systemctl", &["daemon-reload"]).map(drop)
 }
 
-/// Queues start jobs for all units at once and returns; systemd orders them
-/// by their own dependencies.
-pub fn start_units(units: &[String]) -> Result<(), SystemError> {
-    let mut args = vec!["start", "--no-block", "--"];
-    args.extend(units.iter().map(String::as_str));
-    run("systemctl", &args).map(drop)
-}
-
 /// How a blocking start of units ended.
 #[derive(Debug)]
 pub enum StartEnd {
