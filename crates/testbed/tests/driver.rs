@@ -87,7 +87,7 @@ fn the_example_test_passes_and_a_failing_script_leaves_artifacts() {
 
     // The example's own script, on the running cluster: it passes and the
     // cluster, running before, is left running.
-    let (out, junit, json) = env.test_with_reports();
+    let (out, junit, json) = env.test_with_reports(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(env.running(), "a cluster that was running is left running");
 

@@ -18,7 +18,7 @@ fn the_dask_example_passes_every_subtest() {
         let copied = &env.copied;
         assert!(copied.iter().any(|c| c == needed), "{needed} in {copied:?}");
     }
-    let (out, junit, json) = env.test_with_reports();
+    let (out, junit, json) = env.test_with_reports(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!env.running(), "the cluster is taken down after the test");
     assert!(

@@ -39,7 +39,7 @@ fn the_etcd_example_passes_every_subtest_in_rhai_and_in_python() {
     // use a cluster that is up and leave it up.
     let out = env.testbed(&["up"]);
     assert!(out.status.success(), "up: {}", text(&out.stderr));
-    let (out, junit, json) = env.test_with_reports();
+    let (out, junit, json) = env.test_with_reports(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     support::check_passed_reports(&junit, &json, "etcd", &SUBTESTS);
 

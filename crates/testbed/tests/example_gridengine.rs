@@ -22,7 +22,7 @@ const SUBTESTS: [&str; 4] = [
 #[test]
 fn the_gridengine_example_passes_every_subtest() {
     let env = &Env::example("gridengine");
-    let (out, junit, json) = env.test_with_reports();
+    let (out, junit, json) = env.test_with_reports(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(!env.running(), "the cluster is taken down after the test");
 

@@ -65,20 +65,13 @@ fn define_foreign(dir: &Path, name: &str) {
 #[test]
 fn the_slurm_example_passes_on_libvirt() {
     let env = &Env::example("slurm");
-    let junit = env.comp.join("report.xml");
-    let json = env.comp.join("report.json");
-    let out = env.testbed(&[
-        "test",
+    let (out, junit, json) = env.test_with_reports(&[
         "--backend",
         "libvirt",
         "--connect",
         SYSTEM,
         "--scale",
         "compute=2",
-        "--junit",
-        junit.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);

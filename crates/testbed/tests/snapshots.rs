@@ -167,17 +167,7 @@ fn the_slurm_example_passes_cold() {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let env = Env::example("slurm");
-    let (junit, json) = (env.comp.join("report.xml"), env.comp.join("report.json"));
-    let out = env.testbed(&[
-        "test",
-        "--cold",
-        "--scale",
-        "compute=2",
-        "--junit",
-        junit.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let (out, junit, json) = env.test_with_reports(&["--cold", "--scale", "compute=2"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let ready: Vec<&str> = stderr.lines().filter(|l| l.contains(" ready (")).collect();

@@ -277,18 +277,21 @@ impl Env {
         said
     }
 
-    /// `testbed test --junit report.xml --json report.json`, the reports in
-    /// the composition's folder: the output and the two reports' paths.
-    pub fn test_with_reports(&self) -> (Output, PathBuf, PathBuf) {
+    /// `testbed test ARGS... --junit report.xml --json report.json`, the
+    /// reports in the composition's folder: the output and the two
+    /// reports' paths.
+    pub fn test_with_reports(&self, args: &[&str]) -> (Output, PathBuf, PathBuf) {
         let junit = self.comp.join("report.xml");
         let json = self.comp.join("report.json");
-        let out = self.testbed(&[
-            "test",
+        let mut all = vec!["test"];
+        all.extend_from_slice(args);
+        all.extend([
             "--junit",
             junit.to_str().unwrap(),
             "--json",
             json.to_str().unwrap(),
         ]);
+        let out = self.testbed(&all);
         (out, junit, json)
     }
 
