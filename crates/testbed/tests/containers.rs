@@ -102,17 +102,7 @@ fn the_slurm_example_passes_on_podman_and_down_removes_only_what_it_made() {
     let env = &Env::example("slurm");
     let foreign = foreign_things("slurm", &env.comp);
     let images_before = all_tags();
-    let junit = env.comp.join("report.xml");
-    let json = env.comp.join("report.json");
-    let out = env.testbed(&[
-        "test",
-        "--backend",
-        "podman",
-        "--junit",
-        junit.to_str().unwrap(),
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let (out, junit, json) = env.test_with_reports(&["--backend", "podman"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("container engine: podman"), "{stderr}");
