@@ -12,7 +12,7 @@ use testbed_proto::{Activation, ActivationReport, Identity, ServiceFailure};
 use thiserror::Error;
 
 use crate::fsutil::{self, FsError};
-use crate::log::warning;
+use crate::log::{info, warning};
 use crate::system::{self, StartEnd, SystemError};
 
 #[derive(Debug, Error)]
@@ -187,12 +187,15 @@ pub fn apply(
     cancelled: &mut dyn FnMut(Duration) -> bool,
 ) -> Result<ActivationReport, ActivationError> {
     let start = Instant::now();
+    let mut phases = Phases::new();
     let hostname = activation.hostname.clone();
     let mut skipped = Vec::new();
     if let Some(identity) = &activation.identity {
         skipped = apply_identity(root, mutate_system, &hostname, identity)?;
     }
+    phases.end("identity");
     let files = write_files(root, activation)?;
+    phases.end("files");
     let mut report = ActivationReport {
         files,
         services: Vec::new(),
@@ -225,8 +228,10 @@ pub fn apply(
     if !system::link_is_up("lo") {
         system::run("ip", &["link", "set", "dev", "lo", "up"]).map_err(system_error)?;
     }
+    phases.end("hostname and addresses");
     if activation.services.is_empty() {
         report.elapsed_ms = elapsed_ms(start);
+        info!("activation of {hostname}: {}", phases.describe());
         return Ok(report);
     }
     // In a container the agent is started by the engine, not by systemd,
@@ -243,6 +248,7 @@ pub fn apply(
         .any(|f| f.path.starts_with("/etc/systemd/") || f.path.starts_with("/usr/lib/systemd/"));
     if writes_units {
         system::daemon_reload().map_err(system_error)?;
+        phases.end("daemon-reload");
     }
     // One blocking `systemctl start` of every unit: systemd orders them by
     // their own dependencies and tells systemctl when each job is done,
@@ -272,12 +278,12 @@ pub fn apply(
         StartEnd::Done(Err(e)) => warning!("{e}; waiting for each unit's own state"),
         StartEnd::Done(Ok(())) | StartEnd::TimedOut => {}
     }
-    // The units seen up at once (the common case: one `systemctl show` for
-    // all); any other is watched below until it is up, skipped on purpose
-    // or failed, or its deadline.
-    let up_at_once: Vec<bool> = system::unit_statuses(&activation.services)
-        .map(|all| all.iter().map(system::UnitStatus::is_up).collect())
-        .unwrap_or_default();
+    phases.end("systemctl start");
+    // The units seen up at once (the common case: one question to systemd
+    // for all); any other is watched below until it is up, skipped on
+    // purpose or failed, or its deadline.
+    let up_at_once = system::units_up_at_once(&activation.services);
+    phases.end("unit states");
     for (i, unit) in activation.services.iter().enumerate() {
         let deadline = Instant::now() + timeout;
         while !up_at_once.get(i).copied().unwrap_or(false) {
@@ -320,8 +326,45 @@ pub fn apply(
             report.services.push(unit.clone());
         }
     }
+    if up_at_once.iter().any(|up| !up) || up_at_once.len() != activation.services.len() {
+        phases.end("waiting for units");
+    }
     report.elapsed_ms = elapsed_ms(start);
+    info!("activation of {hostname}: {}", phases.describe());
     Ok(report)
+}
+
+/// How long each step of an activation took, for the agent's log (the
+/// journal): where a slow node spends its activation.
+struct Phases {
+    last: Instant,
+    done: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// The step `name` ended now.
+    fn end(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.done.push((name, now - self.last));
+        self.last = now;
+    }
+
+    fn describe(&self) -> String {
+        let total: Duration = self.done.iter().map(|(_, d)| *d).sum();
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(name, d)| format!("{name} {} ms", d.as_millis()))
+            .collect();
+        format!("{} ms ({})", total.as_millis(), steps.join(", "))
+    }
 }
 
 /// A unit's failure with its journal tail.

@@ -10,7 +10,8 @@
 //! request channel; `handlers` implements the requests; [`activate`]
 //! writes the node's files under a root prefix and calls [`system`], the
 //! thin layer that changes the running system (hostname, `ip`,
-//! `systemctl`).
+//! `systemctl`, and `sdbus`: unit states asked of systemd over its private
+//! socket, without starting a process).
 //!
 //! Invariants:
 //! - The agent never listens on a network socket: only whoever holds the
@@ -27,6 +28,7 @@ pub mod activate;
 mod fsutil;
 mod handlers;
 mod log;
+mod sdbus;
 pub mod session;
 pub mod system;
 

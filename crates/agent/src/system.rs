@@ -272,6 +272,51 @@ pub fn start_units_and_wait(
     }
 }
 
+/// Which of `units` are up, in their order, for units whose start jobs are
+/// known to have finished: asked of systemd over its private socket
+/// ([`crate::sdbus`]) when it answers and every unit is active (the common
+/// case, no process started), else from one `systemctl show`, which also
+/// tells a finished oneshot; empty if neither answers.
+pub fn units_up_at_once(units: &[String]) -> Vec<bool> {
+    let names: Vec<String> = units.iter().map(|u| full_unit_name(u)).collect();
+    let socket = Path::new(crate::sdbus::PRIVATE_SOCKET);
+    match crate::sdbus::list_units_by_names(socket, &names, std::time::Duration::from_secs(10)) {
+        Ok(states) if states.iter().all(|s| s.active == "active") => {
+            return vec![true; units.len()];
+        }
+        Ok(_) => {}
+        Err(e) => crate::log::info!(
+            "asking systemd over {}: {e}; asking systemctl",
+            socket.display()
+        ),
+    }
+    unit_statuses(units)
+        .map(|all| all.iter().map(UnitStatus::is_up).collect())
+        .unwrap_or_default()
+}
+
+/// A unit's full name: as given if it ends with a unit type, else a
+/// service (as systemctl reads a bare name).
+pub fn full_unit_name(unit: &str) -> String {
+    const TYPES: [&str; 11] = [
+        "service",
+        "socket",
+        "target",
+        "device",
+        "mount",
+        "automount",
+        "swap",
+        "timer",
+        "path",
+        "slice",
+        "scope",
+    ];
+    match unit.rsplit_once('.') {
+        Some((_, kind)) if TYPES.contains(&kind) => unit.to_owned(),
+        _ => format!("{unit}.service"),
+    }
+}
+
 /// The states of `units`, in their order, from one `systemctl show`; no
 /// job check (see [`unit_status`]): for units whose start jobs are known
 /// to have finished.
@@ -372,11 +417,7 @@ impl UnitStatus {
 
 pub fn unit_status(unit: &str) -> Result<UnitStatus, SystemError> {
     // A name without a type suffix is a service, as for systemctl itself.
-    let full = if unit.contains('.') {
-        unit.to_owned()
-    } else {
-        format!("{unit}.service")
-    };
+    let full = full_unit_name(unit);
     // The jobs first, then the state: a start job that runs between the
     // two reads is then seen as pending, never as "gone" next to the
     // state from before it ran (inactive, and a condition result of "no",
@@ -518,6 +559,16 @@ mod tests {
         // Not started yet: no condition checked, keep waiting.
         let pending = parse_unit_status("ActiveState=inactive\nLoadState=loaded\nConditionResult=yes\nConditionTimestampMonotonic=0\n");
         assert!(!pending.has_failed() && !pending.is_up());
+    }
+
+    #[test]
+    fn a_bare_name_is_a_service_and_a_typed_one_is_kept() {
+        assert_eq!(full_unit_name("munge"), "munge.service");
+        assert_eq!(full_unit_name("ssh.service"), "ssh.service");
+        assert_eq!(full_unit_name("home.automount"), "home.automount");
+        assert_eq!(full_unit_name("srv-home.mount"), "srv-home.mount");
+        // A dot that ends no unit type is part of a service's name.
+        assert_eq!(full_unit_name("etcd.v3"), "etcd.v3.service");
     }
 
     /// `systemctl show` of several units, as systemd 252 prints it (an

@@ -70,6 +70,17 @@ pub const JOURNALD_DROPIN: (&str, &str) = (
     "# Written by testbed: the root's writable layer is a tmpfs.\n[Journal]\nStorage=volatile\n",
 );
 
+/// sshd checks its configuration (`sshd -t`, Debian's `ExecStartPre=`)
+/// before it starts: under TCG that doubles the start of the one service
+/// every node runs, on the path of every activation. sshd itself refuses a
+/// bad configuration or key, and activation then names the failed unit
+/// with its journal, so the check adds nothing.
+pub const SSH_DROPIN: (&str, &str) = (
+    "/etc/systemd/system/ssh.service.d/testbed.conf",
+    "# Written by testbed: sshd -t before each start doubles it under TCG;\n\
+     # sshd refuses a bad configuration itself.\n[Service]\nExecStartPre=\n",
+);
+
 /// mmdebstrap's hooks that make `file://` repositories visible inside the
 /// chroot (Debian's mmdebstrap package ships them).
 const AUTOMOUNT_HOOKS: &str = "/usr/share/mmdebstrap/hooks/file-mirror-automount";
@@ -416,7 +427,7 @@ fn create_dirs(rootfs: &Path, dir: &Path) -> Result<()> {
 /// [`normalize`], in this order:
 ///
 /// 1. the trims of docs/boot.md ([`MASKED`] units masked, journald's
-///    [`JOURNALD_DROPIN`]), first so that a role's static file at one of
+///    [`JOURNALD_DROPIN`], sshd's [`SSH_DROPIN`]), first so that a role's static file at one of
 ///    those paths wins;
 /// 2. the role's static files and the agent binary;
 /// 3. every unit enabled by maintainer scripts disabled (activation starts
@@ -476,14 +487,16 @@ fn put_system_file(role: &str, rootfs: &Path, guest: &str, what: SystemFile<'_>)
 
 /// Masks [`MASKED`] (a link to `/dev/null` in `/etc/systemd/system`, which
 /// overrides the unit wherever it is installed and whoever wants it) and
-/// writes journald's drop-in.
+/// writes journald's and sshd's drop-ins.
 fn trim_units(role: &str, rootfs: &Path) -> Result<()> {
     for unit in MASKED {
         let guest = format!("/etc/systemd/system/{unit}");
         put_system_file(role, rootfs, &guest, SystemFile::Symlink("/dev/null"))?;
     }
-    let (path, content) = JOURNALD_DROPIN;
-    put_system_file(role, rootfs, path, SystemFile::File(content.as_bytes()))
+    for (path, content) in [JOURNALD_DROPIN, SSH_DROPIN] {
+        put_system_file(role, rootfs, path, SystemFile::File(content.as_bytes()))?;
+    }
+    Ok(())
 }
 
 /// The targets a unit's `[Install]` section says it is wanted by.
@@ -1073,6 +1086,10 @@ mod tests {
         let dropin = root.join(path.trim_start_matches('/'));
         assert_eq!(fs::read_to_string(&dropin).expect("drop-in"), content);
         assert!(content.contains("\nStorage=volatile\n"));
+        let (path, content) = SSH_DROPIN;
+        let ssh = fs::read_to_string(root.join(path.trim_start_matches('/'))).expect("drop-in");
+        assert_eq!(ssh, content);
+        assert!(content.ends_with("[Service]\nExecStartPre=\n"), "{content}");
         let conf_d = dropin.parent().expect("parent");
         assert_eq!(fs::metadata(conf_d).expect("stat").mode() & 0o7777, 0o755);
         // Generated secrets and host keys go, the configuration stays.
