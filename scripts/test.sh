@@ -22,79 +22,96 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== cargo test and the benchmarks, in two lanes at once"
+echo "== cargo test and the benchmarks, in three lanes at once"
 # Tests append their robustness figures (the secrets scan, ...) here;
 # printed at the end.
 robustness="$target/tmp/robustness.txt"
 rm -f "$robustness"
 cargo test --locked --workspace --no-run
 # One `cargo test` runs its test binaries one after the other, and most of
-# them wait on guests (timeouts in the scenarios, package downloads) with
-# half the CPU idle (measured: 50 % on average over a run). So two lanes
-# run at once, split where they cannot meet: the QEMU clusters of the
-# testbed package in one; podman, libvirt, the image builds, every other
-# crate and the benchmarks in the other (the podman and libvirt tests list
-# the engines' global names, so they stay in one lane; `packages`, which
-# builds into a store of its own, and `cache` (builds, a registry, no VM)
-# are in the first for balance. Measured from fresh clones: on 2026-12-07
-# (commit c30b4bc) the first lane took 49 min, the second 51 with docker,
-# the users' tests, libvirt chaos and the benchmarks; `cache` was moved
-# to the first after. Of 325fecb (the `ci` test added to the second lane,
-# 109 s, and docker's moved to the first): the first 51.4 min, the second
-# 46.8, the whole suite 55.7; docker went back to the second after (of
-# c25704a: 46.3 and 47.6 min, the suite 51.3). Of 4ac906a, with the
-# Slurm example's `--cold` test (~6 min) in the first lane and activation
-# twice as fast, the first lane took 45.5 min. A
-# test file not named here goes to the second lane. Each lane's lines are prefixed
-# with its name. Every invocation selects `--workspace`, so features are
-# unified as in the build above and nothing is compiled again.
-qemu_tests=(cache chaos_vms cli cluster driver example_dask example_etcd example_gridengine packages python rootless snapshots test_verb)
-mapfile -t other_tests < <(cargo metadata --locked --no-deps --format-version 1 | python3 -c '
+# them wait on guests (timeouts in the scenarios, sleeps in the examples'
+# jobs) with the CPU idle: in the two lanes of 2026-12-07, each test took as
+# long as when it ran alone. So three lanes run at once, split where they
+# cannot meet:
+# - `engines`: every test that uses podman, docker or libvirt (they list
+#   the engines' global names: containers, networks, domains, volumes, so
+#   they never run beside each other), then the container benchmark (it
+#   starts podman containers of its own);
+# - `qemu`: QEMU clusters of the testbed package, after the image build
+#   benchmark (it builds into an empty store of its own, 1 GiB for a
+#   while, which fits before the tests fill the disk with their images and
+#   snapshots; CI's disk once had 1.8 GiB left after them);
+# - `rest`: every other test (the other QEMU clusters, the users' tests,
+#   the image builds, every other crate's tests, the doc tests), then the
+#   cluster benchmark, on the store the tests filled (the images and
+#   snapshots it shares with them are not built again), with the very
+#   testbed the tests use: a `cargo build` of it here would build the agent
+#   without the tests' dev-dependencies, and the agent's digest is part of
+#   every image key.
+# A test that uses podman, docker or libvirt must be named in
+# `engine_tests`; a test file named nowhere goes to `rest`. The QEMU tests
+# only ever look at their own clusters (their state folders), so they may
+# run in two lanes. Measured from fresh clones: with two lanes, of
+# c25704a 46.3 and 47.6 min, the suite 51.3; of 4ac906a the first lane
+# 45.5 min. Each lane's lines are prefixed with its name. Every invocation
+# selects `--workspace`, so features are unified as in the build above and
+# nothing is compiled again.
+qemu_tests=(cache cli cluster example_dask example_etcd snapshots test_verb)
+engine_tests=(ci conformance containers containers_chaos docker libvirt libvirt_chaos libvirt_users)
+mapfile -t rest_tests < <(cargo metadata --locked --no-deps --format-version 1 | python3 -c '
 import json, sys
-qemu = set(sys.argv[1:])
+named = set(sys.argv[1:])
 names = {t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "test" in t["kind"]}
-print("\n".join(sorted(names - qemu)))' "${qemu_tests[@]}")
+print("\n".join(sorted(names - named)))' "${qemu_tests[@]}" "${engine_tests[@]}")
 lane() {
     local name=$1
     shift
-    "$@" 2>&1 | sed -u "s/^/[$name] /"
+    (
+        rc=0
+        "$@" || rc=$?
+        echo "== the $name lane ended after $((SECONDS - lane_start)) s"
+        exit $rc
+    ) 2>&1 | sed -u "s/^/[$name] /"
     return "${PIPESTATUS[0]}"
-}
-qemu_lane() {
-    cargo test --locked --workspace --no-fail-fast "${qemu_tests[@]/#/--test=}"
 }
 # The benchmarks run in their smoke mode (every step once: a broken
 # benchmark fails CI; the numbers mean little, the more so beside the
-# other lane). The image build benchmark first: it builds into an empty
-# store of its own (1 GiB for a while), which fits before the tests fill
-# the disk with their images and snapshots (CI's disk once had 1.8 GiB
-# left after them). The cluster benchmarks last, on the store the tests
-# filled (the images and snapshots they share are not built again), with
-# the very testbed the tests use: a `cargo build` of it here would build
-# the agent without the tests' dev-dependencies, and the agent's digest is
-# part of every image key.
-other_lane() {
-    local rc=0 store
-    store="$(realpath "$target")/tmp/store"
+# other lanes).
+qemu_lane() {
+    local rc=0
     echo "== the image build benchmark"
     SMOKE=1 bench/image-build.sh || rc=1
-    cargo test --locked --workspace --no-fail-fast --lib --bins "${other_tests[@]/#/--test=}" || rc=1
+    cargo test --locked --workspace --no-fail-fast "${qemu_tests[@]/#/--test=}" || rc=1
+    return $rc
+}
+rest_lane() {
+    local rc=0 store
+    store="$(realpath "$target")/tmp/store"
+    cargo test --locked --workspace --no-fail-fast --lib --bins "${rest_tests[@]/#/--test=}" || rc=1
     cargo test --locked --workspace --no-fail-fast --doc || rc=1
-    echo "== the cluster benchmarks"
+    echo "== the cluster benchmark"
     TESTBED_BIN="$target/debug/testbed" TESTBED_STORE="$store" SMOKE=1 bench/cluster.sh || rc=1
+    return $rc
+}
+engines_lane() {
+    local rc=0 store
+    store="$(realpath "$target")/tmp/store"
+    cargo test --locked --workspace --no-fail-fast "${engine_tests[@]/#/--test=}" || rc=1
+    echo "== the container benchmark"
     TESTBED_BIN="$target/debug/testbed" TESTBED_STORE="$store" SMOKE=1 bench/containers.sh || rc=1
     return $rc
 }
 lane_start=$SECONDS
-lane qemu qemu_lane &
-qemu_pid=$!
-lane other other_lane &
-other_pid=$!
 rc=0
-wait "$qemu_pid" || rc=1
-echo "== the qemu lane ended after $((SECONDS - lane_start)) s"
-wait "$other_pid" || rc=1
-echo "== both lanes ended after $((SECONDS - lane_start)) s"
+pids=()
+for name in qemu rest engines; do
+    lane "$name" "${name}_lane" &
+    pids+=("$!")
+done
+for i in 0 1 2; do
+    wait "${pids[$i]}" || rc=1
+done
+echo "== the three lanes ended after $((SECONDS - lane_start)) s"
 if ((rc != 0)); then
     echo "== a lane failed (search its output above for FAILED, 'panicked' and 'error')" >&2
     exit 1
