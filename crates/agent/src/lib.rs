@@ -9,7 +9,8 @@
 //! Layout: [`session`] reads frames and routes them to one thread per
 //! request channel; `handlers` implements the requests; [`activate`]
 //! writes the node's files under a root prefix and calls [`system`], the
-//! thin layer that changes the running system (hostname, `ip`,
+//! thin layer that changes the running system (hostname, links and
+//! addresses over rtnetlink (`netlink`, `ip` where that fails),
 //! `systemctl`, and `sdbus`: unit states asked of systemd over its private
 //! socket, without starting a process).
 //!
@@ -28,6 +29,7 @@ pub mod activate;
 mod fsutil;
 mod handlers;
 mod log;
+mod netlink;
 mod sdbus;
 pub mod session;
 pub mod system;

@@ -118,10 +118,26 @@ fn reseed(urandom: &fs::File) -> io::Result<()> {
     unsafe { ioctl(urandom, NoArg::<RNDRESEEDCRNG>::new()) }.map_err(io::Error::from)
 }
 
-/// Gives the interface that has MAC `from` the address `to`.
+/// Gives the interface that has MAC `from` the address `to` (over
+/// rtnetlink; with `ip` if that fails).
 pub fn set_mac(sys_class_net: &Path, from: &str, to: &str) -> Result<(), SystemError> {
     let name = interface_by_mac(sys_class_net, from)?;
-    run("ip", &["link", "set", "dev", &name, "address", to]).map(drop)
+    let fast = || -> io::Result<()> {
+        let mac = crate::netlink::parse_mac(to)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a MAC"))?;
+        let change = crate::netlink::LinkChange {
+            mac: Some(mac),
+            ..Default::default()
+        };
+        crate::netlink::set_link(crate::netlink::index_of(&name)?, &change)
+    };
+    match fast() {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            crate::log::info!("{name}'s MAC over rtnetlink: {e}; with ip");
+            run("ip", &["link", "set", "dev", &name, "address", to]).map(drop)
+        }
+    }
 }
 
 /// Finds the interface with this MAC in a `/sys/class/net`-shaped folder.
@@ -149,13 +165,43 @@ pub fn interface_by_mac(sys_class_net: &Path, mac: &str) -> Result<String, Syste
         })
 }
 
-/// Brings a link up with its addresses. `ip addr replace` keeps this
-/// idempotent, so a repeated activation (after an agent restart) succeeds.
+/// Brings a link up with its addresses. Replacing addresses (as `ip addr
+/// replace`) keeps this idempotent, so a repeated activation (after an
+/// agent restart) succeeds. Over rtnetlink, without starting a process;
+/// if any of that fails (a container that may not change its links), with
+/// `ip`, asking only for what is missing.
 pub fn configure_interface(
     name: &str,
     addresses: &[String],
     mtu: Option<u32>,
 ) -> Result<(), SystemError> {
+    let fast = || -> io::Result<()> {
+        let index = crate::netlink::index_of(name)?;
+        if let Some(mtu) = mtu {
+            let change = crate::netlink::LinkChange {
+                mtu: Some(mtu),
+                ..Default::default()
+            };
+            crate::netlink::set_link(index, &change)?;
+        }
+        for address in addresses {
+            let (ip, prefix) = crate::netlink::parse_cidr(address)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, address.clone()))?;
+            crate::netlink::replace_address(index, ip, prefix)?;
+        }
+        if !link_is_up(name) {
+            let change = crate::netlink::LinkChange {
+                up: true,
+                ..Default::default()
+            };
+            crate::netlink::set_link(index, &change)?;
+        }
+        Ok(())
+    };
+    match fast() {
+        Ok(()) => return Ok(()),
+        Err(e) => crate::log::info!("{name}'s addresses over rtnetlink: {e}; with ip"),
+    }
     if let Some(mtu) = mtu {
         run("ip", &["link", "set", "dev", name, "mtu", &mtu.to_string()])?;
     }

@@ -124,6 +124,14 @@ fn clones_of_a_role_snapshot_are_distinct_machines_and_a_bad_snapshot_means_a_bo
     );
     // The switch learnt the new MACs.
     exec(&env, "node1", "ping -c1 -W5 node2");
+    // The agent set the MAC and the address over rtnetlink and read the
+    // units' states from systemd's socket, not through the slower
+    // fallbacks (`ip`, `systemctl show`), and logged its steps.
+    let journal = exec(&env, "node2", "journalctl -u testbed-agent --no-pager -o cat");
+    assert!(journal.contains("activation of node2: "), "{journal}");
+    for fallback in ["over rtnetlink", "asking systemctl"] {
+        assert!(!journal.contains(fallback), "{fallback}: {journal}");
+    }
     // The console log shows the boot the clone skipped, and says so.
     let out = env.testbed(&["logs", "node2"]);
     let log = text(&out.stdout);
