@@ -13,9 +13,32 @@
 //! unexpected is an error, and the caller falls back to `systemctl`.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a call may go unanswered before systemd is made to read again.
+const NUDGE_AFTER: Duration = Duration::from_millis(50);
+
+/// Whether a message (or part of one) is there to read: in the reader's
+/// buffer or on the socket.
+fn readable(reader: &BufReader<UnixStream>, fd: BorrowedFd<'_>) -> io::Result<bool> {
+    if !reader.buffer().is_empty() {
+        return Ok(true);
+    }
+    let mut byte = [0u8; 1];
+    match rustix::net::recv(
+        fd,
+        &mut byte[..],
+        rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+    ) {
+        // 0 bytes: the end of the stream, which the read then reports.
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::AGAIN) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// systemd's private socket: peer-to-peer D-Bus with PID 1, for root.
 pub const PRIVATE_SOCKET: &str = "/run/systemd/private";
@@ -36,25 +59,57 @@ pub fn list_units_by_names(
     units: &[String],
     timeout: Duration,
 ) -> io::Result<Vec<UnitState>> {
+    let deadline = Instant::now() + timeout;
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
-    authenticate(
-        &mut reader,
-        &mut writer,
-        rustix::process::geteuid().as_raw(),
-    )?;
+    let uid = rustix::process::geteuid().as_raw();
+    authenticate(&mut reader, &mut writer, uid)?;
     let call = method_call(
         1,
         "/org/freedesktop/systemd1",
         "org.freedesktop.systemd1.Manager",
         "ListUnitsByNames",
-        units,
+        Some(units),
     );
     writer.write_all(&call)?;
-    let reply = read_message(&mut reader)?;
+    // systemd (252) reads the first 256 bytes of a connection at once; a
+    // call that arrived whole in them, with the end of the authentication,
+    // waits there until more bytes come (seen with calls of one or two
+    // units). So when nothing comes back for a while, a `Ping` (answered,
+    // and its answer skipped) makes it read again.
+    let mut serial = 1;
+    let mut nudged = Instant::now();
+    let reply = loop {
+        if readable(&reader, writer.as_fd())? {
+            let msg = read_message(&mut reader)?;
+            if msg.reply_serial() == Some(1) {
+                break msg;
+            }
+            continue;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "systemd did not answer",
+            ));
+        }
+        if now - nudged >= NUDGE_AFTER {
+            serial += 1;
+            writer.write_all(&method_call(
+                serial,
+                "/org/freedesktop/systemd1",
+                "org.freedesktop.DBus.Peer",
+                "Ping",
+                None,
+            ))?;
+            nudged = now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let body = reply_body(&reply, 1)?;
     let states = parse_unit_list(body)?;
     if states.len() != units.len() {
@@ -129,22 +184,33 @@ fn put_field(buf: &mut Vec<u8>, code: u8, sig: &str, value: &str) {
     }
 }
 
-/// A method call whose one argument is an array of strings (`as`).
-fn method_call(serial: u32, path: &str, interface: &str, member: &str, args: &[String]) -> Vec<u8> {
+/// A method call whose one argument is an array of strings (`as`), or
+/// that has none.
+fn method_call(
+    serial: u32,
+    path: &str,
+    interface: &str,
+    member: &str,
+    args: Option<&[String]>,
+) -> Vec<u8> {
     let mut body = Vec::new();
-    put_u32(&mut body, 0);
-    for arg in args {
-        put_str(&mut body, arg);
+    if let Some(args) = args {
+        put_u32(&mut body, 0);
+        for arg in args {
+            put_str(&mut body, arg);
+        }
+        let len = u32::try_from(body.len() - 4).unwrap_or(u32::MAX);
+        body[..4].copy_from_slice(&len.to_le_bytes());
     }
-    let len = u32::try_from(body.len() - 4).unwrap_or(u32::MAX);
-    body[..4].copy_from_slice(&len.to_le_bytes());
 
     let mut fields = Vec::new();
     put_field(&mut fields, 1, "o", path);
     put_field(&mut fields, 2, "s", interface);
     put_field(&mut fields, 3, "s", member);
     put_field(&mut fields, 6, "s", "org.freedesktop.systemd1");
-    put_field(&mut fields, 8, "g", "as");
+    if args.is_some() {
+        put_field(&mut fields, 8, "g", "as");
+    }
 
     let mut msg = vec![b'l', 1, 0, 1];
     msg.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -221,6 +287,18 @@ fn read_message(reader: &mut impl Read) -> io::Result<Message> {
         fields,
         body,
     })
+}
+
+impl Message {
+    /// The serial of the call this message answers, if it is an answer.
+    fn reply_serial(&self) -> Option<u32> {
+        self.fields
+            .iter()
+            .find_map(|(code, value)| match (code, value) {
+                (5, Field::Number(n)) => Some(*n),
+                _ => None,
+            })
+    }
 }
 
 /// The body of the reply to call `serial`, or the error systemd sent.
@@ -392,7 +470,7 @@ mod tests {
             "/org/freedesktop/systemd1",
             "org.freedesktop.systemd1.Manager",
             "ListUnitsByNames",
-            &["ssh.service".to_owned(), "munge.service".to_owned()],
+            Some(&["ssh.service".to_owned(), "munge.service".to_owned()]),
         );
         assert_eq!(&msg[..4], &[b'l', 1, 0, 1]);
         let body_len = u32::from_le_bytes(msg[4..8].try_into().unwrap()) as usize;
@@ -492,6 +570,71 @@ mod tests {
         let mut body = unit_list(&[("a.service", "loaded", "active", "running")]);
         body[..4].copy_from_slice(&1000u32.to_le_bytes());
         assert!(parse_unit_list(&body).is_err());
+    }
+
+    /// A fake systemd on a socket that, like systemd 252 with a call
+    /// that arrived with the end of the authentication, answers the call
+    /// only once more bytes come (the `Ping`), and answers the ping first.
+    #[test]
+    fn a_call_systemd_sits_on_is_answered_after_a_ping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let mut nul = [0u8; 1];
+            reader.read_exact(&mut nul).unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            assert!(line.starts_with("AUTH EXTERNAL "), "{line:?}");
+            writer.write_all(b"OK 0123456789abcdef\r\n").unwrap();
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            assert_eq!(line, "BEGIN\r\n");
+            let call = read_message(&mut reader).unwrap();
+            assert_eq!(call.kind, 1);
+            let ping = read_message(&mut reader).unwrap();
+            let member = ping
+                .fields
+                .iter()
+                .find(|(c, _)| *c == 3)
+                .map(|(_, v)| v.clone());
+            assert_eq!(member, Some(Field::Text("Ping".to_owned())));
+            assert!(ping.body.is_empty());
+            writer.write_all(&reply(2, "", &[])).unwrap();
+            let body = unit_list(&[("ssh.service", "loaded", "active", "running")]);
+            writer.write_all(&reply(1, "a(ssssssouso)", &body)).unwrap();
+        });
+        let states =
+            list_units_by_names(&path, &["ssh.service".to_owned()], Duration::from_secs(10))
+                .unwrap();
+        assert_eq!(states.len(), 1);
+        assert_eq!(states[0].active, "active");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_socket_that_never_answers_is_an_error_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 64];
+            let _ = stream.read(&mut buf);
+            stream.write_all(b"OK 0123456789abcdef\r\n").unwrap();
+            // Reads everything, answers nothing, until the client leaves.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+        });
+        let start = Instant::now();
+        let err = list_units_by_names(&path, &["a.service".to_owned()], Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        server.join().unwrap();
     }
 
     #[test]

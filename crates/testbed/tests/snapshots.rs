@@ -127,7 +127,11 @@ fn clones_of_a_role_snapshot_are_distinct_machines_and_a_bad_snapshot_means_a_bo
     // The agent set the MAC and the address over rtnetlink and read the
     // units' states from systemd's socket, not through the slower
     // fallbacks (`ip`, `systemctl show`), and logged its steps.
-    let journal = exec(&env, "node2", "journalctl -u testbed-agent --no-pager -o cat");
+    let journal = exec(
+        &env,
+        "node2",
+        "journalctl -u testbed-agent --no-pager -o cat",
+    );
     assert!(journal.contains("activation of node2: "), "{journal}");
     for fallback in ["over rtnetlink", "asking systemctl"] {
         assert!(!journal.contains(fallback), "{fallback}: {journal}");
