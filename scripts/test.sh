@@ -53,7 +53,10 @@ cargo test --locked --workspace --no-run
 # only ever look at their own clusters (their state folders), so they may
 # run in two lanes. Measured from fresh clones: with two lanes, of
 # c25704a 46.3 and 47.6 min, the suite 51.3; of 4ac906a the first lane
-# 45.5 min. Each lane's lines are prefixed with its name. Every invocation
+# 45.5 min; with these three, of 74503d2 (faster activation too): qemu
+# 32.2, engines 34.8, rest 36.0 min, the suite 39.5 (2372 s; the CPU was
+# then busy nearly all the time, so a fourth lane would gain little).
+# Each lane's lines are prefixed with its name. Every invocation
 # selects `--workspace`, so features are unified as in the build above and
 # nothing is compiled again.
 qemu_tests=(cache cli cluster example_dask example_etcd snapshots test_verb)
