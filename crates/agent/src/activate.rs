@@ -225,9 +225,7 @@ pub fn apply(
             .map_err(system_error)?;
     }
     // Loopback is normally up already; make sure, since services bind to it.
-    if !system::link_is_up("lo") {
-        system::run("ip", &["link", "set", "dev", "lo", "up"]).map_err(system_error)?;
-    }
+    system::configure_interface("lo", &[], None).map_err(system_error)?;
     phases.end("hostname and addresses");
     if activation.services.is_empty() {
         report.elapsed_ms = elapsed_ms(start);

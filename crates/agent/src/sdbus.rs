@@ -290,21 +290,24 @@ fn read_message(reader: &mut impl Read) -> io::Result<Message> {
 }
 
 impl Message {
+    /// The value of header field `code`, if the message has it.
+    fn field(&self, code: u8) -> Option<&Field> {
+        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v)
+    }
+
     /// The serial of the call this message answers, if it is an answer.
     fn reply_serial(&self) -> Option<u32> {
-        self.fields
-            .iter()
-            .find_map(|(code, value)| match (code, value) {
-                (5, Field::Number(n)) => Some(*n),
-                _ => None,
-            })
+        match self.field(5) {
+            Some(Field::Number(n)) => Some(*n),
+            _ => None,
+        }
     }
 }
 
 /// The body of the reply to call `serial`, or the error systemd sent.
 fn reply_body(msg: &Message, serial: u32) -> io::Result<&[u8]> {
-    let field = |code| msg.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v);
-    if field(5) != Some(&Field::Number(serial)) {
+    let field = |code| msg.field(code);
+    if msg.reply_serial() != Some(serial) {
         return Err(invalid("a reply to another call".to_owned()));
     }
     match msg.kind {
@@ -572,16 +575,29 @@ mod tests {
         assert!(parse_unit_list(&body).is_err());
     }
 
+    /// A socket in a temporary folder whose first connection `serve`
+    /// answers on a thread of its own: the folder (kept while the test
+    /// runs), the socket's path and the thread.
+    fn fake_systemd(
+        serve: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::thread::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || serve(listener.accept().unwrap().0));
+        (dir, path, server)
+    }
+
     /// A fake systemd on a socket that, like systemd 252 with a call
     /// that arrived with the end of the authentication, answers the call
     /// only once more bytes come (the `Ping`), and answers the ping first.
     #[test]
     fn a_call_systemd_sits_on_is_answered_after_a_ping() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("private");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (stream, _) = listener.accept().unwrap();
+        let (_dir, path, server) = fake_systemd(|stream| {
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut writer = stream;
             let mut nul = [0u8; 1];
@@ -596,12 +612,7 @@ mod tests {
             let call = read_message(&mut reader).unwrap();
             assert_eq!(call.kind, 1);
             let ping = read_message(&mut reader).unwrap();
-            let member = ping
-                .fields
-                .iter()
-                .find(|(c, _)| *c == 3)
-                .map(|(_, v)| v.clone());
-            assert_eq!(member, Some(Field::Text("Ping".to_owned())));
+            assert_eq!(ping.field(3), Some(&Field::Text("Ping".to_owned())));
             assert!(ping.body.is_empty());
             writer.write_all(&reply(2, "", &[])).unwrap();
             let body = unit_list(&[("ssh.service", "loaded", "active", "running")]);
@@ -617,11 +628,7 @@ mod tests {
 
     #[test]
     fn a_socket_that_never_answers_is_an_error_in_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("private");
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
+        let (_dir, path, server) = fake_systemd(|mut stream| {
             let mut buf = [0u8; 64];
             let _ = stream.read(&mut buf);
             stream.write_all(b"OK 0123456789abcdef\r\n").unwrap();

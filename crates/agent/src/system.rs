@@ -177,26 +177,21 @@ pub fn configure_interface(
 ) -> Result<(), SystemError> {
     let fast = || -> io::Result<()> {
         let index = crate::netlink::index_of(name)?;
-        if let Some(mtu) = mtu {
-            let change = crate::netlink::LinkChange {
-                mtu: Some(mtu),
-                ..Default::default()
-            };
-            crate::netlink::set_link(index, &change)?;
-        }
         for address in addresses {
             let (ip, prefix) = crate::netlink::parse_cidr(address)
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, address.clone()))?;
             crate::netlink::replace_address(index, ip, prefix)?;
         }
-        if !link_is_up(name) {
-            let change = crate::netlink::LinkChange {
-                up: true,
-                ..Default::default()
-            };
-            crate::netlink::set_link(index, &change)?;
+        // The MTU and the up flag in one request.
+        let change = crate::netlink::LinkChange {
+            mac: None,
+            mtu,
+            up: !link_is_up(name),
+        };
+        if change == crate::netlink::LinkChange::default() {
+            return Ok(());
         }
-        Ok(())
+        crate::netlink::set_link(index, &change)
     };
     match fast() {
         Ok(()) => return Ok(()),

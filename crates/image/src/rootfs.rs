@@ -427,8 +427,8 @@ fn create_dirs(rootfs: &Path, dir: &Path) -> Result<()> {
 /// [`normalize`], in this order:
 ///
 /// 1. the trims of docs/boot.md ([`MASKED`] units masked, journald's
-///    [`JOURNALD_DROPIN`], sshd's [`SSH_DROPIN`]), first so that a role's static file at one of
-///    those paths wins;
+///    [`JOURNALD_DROPIN`], sshd's [`SSH_DROPIN`]), first so that a role's
+///    static file at one of those paths wins;
 /// 2. the role's static files and the agent binary;
 /// 3. every unit enabled by maintainer scripts disabled (activation starts
 ///    the role's services);
